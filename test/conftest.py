@@ -1,0 +1,31 @@
+"""Session-wide test set-up.
+
+The ROS network rule is applied at import time: pytest imports this file before it collects any
+test module, so no test (or library it imports) can start rclpy with discovery reaching beyond
+localhost. The domain id is derived from pytest's pid, so parallel pytest runs on one machine
+do not see each other's topics; rcl logs go to the git-ignored build/ folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from x3kd_ros.ros_env import apply_network_rule, pid_domain_id
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Explicit pid-derived domain (not an inherited ROS_DOMAIN_ID): two test sessions must never share one.
+ROS_NETWORK = apply_network_rule(
+    domain_id=pid_domain_id(), log_dir=str(REPO_ROOT / "build" / "test_ros_log")
+)
+
+
+@pytest.fixture(scope="session")
+def ros_network() -> dict:
+    """The ROS environment variables this session runs under (name -> value)."""
+    return dict(ROS_NETWORK)
+
+
+# FIXTURES-BELOW (lead adds dataset fixtures here, e.g. the session-scoped `tiny_dataroot`)

@@ -1,0 +1,1 @@
+"""Datasets in nuScenes format: the synthetic generator and the nuscenes-devkit loader."""

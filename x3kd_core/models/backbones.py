@@ -1,0 +1,181 @@
+"""Image backbone (torchvision ResNet) and a two-level neck to a single stride-16 feature map.
+
+The student's view transform lifts one feature map per camera. Like BEVDepth we take it at
+stride 16 and let it see stride-32 context by fusing the two deepest ResNet stages: the stride-32
+map is upsampled x2 and concatenated with the stride-16 map before a 3x3 fusion conv.
+
+Weights: optional ImageNet initialisation from a local state-dict file, or from torchvision's
+weights API when the checkpoint is already in the torch hub cache. Nothing is downloaded at run
+time (training machines may have no network); a missing file fails with the path to put it at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from x3kd_core.config import ConfigError
+
+__all__ = [
+    "BackboneConfig",
+    "NeckConfig",
+    "ResNetBackbone",
+    "BackboneFeatures",
+    "FusionNeck",
+    "TORCHVISION_WEIGHTS",
+]
+
+#: Value of ``BackboneConfig.pretrained_weights`` meaning "torchvision's ImageNet weights, from the
+#: local torch hub cache only".
+TORCHVISION_WEIGHTS = "torchvision"
+
+_RESNETS = {
+    "resnet18": (torchvision.models.resnet18, "ResNet18_Weights.IMAGENET1K_V1"),
+    "resnet34": (torchvision.models.resnet34, "ResNet34_Weights.IMAGENET1K_V1"),
+    "resnet50": (torchvision.models.resnet50, "ResNet50_Weights.IMAGENET1K_V1"),
+}
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """ResNet image backbone.
+
+    name: torchvision architecture.
+    pretrained_weights: None (random init), a path to a torchvision ResNet state dict (``.pth``),
+        or ``"torchvision"`` for torchvision's ImageNet weights taken from the local hub cache
+        (never downloaded at run time).
+    frozen_bn: replace BatchNorm by FrozenBatchNorm2d (fixed statistics and affine; the usual
+        choice with pretrained weights and small per-GPU batches).
+    """
+
+    name: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    pretrained_weights: Optional[str] = None
+    frozen_bn: bool = False
+
+
+@dataclass(frozen=True)
+class NeckConfig:
+    """Fuses the stride-16 and stride-32 backbone stages into one stride-16 map of ``out_channels``."""
+
+    out_channels: int = 256
+
+    def __post_init__(self) -> None:
+        if self.out_channels <= 0:
+            raise ConfigError(f"out_channels must be > 0, got {self.out_channels}")
+
+
+@dataclass
+class BackboneFeatures:
+    """Backbone outputs for a batch of images (N_img = B * N_cam).
+
+    Fields:
+        stride16: (N_img, C16, H/16, W/16) output of ResNet stage 3.
+        stride32: (N_img, C32, H/32, W/32) output of ResNet stage 4.
+    """
+
+    stride16: torch.Tensor
+    stride32: torch.Tensor
+
+
+def _cached_torchvision_state_dict(name: str) -> dict:
+    weights = torchvision.models.get_weight(_RESNETS[name][1])
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        raise FileNotFoundError(
+            f"pretrained_weights='{TORCHVISION_WEIGHTS}' needs {cached} (downloads are disabled at run "
+            f"time); fetch {weights.url} there, or set pretrained_weights to a local .pth path"
+        )
+    return torch.load(cached, map_location="cpu", weights_only=True)
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet up to stage 4 (no pooling / fc), returning stages 3 and 4."""
+
+    def __init__(self, resnet: torchvision.models.ResNet) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        self.layer1 = resnet.layer1
+        self.layer2 = resnet.layer2
+        self.layer3 = resnet.layer3
+        self.layer4 = resnet.layer4
+        self.channels_stride16 = _stage_channels(resnet.layer3)
+        self.channels_stride32 = _stage_channels(resnet.layer4)
+
+    @classmethod
+    def from_config(cls, config: BackboneConfig) -> "ResNetBackbone":
+        build, _ = _RESNETS[config.name]
+        norm_layer = FrozenBatchNorm2d if config.frozen_bn else nn.BatchNorm2d
+        resnet = build(weights=None, norm_layer=norm_layer)
+        if config.pretrained_weights is not None:
+            if config.pretrained_weights == TORCHVISION_WEIGHTS:
+                state = _cached_torchvision_state_dict(config.name)
+            else:
+                path = Path(config.pretrained_weights)
+                if not path.is_file():
+                    raise FileNotFoundError(f"backbone.pretrained_weights: no such file {path}")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            # The classifier is not part of the backbone; everything else must match exactly.
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, unexpected = resnet.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise ValueError(
+                    f"{config.pretrained_weights} does not fit {config.name}: "
+                    f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+                )
+        return cls(resnet)
+
+    def forward(self, images: torch.Tensor) -> BackboneFeatures:
+        """images: (N_img, 3, H, W) normalised RGB -> :class:`BackboneFeatures`."""
+        x = self.stem(images)
+        x = self.layer2(self.layer1(x))
+        c16 = self.layer3(x)
+        c32 = self.layer4(c16)
+        return BackboneFeatures(stride16=c16, stride32=c32)
+
+
+def _stage_channels(stage: nn.Sequential) -> int:
+    last = stage[-1]
+    bn = getattr(last, "bn3", None) or last.bn2
+    return int(bn.weight.shape[0])
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class FusionNeck(nn.Module):
+    """Stride-16 + upsampled stride-32 features -> one stride-16 map.
+
+    Each input gets a 1x1 lateral projection to ``out_channels``; the concatenation is fused by a
+    3x3 conv. Odd input sizes are handled by upsampling to the stride-16 map's exact size.
+    """
+
+    def __init__(self, in_channels_stride16: int, in_channels_stride32: int, out_channels: int) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.lateral16 = _conv_bn_relu(in_channels_stride16, out_channels, 1)
+        self.lateral32 = _conv_bn_relu(in_channels_stride32, out_channels, 1)
+        self.fuse = _conv_bn_relu(2 * out_channels, out_channels, 3)
+
+    @classmethod
+    def from_config(cls, config: NeckConfig, backbone: ResNetBackbone) -> "FusionNeck":
+        return cls(backbone.channels_stride16, backbone.channels_stride32, config.out_channels)
+
+    def forward(self, features: BackboneFeatures) -> torch.Tensor:
+        """-> (N_img, out_channels, H/16, W/16)."""
+        c16 = self.lateral16(features.stride16)
+        c32 = nn.functional.interpolate(
+            self.lateral32(features.stride32), size=c16.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return self.fuse(torch.cat([c16, c32], dim=1))

@@ -1,0 +1,182 @@
+"""The camera-only BEV student of X3KD (BEVDepth / Lift-Splat style).
+
+    images (B, N_cam, 3, H, W)
+      -> ResNet (stages 3, 4) -> FusionNeck          image_features (B, N_cam, C, H/16, W/16)   [X-IS]
+      -> CameraAwareDepthNet -> lift -> BEV sum pool  depth_probs (B, N_cam, D, H/16, W/16)
+      -> BevEncoder                                   bev_features (B, C_bev, N_x, N_y)          [X-FD, X-AT]
+      -> CenterHead                                   head outputs                               [X-OD]
+
+Built from a typed :class:`StudentConfig` by :meth:`CameraStudent.from_config`, or from explicit
+parts with :meth:`CameraStudent.__init__`. ``forward`` returns named fields so that each
+distillation loss picks the stage it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from x3kd_core.config import BevGridConfig, ConfigError
+from x3kd_core.models.backbones import BackboneConfig, FusionNeck, NeckConfig, ResNetBackbone
+from x3kd_core.models.bev_encoder import BevEncoder, BevEncoderConfig
+from x3kd_core.models.depth_loss import depth_loss, lidar_depth_targets
+from x3kd_core.models.heads.center_head import CenterHead, CenterHeadConfig, HeadOutputs
+from x3kd_core.models.view_transform import (
+    CameraAwareDepthNet,
+    DepthBinsConfig,
+    DepthNetConfig,
+    LiftSplat,
+)
+from x3kd_core.structures import Batch, Boxes3D
+
+__all__ = ["FEATURE_STRIDE", "StudentConfig", "StudentOutputs", "CameraStudent"]
+
+#: Pixels per cell of the image features that are lifted (ResNet stage 3).
+FEATURE_STRIDE = 16
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Everything that defines a student's architecture and its own (non-distillation) losses.
+
+    Every section is required in YAML (a model file states its whole architecture); fields
+    inside a section have defaults.
+
+    image_hw: (H, W) network input per camera (pixels); both must be multiples of 16.
+    depth_loss_weight: weight of the LiDAR depth cross-entropy in :meth:`CameraStudent.loss`.
+    use_depth_supervision: add that term at all (BEVDepth) or not (plain LSS).
+    """
+
+    image_hw: tuple[int, int]
+    backbone: BackboneConfig
+    neck: NeckConfig
+    depth_bins: DepthBinsConfig
+    depth_net: DepthNetConfig
+    bev_encoder: BevEncoderConfig
+    head: CenterHeadConfig
+    grid: BevGridConfig
+    depth_loss_weight: float = 3.0
+    use_depth_supervision: bool = True
+
+    def __post_init__(self) -> None:
+        H, W = self.image_hw
+        if H <= 0 or W <= 0 or H % FEATURE_STRIDE or W % FEATURE_STRIDE:
+            raise ConfigError(f"image_hw must be positive multiples of {FEATURE_STRIDE}, got {self.image_hw}")
+        if self.depth_loss_weight < 0:
+            raise ConfigError(f"depth_loss_weight must be >= 0, got {self.depth_loss_weight}")
+
+    @property
+    def feature_hw(self) -> tuple[int, int]:
+        """(h, w) of the lifted image features."""
+        return (self.image_hw[0] // FEATURE_STRIDE, self.image_hw[1] // FEATURE_STRIDE)
+
+
+@dataclass
+class StudentOutputs:
+    """Fields (h, w = H/16, W/16; D depth bins; N_x, N_y the BEV grid):
+    image_features: (B, N_cam, C_neck, h, w) perspective-view features (input of X-IS).
+    depth_logits: (B, N_cam, D, h, w) unnormalised depth scores (for the depth loss).
+    depth_probs: (B, N_cam, D, h, w) softmax of depth_logits over D.
+    bev_features: (B, C_bev, N_x, N_y) BEV encoder output (compared with the LiDAR teacher by X-FD/X-AT).
+    head: the CenterHead's dense outputs (X-OD, detection loss, decoding).
+    """
+
+    image_features: torch.Tensor
+    depth_logits: torch.Tensor
+    depth_probs: torch.Tensor
+    bev_features: torch.Tensor
+    head: HeadOutputs
+
+
+class CameraStudent(nn.Module):
+    """Multi-camera 3D detector: backbone -> neck -> lift-splat -> BEV encoder -> CenterHead."""
+
+    def __init__(
+        self,
+        *,
+        backbone: ResNetBackbone,
+        neck: FusionNeck,
+        view_transform: LiftSplat,
+        bev_encoder: BevEncoder,
+        head: CenterHead,
+        depth_loss_weight: float,
+        use_depth_supervision: bool,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.view_transform = view_transform
+        self.bev_encoder = bev_encoder
+        self.head = head
+        self.depth_loss_weight = depth_loss_weight
+        self.use_depth_supervision = use_depth_supervision
+
+    @classmethod
+    def from_config(cls, config: StudentConfig) -> "CameraStudent":
+        backbone = ResNetBackbone.from_config(config.backbone)
+        neck = FusionNeck.from_config(config.neck, backbone)
+        depth_net = CameraAwareDepthNet.from_config(config.depth_net, neck.out_channels, config.depth_bins)
+        view_transform = LiftSplat(depth_net, config.depth_bins, config.grid, FEATURE_STRIDE)
+        bev_encoder = BevEncoder.from_config(config.bev_encoder, view_transform.out_channels)
+        head = CenterHead(config.head, bev_encoder.out_channels, config.grid)
+        return cls(
+            backbone=backbone,
+            neck=neck,
+            view_transform=view_transform,
+            bev_encoder=bev_encoder,
+            head=head,
+            depth_loss_weight=config.depth_loss_weight,
+            use_depth_supervision=config.use_depth_supervision,
+        )
+
+    def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, cam_to_ego: torch.Tensor) -> StudentOutputs:
+        """Args:
+        images: (B, N_cam, 3, H, W) ImageNet-normalised RGB.
+        intrinsics: (B, N_cam, 3, 3) K of exactly these (resized / cropped / flipped) images, pixels.
+        cam_to_ego: (B, N_cam, 4, 4) camera -> ego transforms (m).
+        """
+        B, N, _, H, W = images.shape
+        feats = self.neck(self.backbone(images.reshape(B * N, 3, H, W)))
+        _, C, h, w = feats.shape
+        image_features = feats.reshape(B, N, C, h, w)
+        vt = self.view_transform(image_features, intrinsics, cam_to_ego, (H, W))
+        bev_features = self.bev_encoder(vt.bev)
+        return StudentOutputs(
+            image_features=image_features,
+            depth_logits=vt.depth_logits,
+            depth_probs=vt.depth_probs,
+            bev_features=bev_features,
+            head=self.head(bev_features),
+        )
+
+    def depth_targets(self, outputs: StudentOutputs, batch: Batch) -> torch.Tensor:
+        """(B, N_cam, h, w) LiDAR depth-bin targets for ``outputs`` (-1 = no return), see
+        :func:`x3kd_core.models.depth_loss.lidar_depth_targets`."""
+        h, w = outputs.depth_logits.shape[-2:]
+        return lidar_depth_targets(
+            batch.lidar_points,
+            batch.intrinsics.to(outputs.depth_logits.device),
+            batch.cam_to_ego.to(outputs.depth_logits.device),
+            (h, w),
+            self.view_transform.stride,
+            self.view_transform.bins,
+        )
+
+    def loss(self, outputs: StudentOutputs, batch: Batch) -> dict[str, torch.Tensor]:
+        """Named, already weighted loss terms: the head's terms plus ``'depth'`` (when depth
+        supervision is on). The training objective is their sum."""
+        targets = self.head.get_targets(batch.boxes)
+        losses = dict(self.head.loss(outputs.head, targets))
+        if self.use_depth_supervision:
+            if "depth" in losses:
+                raise KeyError("the head already returns a loss named 'depth'")
+            target_bins = self.depth_targets(outputs, batch)
+            losses["depth"] = self.depth_loss_weight * depth_loss(outputs.depth_logits, target_bins)
+        return losses
+
+    @torch.no_grad()
+    def predict(self, outputs: StudentOutputs) -> list[Boxes3D]:
+        """Decode the head outputs into one :class:`Boxes3D` (ego frame) per sample."""
+        return self.head.predict(outputs.head)
