@@ -11,6 +11,8 @@ projected wall time of the full config.
 from __future__ import annotations
 
 import argparse
+import resource
+import os
 import shutil
 import sys
 import tempfile
@@ -22,6 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from x3kd_core.config import load_yaml  # noqa: E402
 from x3kd_core.data.synthetic import SynthConfig, generate_dataset  # noqa: E402
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (the worker pool)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="x3kd_bench_synth_"))
     try:
         start = time.perf_counter()
+        cpu_start = _cpu_seconds()
         generate_dataset(cfg, out)
         seconds = time.perf_counter() - start
+        cpu = _cpu_seconds() - cpu_start
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     finally:
         if not args.out:
@@ -55,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.num_workers} workers)")
     print(f"generated {keyframes} keyframes in {seconds:.1f} s: {rate:.2f} keyframes/s, "
           f"{size / keyframes / 1e6:.2f} MB/keyframe")
+    print(f"CPU time (this process + workers): {cpu / keyframes:.2f} s/keyframe; machine load average "
+          f"{os.getloadavg()[0]:.1f} (wall time is only comparable on an otherwise idle machine)")
     print(f"projected full config ({full_kf} keyframes): {full_kf / rate / 60:.1f} min, {size / keyframes * full_kf / 1e9:.2f} GB")
     return 0
 

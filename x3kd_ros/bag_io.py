@@ -2,8 +2,9 @@
 
 Written with the pure-Python ``rosbags`` library (``rosbag2_py`` is not installable here). The
 files are standard rosbag2 (metadata version 9 by default): every topic carries the standard
-message definition and its RIHS01 type hash, so ``ros2 bag info`` / ``ros2 bag play`` and mcap
-tools read them.
+message definition and its RIHS01 type hash (equal to the installed interfaces' hashes), so ROS 2
+tools and mcap tools can read them. Checked here with rosbags, ``rclpy.serialization`` and the
+``mcap`` library; ``ros2 bag`` itself is not installable on these machines.
 
 Where the data comes from
     Sensor messages come from the nuScenes tables directly, not from the keyframe-ego-frame
@@ -12,7 +13,8 @@ Where the data comes from
     - every message is stamped with its own ``sample_data`` timestamp (cameras, LiDAR and each
       radar fire at different times), see *Time stamps* below;
     - point clouds are in their sensor frame (``lidar_top``, ``radar_front``, ...), and the
-      ``base_link -> sensor`` transforms from ``calibrated_sensor`` go to ``/tf_static``;
+      ``base_link -> sensor`` transforms from ``calibrated_sensor`` go to ``/tf_static`` (at
+      every scene start, and again if a calibration changes);
       the ego pose of every ``sample_data`` goes to ``/tf`` as ``map -> base_link``, so a
       consumer can motion-compensate exactly as the loader does;
     - camera images keep their original resolution; ``sensor_msgs/Image`` rgb8 holds the decoded
@@ -63,9 +65,10 @@ import heapq
 import importlib
 import json
 import os
+import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Optional, Sequence
@@ -197,7 +200,9 @@ class BagWriteReport:
         start_ns / end_ns: first and last stamp in the bag (ns).
         scene_offsets_ns: scene name -> shift added to the dataset's stamps (ns).
         num_bytes: size of the bag folder on disk (bytes).
-        seconds: wall time of the write (s).
+        seconds: wall time of the write itself (s): reading sensor files, building, serializing
+            and storing messages, closing the bag.
+        setup_seconds: wall time before that (s): loading the tables and the libraries.
     """
 
     path: Path
@@ -210,6 +215,7 @@ class BagWriteReport:
     scene_offsets_ns: dict[str, int]
     num_bytes: int
     seconds: float
+    setup_seconds: float = 0.0
 
     @property
     def num_messages(self) -> int:
@@ -221,8 +227,8 @@ class BagWriteReport:
         lines = [
             f"wrote {self.path} ({self.storage}): {self.num_samples} samples in {self.num_scenes} scenes, "
             f"{self.num_messages} messages, {mib:.2f} MiB, {(self.end_ns - self.start_ns) * 1e-9:.2f} s of data",
-            f"  in {self.seconds:.2f} s: {self.num_samples / max(self.seconds, 1e-9):.1f} samples/s, "
-            f"{mib / max(self.seconds, 1e-9):.1f} MiB/s",
+            f"  written in {self.seconds:.2f} s ({self.num_samples / max(self.seconds, 1e-9):.1f} samples/s, "
+            f"{mib / max(self.seconds, 1e-9):.1f} MiB/s) after {self.setup_seconds:.2f} s loading tables and libraries",
         ]
         lines += [f"  {topic}: {count}" for topic, count in sorted(self.message_counts.items())]
         return "\n".join(lines)
@@ -398,7 +404,10 @@ class _DatasetBagWriter:
         return out
 
     # -- messages
-    def records(self, sample: dict, window: list[tuple[str, dict]], offset_ns: int) -> list[tuple[int, str, bytes]]:
+    def records(
+        self, sample: dict, window: list[tuple[str, dict]], offset_ns: int, scene_start: bool
+    ) -> list[tuple[int, str, bytes]]:
+        """Serialized (stamp_ns, topic, cdr) records of one keyframe window, stamps shifted by ``offset_ns``."""
         from rclpy.serialization import serialize_message
         from std_msgs.msg import Header, String
 
@@ -408,9 +417,10 @@ class _DatasetBagWriter:
         records: list[tuple[int, str, bytes]] = []
         window_start = min(int(sd["timestamp"]) for _, sd in window) * 1000 + offset_ns
 
-        # /tf_static first, whenever a sensor's calibration is new (scene start, or a change).
+        # /tf_static first, at every scene start (so playback from any scene finds the extrinsics)
+        # and whenever a sensor's calibration changes (nuScenes calibrates per log).
         calibs = {ch: sd["calibrated_sensor_token"] for ch, sd in window}
-        if any(self.current_calib.get(ch) != tok for ch, tok in calibs.items()):
+        if scene_start or any(self.current_calib.get(ch) != tok for ch, tok in calibs.items()):
             self.current_calib.update(calibs)
             transforms = [
                 self.tf.transform(window_start, topics.BASE_FRAME, topics.sensor_frame(ch), nusc.get("calibrated_sensor", tok))
@@ -502,6 +512,8 @@ def write_bag(
         config: what to write.
         nusc: an already loaded ``NuScenes`` for this dataroot/version (optional).
 
+    A write that fails part-way removes ``out`` again.
+
     Raises:
         BagError: ``out`` exists, or a sensor file cannot be read.
         FileNotFoundError / DatasetError: as the loader (bad dataroot, version or split).
@@ -512,10 +524,15 @@ def write_bag(
     out = Path(out)
     if out.exists():
         raise BagError(f"bag path {out} already exists; remove it or choose another --out")
-    t_start = time.perf_counter()
+    t_setup = time.perf_counter()
     source = _boxes_source(dataroot, version, split, config, nusc)
     tokens = source.sample_tokens[: config.max_samples] if config.max_samples else list(source.sample_tokens)
     typestore = make_typestore()
+    import rclpy.serialization  # noqa: F401  (import time belongs to the set-up, not the write speed)
+
+    from x3kd_ros import conversions  # noqa: F401
+
+    t_start = time.perf_counter()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = Writer(
@@ -536,7 +553,8 @@ def write_bag(
         for token in tokens:
             sample = source.nusc.get("sample", token)
             window = builder.window_sample_data(sample)
-            if sample["scene_token"] != current_scene:
+            scene_start = sample["scene_token"] != current_scene
+            if scene_start:
                 current_scene = sample["scene_token"]
                 first_ns = min(int(sd["timestamp"]) for _, sd in window) * 1000
                 last_ns = sink.latest_ns
@@ -545,14 +563,17 @@ def write_bag(
                 else:
                     offset_ns = 0
                 scene_offsets[source.nusc.get("scene", current_scene)["name"]] = offset_ns
-            sink.push_window(builder.records(sample, window, offset_ns))
+            sink.push_window(builder.records(sample, window, offset_ns, scene_start))
         sink.flush()
-        writer.set_custom_data("x3kd.dataset", json.dumps({"dataroot": str(Path(dataroot).resolve()), "version": version, "split": split}))
+        dataset = {"dataroot": str(Path(dataroot).resolve()), "version": version, "split": split}
+        writer.set_custom_data("x3kd.dataset", json.dumps(dataset))
         writer.set_custom_data("x3kd.scene_offsets_ns", json.dumps(scene_offsets))
-    except BaseException:
         writer.close()
+    except BaseException:
+        # Leave no half-written bag behind (it would also block the next run's --out).
+        writer.abort()
+        shutil.rmtree(out, ignore_errors=True)
         raise
-    writer.close()
     return BagWriteReport(
         path=out,
         storage=config.storage,
@@ -564,6 +585,7 @@ def write_bag(
         scene_offsets_ns=scene_offsets,
         num_bytes=_dir_bytes(out),
         seconds=time.perf_counter() - t_start,
+        setup_seconds=t_start - t_setup,
     )
 
 

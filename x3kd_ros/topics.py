@@ -38,8 +38,6 @@ Topics
 
 from __future__ import annotations
 
-from x3kd_core.structures import CAMERA_NAMES, RADAR_NAMES
-
 __all__ = [
     "GLOBAL_FRAME",
     "BASE_FRAME",
@@ -57,8 +55,6 @@ __all__ = [
     "DETECTIONS_TOPIC",
     "DETECTION_MARKERS_TOPIC",
     "teacher_detections_topic",
-    "CAMERA_NAMES",
-    "RADAR_NAMES",
 ]
 
 #: Global frame of the ego poses (parent of ``base_link`` on ``/tf``).

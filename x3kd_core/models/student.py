@@ -103,8 +103,12 @@ class CameraStudent(nn.Module):
         head: CenterHead,
         depth_loss_weight: float,
         use_depth_supervision: bool,
+        config: StudentConfig | None = None,
     ) -> None:
+        """Assemble a student from built parts. ``config`` is only recorded (checkpoints store
+        ``to_dict(model.config)``); :meth:`from_config` passes the one the parts were built from."""
         super().__init__()
+        self.config = config
         self.backbone = backbone
         self.neck = neck
         self.view_transform = view_transform
@@ -129,6 +133,7 @@ class CameraStudent(nn.Module):
             head=head,
             depth_loss_weight=config.depth_loss_weight,
             use_depth_supervision=config.use_depth_supervision,
+            config=config,
         )
 
     def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, cam_to_ego: torch.Tensor) -> StudentOutputs:
@@ -137,7 +142,16 @@ class CameraStudent(nn.Module):
         intrinsics: (B, N_cam, 3, 3) K of exactly these (resized / cropped / flipped) images, pixels.
         cam_to_ego: (B, N_cam, 4, 4) camera -> ego transforms (m).
         """
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ValueError(f"images must be (B, N_cam, 3, H, W), got {tuple(images.shape)}")
         B, N, _, H, W = images.shape
+        if tuple(intrinsics.shape) != (B, N, 3, 3) or tuple(cam_to_ego.shape) != (B, N, 4, 4):
+            raise ValueError(
+                f"for images {tuple(images.shape)} expected intrinsics {(B, N, 3, 3)} and cam_to_ego "
+                f"{(B, N, 4, 4)}, got {tuple(intrinsics.shape)} and {tuple(cam_to_ego.shape)}"
+            )
+        if H % FEATURE_STRIDE or W % FEATURE_STRIDE:
+            raise ValueError(f"image size {(H, W)} must be a multiple of {FEATURE_STRIDE}")
         feats = self.neck(self.backbone(images.reshape(B * N, 3, H, W)))
         _, C, h, w = feats.shape
         image_features = feats.reshape(B, N, C, h, w)
@@ -175,6 +189,10 @@ class CameraStudent(nn.Module):
             target_bins = self.depth_targets(outputs, batch)
             losses["depth"] = self.depth_loss_weight * depth_loss(outputs.depth_logits, target_bins)
         return losses
+
+    def training_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Forward on ``batch`` and :meth:`loss` (the training engine's protocol)."""
+        return self.loss(self(batch.images, batch.intrinsics, batch.cam_to_ego), batch)
 
     @torch.no_grad()
     def predict(self, outputs: StudentOutputs) -> list[Boxes3D]:

@@ -110,14 +110,6 @@ def synthetic_batch(cfg: StudentConfig, batch_size: int, seed: int) -> Batch:
     )
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
 # --- configs -------------------------------------------------------------------------------------
 
 
@@ -272,6 +264,16 @@ def test_forward_shapes_and_loss_terms():
     assert 3.0 * math.log(16) * 0.8 < losses["depth"].item() < 3.0 * math.log(16) * 1.2
     targets = student.depth_targets(out, batch)
     assert int((targets >= 0).sum()) > 20  # the ground plane is seen by every camera
+    torch.manual_seed(0)
+    again = CameraStudent.from_config(cfg).training_losses(batch)  # same seed: same numbers
+    assert again["depth"].item() == pytest.approx(losses["depth"].item(), rel=1e-6)
+    assert student.config == cfg
+    student.eval()
+    with torch.no_grad():
+        predictions = student.predict(student(batch.images[:1], batch.intrinsics[:1], batch.cam_to_ego[:1]))
+    assert len(predictions) == 1 and isinstance(predictions[0], Boxes3D)
+    with pytest.raises(ValueError, match="intrinsics"):
+        student(batch.images, batch.intrinsics[:, :5], batch.cam_to_ego)
     no_depth = CameraStudent.from_config(tiny_config(use_depth_supervision=False))
     assert "depth" not in no_depth.loss(no_depth(batch.images, batch.intrinsics, batch.cam_to_ego), batch)
 

@@ -9,7 +9,7 @@ from x3kd_core.structures import DETECTION_CLASSES
 
 #: Relative frequency of each detection class (order of DETECTION_CLASSES). Rarer than cars, but
 #: frequent enough that every class gets a few hundred annotations in the small benchmark set.
-DEFAULT_CLASS_WEIGHTS: tuple[float, ...] = (0.26, 0.08, 0.05, 0.05, 0.05, 0.11, 0.06, 0.06, 0.17, 0.11)
+DEFAULT_CLASS_WEIGHTS: tuple[float, ...] = (0.28, 0.07, 0.04, 0.04, 0.04, 0.11, 0.06, 0.07, 0.19, 0.10)
 
 
 @dataclass(frozen=True)

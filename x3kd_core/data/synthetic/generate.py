@@ -231,7 +231,7 @@ def render_scene(config: SynthConfig, scene_index: int, instance_offset: int, da
         for cam in renderer.cameras:
             name = cam.spec.name
             frame = cam.render(parts, num_obj, world.road, pose, sun_ego, config.depth_max_m,
-                               scene_rng(config, scene_index, f"{name}/{k}"))
+                               scene_rng(config, scene_index, f"{name}/{k}"), world.exposure)
             visible += frame.visible_px
             total += frame.total_px
             image_path = sd_rows[(name, k, -1)]["filename"]

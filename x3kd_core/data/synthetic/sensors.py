@@ -277,7 +277,7 @@ class CameraRenderer:
         self.sky = SKY_HORIZON * (1 - mix) + SKY_ZENITH * mix
 
     def render(self, parts: app.PartSet, num_objects: int, road: Road, ego_to_global: np.ndarray,
-               sun_ego: np.ndarray, depth_max_m: float, rng: np.random.Generator) -> CameraFrame:
+               sun_ego: np.ndarray, depth_max_m: float, rng: np.random.Generator, exposure: float = 1.0) -> CameraFrame:
         h, w = self.spec.image_hw
         dirs = self.dirs_ego
         zbuf = raycast.ray_ground_distance(self.origin, dirs)
@@ -346,7 +346,7 @@ class CameraRenderer:
         # Aerial perspective: far surfaces fade towards the horizon colour.
         dist = np.where(surface, zbuf * self.ray_len, 0.0)
         fade = (1.0 - np.exp(-dist / HAZE_DISTANCE_M))[..., None]  # 0 for sky pixels
-        rgb = rgb * (1 - fade) + SKY_HORIZON * fade
+        rgb = (rgb * (1 - fade) + SKY_HORIZON * fade) * exposure
         rgb += 0.012 * rng.standard_normal(rgb.shape, dtype=np.float32)
         image = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 

@@ -29,6 +29,11 @@ PARKING_CENTER_M = 8.5  # parking strip 7.0 .. 10.0
 CURB_M = (10.0, 10.2)
 SIDEWALK_OUTER_M = 14.5
 BUILDING_START_M = 16.5
+STAND_D_M = 10.7  # standing pedestrians and parked cycles: the curb side of the sidewalk
+POLE_D_M = 14.3  # street lights at the outer edge of the sidewalk
+#: Parking is allowed on alternating stretches (m): occupied for PARKING_ZONE_M, then free, so
+#: that the sidewalk behind is not one continuous wall of parked vehicles.
+PARKING_PERIOD_M, PARKING_ZONE_M = 60.0, 30.0
 EGO_LANE_D_M = -1.75
 
 #: Ego vehicle extent about its origin (rear axle on the ground), metres along ego x.
@@ -209,6 +214,7 @@ class SceneWorld:
     keyframe_times_s: np.ndarray  # (K,)
     sweep_times_s: np.ndarray  # (K, S): non-keyframe sweep times preceding each keyframe
     annotated: np.ndarray = field(default=None)  # (num_objects, K) bool: annotated at that keyframe
+    exposure: float = 1.0  # camera brightness factor of this scene (lighting variety)
 
     # -- ego ----------------------------------------------------------------------------------
     def ego_pose(self, t: float) -> np.ndarray:
@@ -342,10 +348,10 @@ def _build_tracks(rng: np.random.Generator, ego_speed: float) -> list[Track]:
     for side, sign in (("r", -1.0), ("l", 1.0)):
         direction = 1 if sign < 0 else -1
         tracks.append(Track(f"parking_{side}", "parking", sign * PARKING_CENTER_M, direction, 0.0))
-        tracks.append(Track(f"bike_{side}", "bike", sign * 10.9, direction, float(rng.uniform(3.0, 6.0))))
-        tracks.append(Track(f"walk_{side}_a", "walk", sign * 11.9, +1, float(rng.uniform(1.0, 1.6))))
-        tracks.append(Track(f"walk_{side}_b", "walk", sign * 12.9, -1, float(rng.uniform(1.0, 1.6))))
-        tracks.append(Track(f"stand_{side}", "stand", sign * 13.9, direction, 0.0))
+        tracks.append(Track(f"stand_{side}", "stand", sign * STAND_D_M, direction, 0.0))
+        tracks.append(Track(f"bike_{side}", "bike", sign * 11.5, direction, float(rng.uniform(3.0, 6.0))))
+        tracks.append(Track(f"walk_{side}_a", "walk", sign * 12.4, +1, float(rng.uniform(1.0, 1.6))))
+        tracks.append(Track(f"walk_{side}_b", "walk", sign * 13.3, -1, float(rng.uniform(1.0, 1.6))))
     return tracks
 
 
@@ -395,8 +401,8 @@ def _yaw_offset(class_name: str, track: Track, rng: np.random.Generator) -> floa
     if class_name in ("traffic_cone",) or (class_name == "pedestrian" and track.kind == "stand"):
         return float(rng.uniform(-np.pi, np.pi))
     if track.kind == "stand" and class_name in CYCLE_CLASSES:
-        # Parked cycles stand across the sidewalk, front to the curb or away from it.
-        return float(np.pi / 2 * rng.choice([-1.0, 1.0]) + rng.normal(0.0, 0.1))
+        # Parked cycles stand along the curb, either way round.
+        return float(np.pi * rng.integers(2) + rng.normal(0.0, 0.05))
     return float(rng.normal(0.0, 0.03))
 
 
@@ -445,6 +451,11 @@ def build_scene(config: SynthConfig, scene_index: int) -> SceneWorld:
             margin = 1.0 if tr.kind in ("lane", "parking") else 0.3
             if any(abs(s0 - c) < half + h + margin for c, h in occupied[ti]):
                 continue
+            if tr.kind == "parking":
+                # Zones are offset between the two sides of the road.
+                phase = np.mod(s0 + (0.0 if tr.d_m < 0 else PARKING_PERIOD_M / 2), PARKING_PERIOD_M)
+                if not half <= phase <= PARKING_ZONE_M - half:
+                    continue
             occupied[ti].append((s0, half))
             objects.append(
                 WorldObject(
@@ -477,6 +488,7 @@ def build_scene(config: SynthConfig, scene_index: int) -> SceneWorld:
         sun_dir_global=sun,
         keyframe_times_s=kf_times,
         sweep_times_s=sweep_times,
+        exposure=float(rng.uniform(0.82, 1.12)),
     )
     world.annotated = _annotation_mask(world, config.annotation_range_m)
     # Objects never annotated (drifted out of range at every keyframe) are dropped entirely.
@@ -536,7 +548,7 @@ def _build_background(config: SynthConfig, rng: np.random.Generator, road: Road,
             s += length + rng.uniform(3.0, 15.0)
         s = s_lo + rng.uniform(0, 25)
         while s < s_hi:
-            xy = road.to_global(s, sign * 10.35)
+            xy = road.to_global(s, sign * POLE_D_M)
             out.append(BackgroundBox(
                 kind="pole",
                 center_xyz=np.array([xy[0], xy[1], 3.5]),

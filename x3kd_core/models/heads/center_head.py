@@ -143,7 +143,9 @@ def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-def gaussian_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+def gaussian_focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
+) -> torch.Tensor:
     """CenterNet focal loss on gaussian heatmaps, summed over all elements (normalise outside).
 
     Positives are cells where ``target == 1``: ``-(1 - p)^alpha log p``; every other cell is a
@@ -167,11 +169,14 @@ def gaussian_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float
     return torch.where(positive, pos, neg).sum()
 
 
-def _center_distance_nms(center_xy: torch.Tensor, score: torch.Tensor, radius_m: torch.Tensor) -> torch.Tensor:
-    """Greedy NMS: drop a box whose centre is within ``radius_m`` (its own class radius) of a
-    higher-scoring kept box. All inputs belong to one class or carry per-box radii of one class.
+def _center_distance_nms(
+    center_xy: torch.Tensor, score: torch.Tensor, radius_m: torch.Tensor
+) -> torch.Tensor:
+    """Greedy NMS of one class: drop a box whose centre is closer than ``radius_m`` to a
+    higher-scoring kept box.
 
-    Args: center_xy (N, 2) m, score (N,), radius_m (N,) m. Returns kept indices (int64).
+    Args: center_xy (N, 2) m, score (N,), radius_m (N,) m (the class radius, per box).
+    Returns: kept indices (int64), by decreasing score.
     """
     order = torch.argsort(score, descending=True)
     xy = center_xy[order]
@@ -221,7 +226,9 @@ def bev_nms(
         kept.append(iou_idx[torchvision.ops.batched_nms(aabb, score[iou_idx], label[iou_idx], iou_threshold)])
     for cls in torch.unique(label[by_distance]).tolist():
         idx = torch.nonzero(by_distance & (label == cls)).squeeze(1)
-        kept.append(idx[_center_distance_nms(center_xy[idx].cpu(), score[idx].cpu(), radius[idx].cpu()).to(idx.device)])
+        # A greedy loop over a few hundred boxes at most: cheaper on the CPU than as GPU launches.
+        keep = _center_distance_nms(center_xy[idx].cpu(), score[idx].cpu(), radius[idx].cpu())
+        kept.append(idx[keep.to(idx.device)])
     kept_all = torch.cat(kept)
     return kept_all[torch.argsort(score[kept_all], descending=True)]
 

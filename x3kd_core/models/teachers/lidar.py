@@ -71,6 +71,8 @@ class BevBackboneConfig:
 
 
 def _conv_bn_relu(conv: nn.Module, channels: int) -> nn.Sequential:
+    # BN momentum 0.1 (PyTorch's default) rather than CenterPoint's 0.01: eval-mode statistics must
+    # catch up with the weights within the few hundred steps of a CPU training run.
     return nn.Sequential(conv, nn.BatchNorm2d(channels, eps=1e-3, momentum=0.1), nn.ReLU(inplace=True))
 
 

@@ -3,11 +3,10 @@
 :class:`RadarBevEncoder` output contract (what a camera+radar fusion consumes):
 ``(B, C_radar, N_x, N_y)`` float on the shared BEV grid (same layout as every BEV tensor),
 ``C_radar = config.pillar_channels[-1]``, every value >= 0, and **exactly 0 in every cell that
-holds no radar point** (after range filtering and optional motion compensation). There is no
-conv or bias after the scatter, so the sparsity of radar survives to the fusion, which can tell
-"no return" from "a return with small features" by ``features.amax(dim=1) > 0`` only
-approximately (ReLU may zero a real return) — use :meth:`RadarBevEncoder.occupancy` for the exact
-mask.
+holds no radar point** (after range filtering and optional motion compensation): there is no
+conv or bias after the scatter, so radar's sparsity reaches the fusion intact. The converse does
+not hold exactly (a ReLU may zero every channel of a real return); a fusion that needs the exact
+"has a return" mask gets it from :meth:`RadarBevEncoder.occupancy` (points per cell).
 
 Multi-sweep radar points (nuScenes accumulates ~6 sweeps) arrive in the keyframe's ego frame
 with their ``time_lag_s``. With ``motion_compensate`` the encoder moves every point by its

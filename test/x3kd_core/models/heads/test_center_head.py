@@ -79,7 +79,8 @@ def test_forward_shapes_and_focal_prior():
     head = _head()
     out = head(torch.randn(2, 8, 40, 25))
     assert out.heatmap.shape == (2, 10, 40, 25)
-    assert [getattr(out, n).shape[1] for n in ("offset", "height", "log_size", "rot", "velocity")] == [2, 1, 3, 2, 2]
+    channels = [getattr(out, n).shape[1] for n in ("offset", "height", "log_size", "rot", "velocity")]
+    assert channels == [2, 1, 3, 2, 2]
     assert torch.allclose(head.branches["heatmap"][-1].bias, torch.full((10,), -2.19))
     with pytest.raises(ValueError, match=r"\(B, C, 40, 25\)"):
         head(torch.randn(2, 8, 25, 40))
@@ -224,7 +225,8 @@ def test_bev_nms_iou_per_class_and_center_distance_for_small_classes():
         (19.5, 0.5, 4.0, 0.5, math.pi / 4, 0.3, CAR),
     ]
     a = torch.tensor(rows, dtype=torch.float64)
-    keep = bev_nms(a[:, 0:2], a[:, 2:4], a[:, 4], a[:, 5], a[:, 6].long(), 0.2, CenterHeadConfig().nms_center_distance_m)
+    radii = CenterHeadConfig().nms_center_distance_m
+    keep = bev_nms(a[:, 0:2], a[:, 2:4], a[:, 4], a[:, 5], a[:, 6].long(), 0.2, radii)
     assert keep.tolist() == [4, 0, 2, 5, 6]
 
 
@@ -260,7 +262,7 @@ def test_head_overfits_two_maps_and_finds_the_boxes(one_thread):
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
-    assert float(total) < 0.12 and float(losses["heatmap"]) < 0.005
+    assert total.item() < 0.12 and losses["heatmap"].item() < 0.005
     head.eval()
     predictions = head.predict(head(bev))
     for gt, pred in zip(scene, predictions):

@@ -62,9 +62,12 @@ def _tiny_config() -> LidarDetectorConfig:
 
 def test_configs_load_and_shapes():
     torch.manual_seed(0)
+    # Every shipped config builds on the default (nuScenes-sized, 128 x 128 cell) grid.
+    channels = {}
     for name in ("lidar_tiny", "lidar_small", "lidar_nuscenes"):
         config = load_yaml(LidarDetectorConfig, CONFIG_DIR / f"{name}.yaml")
-        assert config.backbone.out_channels > 0
+        channels[name] = LidarDetector(config, BevGridConfig()).bev_channels
+    assert channels == {"lidar_tiny": 48, "lidar_small": 192, "lidar_nuscenes": 384}
     model = LidarDetector(_tiny_config(), GRID)
     clouds = [_scene(SCENES[0], np.random.default_rng(0))[0], torch.zeros(0, 5)]
     out = model(clouds)
@@ -182,5 +185,4 @@ def test_overfits_hand_made_scenes_and_finds_the_boxes():
         assert dist.min(axis=0).max() < 0.5
         assert sorted(match.tolist()) == list(range(len(gt)))
         assert confident.label[match].tolist() == gt.label.tolist()
-        print("eval loss", eval_loss, "dist", dist.min(axis=0), "size", confident.size_lwh[match])
         np.testing.assert_allclose(confident.size_lwh[match], gt.size_lwh, rtol=0.25)

@@ -115,7 +115,7 @@ def test_encoder_single_point_in_training_mode():
     torch.manual_seed(0)
     enc = PillarEncoder(grid=GRID, pillar_size_m=0.4, point_channels=5, feature_channels=(8,)).train()
     cloud = [_cloud([(0.1, 0.1, 0.0)])]
-    out = enc(cloud)
+    out = enc(cloud).detach()
     assert out.shape == (1, 8, 20, 20)
     torch.testing.assert_close(out, enc.eval()(cloud))
     out[0, :, 10, 10] = 0.0

@@ -1,0 +1,265 @@
+"""X3KD distillation: the four components and the module that combines them for training.
+
+* X-IS (:mod:`~x3kd_core.distill.x_is`): perspective view (stride-16 image features) <- 2D
+  instance-segmentation teacher's per-class masks;
+* X-FD (:mod:`~x3kd_core.distill.x_fd`): BEV features <- LiDAR teacher's BEV features;
+* X-AT (:mod:`~x3kd_core.distill.x_at`): BEV features vs LiDAR teacher's, through a discriminator;
+* X-OD (:mod:`~x3kd_core.distill.x_od`): dense head outputs <- LiDAR teacher's head outputs.
+
+:class:`DistillationLosses` holds the enabled components (and their trainable student-side parts:
+the X-IS mask head, the X-FD / X-AT adapters) and computes every enabled term from the student's
+outputs, the frozen teachers' outputs and the ground-truth boxes. It returns a named dict of
+already *weighted* scalar terms (``x_is/mask``, ``x_fd/feature``, ``x_at/gen``, ``x_od/heatmap``,
+``x_od/regression``) plus detached diagnostics under ``stat/<component>/...``.
+
+Integration with the training engine (``x3kd_core.train.engine``), which sums every value of the
+loss dict it is given:
+
+* put this module inside the trained model (its head and adapters must be optimised with the
+  student), and hand the engine only the loss terms: ``terms, stats = split_stats(losses)``;
+* freeze the teachers with :func:`freeze_teacher` (no gradients, BatchNorm never updates, even
+  when the surrounding model is put in train mode);
+* with X-AT enabled, pass ``extra_steps=[distill.discriminator_step()]`` to the trainer: the
+  discriminator and its optimiser live there, not in the model (see :mod:`~x3kd_core.distill.x_at`).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Callable
+
+from torch import Tensor, nn
+
+from x3kd_core.config import BevGridConfig
+from x3kd_core.distill.config import DistillConfig, XATConfig, XFDConfig, XISConfig, XODConfig
+from x3kd_core.distill.x_at import (
+    BevDiscriminator,
+    DiscriminatorStep,
+    XATContext,
+    XATLoss,
+    make_discriminator_optimizer,
+    make_discriminator_step,
+)
+from x3kd_core.distill.x_fd import XFDLoss, bev_foreground_map, build_bev_adapter, teacher_foreground_map
+from x3kd_core.distill.x_is import XISHead, XISLoss, downsample_masks
+from x3kd_core.distill.x_od import XODLoss, soft_target_loss
+from x3kd_core.structures import DETECTION_CLASSES, Boxes3D
+
+__all__ = [
+    "DistillConfig",
+    "XISConfig",
+    "XFDConfig",
+    "XATConfig",
+    "XODConfig",
+    "XISHead",
+    "XISLoss",
+    "XFDLoss",
+    "XATLoss",
+    "XODLoss",
+    "BevDiscriminator",
+    "XATContext",
+    "DiscriminatorStep",
+    "make_discriminator_optimizer",
+    "make_discriminator_step",
+    "bev_foreground_map",
+    "teacher_foreground_map",
+    "build_bev_adapter",
+    "downsample_masks",
+    "soft_target_loss",
+    "DistillationLosses",
+    "STAT_PREFIX",
+    "split_stats",
+    "freeze_teacher",
+    "is_frozen",
+]
+
+#: Names starting with this are detached diagnostics, not loss terms.
+STAT_PREFIX = "stat/"
+
+
+def split_stats(losses: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Split a loss dict into (loss terms, ``stat/`` diagnostics).
+
+    The training engine sums every value it gets, so give it only the first dict; log the second.
+    """
+    terms = {k: v for k, v in losses.items() if not k.startswith(STAT_PREFIX)}
+    stats = {k: v for k, v in losses.items() if k.startswith(STAT_PREFIX)}
+    return terms, stats
+
+
+def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    # Ignore ``mode``: a frozen teacher runs in eval mode always (BN running stats, dropout off).
+    return nn.Module.train(self, False)
+
+
+def freeze_teacher(module: nn.Module) -> nn.Module:
+    """Freeze a teacher in place and return it.
+
+    All parameters get ``requires_grad=False`` (the engine leaves them out of the optimiser and no
+    gradient is computed for them), the module goes to eval mode, and its ``train()`` is
+    overridden on this instance to keep it there: a surrounding ``model.train()`` (which the
+    engine calls) would otherwise switch the teacher's BatchNorm back to batch statistics and
+    update its running statistics from the student's training batches.
+    """
+    module.requires_grad_(False)
+    module.train = types.MethodType(_stay_in_eval, module)
+    module.eval()
+    module._x3kd_frozen = True
+    return module
+
+
+def is_frozen(module: nn.Module) -> bool:
+    """True if ``module`` went through :func:`freeze_teacher` and is still frozen."""
+    return bool(getattr(module, "_x3kd_frozen", False)) and not module.training and not any(
+        p.requires_grad for p in module.parameters()
+    )
+
+
+def _prefixed(component: str, losses: dict[str, Tensor], weights: dict[str, float]) -> dict[str, Tensor]:
+    out = {}
+    for name, value in losses.items():
+        if name.startswith(STAT_PREFIX):
+            out[f"{STAT_PREFIX}{component}/{name[len(STAT_PREFIX):]}"] = value.detach()
+        else:
+            out[f"{component}/{name}"] = weights[name] * value
+    return out
+
+
+class DistillationLosses(nn.Module):
+    """All enabled X3KD terms, weighted, from the student's and the teachers' outputs.
+
+    Submodules (only those of enabled components exist; all are student-side, trained with it):
+    ``x_is_head`` (:class:`XISHead`), ``x_fd`` (:class:`XFDLoss`, holds the shared BEV adapter),
+    ``x_at_adapter`` (a 1x1 conv, only when X-AT is on and X-FD off), and the stateless
+    ``x_is_loss`` / ``x_od``. The X-AT discriminator is deliberately *not* a submodule; reach it
+    through :attr:`x_at` and train it with :meth:`discriminator_step`.
+
+    Args:
+        config: which components, their weights and parameters.
+        grid: the BEV grid of student and teacher (for the GT foreground maps of X-FD).
+        image_channels: C of the student's ``image_features`` (X-IS head input).
+        student_bev_channels / teacher_bev_channels: C_s / C_t of the BEV features.
+        num_classes: K of the heatmaps and of the teacher masks.
+    """
+
+    def __init__(
+        self,
+        config: DistillConfig,
+        *,
+        grid: BevGridConfig,
+        image_channels: int,
+        student_bev_channels: int,
+        teacher_bev_channels: int,
+        num_classes: int = len(DETECTION_CLASSES),
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.grid = grid
+        if config.x_is.enabled:
+            self.x_is_head = XISHead.from_config(config.x_is, image_channels, num_classes)
+            self.x_is_loss = XISLoss.from_config(config.x_is)
+        if config.x_fd.enabled:
+            self.x_fd = XFDLoss.from_config(config.x_fd, student_bev_channels, teacher_bev_channels)
+        # A tuple is not registered by nn.Module: the discriminator stays out of this module's
+        # parameters, state_dict and .to() (see x_at's module docstring).
+        self._x_at: tuple[XATLoss, ...] = ()
+        if config.x_at.enabled:
+            if not config.x_fd.enabled:
+                self.x_at_adapter = build_bev_adapter(student_bev_channels, teacher_bev_channels, "conv1x1")
+            self._x_at = (XATLoss.from_config(config.x_at, teacher_bev_channels),)
+        if config.x_od.enabled:
+            self.x_od = XODLoss.from_config(config.x_od)
+
+    @classmethod
+    def from_models(cls, config: DistillConfig, student: nn.Module, lidar_teacher: nn.Module,
+                    grid: BevGridConfig) -> "DistillationLosses":
+        """Channel counts read off a :class:`~x3kd_core.models.student.CameraStudent` and a
+        :class:`~x3kd_core.models.teachers.lidar.LidarDetector` (or any teacher with ``bev_channels``)."""
+        return cls(
+            config,
+            grid=grid,
+            image_channels=student.neck.out_channels,
+            student_bev_channels=student.bev_encoder.out_channels,
+            teacher_bev_channels=lidar_teacher.bev_channels,
+            num_classes=student.head.config.num_classes if hasattr(student.head, "config") else len(DETECTION_CLASSES),
+        )
+
+    @property
+    def x_at(self) -> XATLoss | None:
+        """The X-AT loss (holding the discriminator and the context), None when X-AT is off."""
+        return self._x_at[0] if self._x_at else None
+
+    def discriminator_step(
+        self, *, wrap_module: Callable[[nn.Module], nn.Module] | None = None
+    ) -> DiscriminatorStep:
+        """The engine ``extra_steps`` entry that trains the discriminator (with its own optimiser
+        built from ``config.x_at``).
+
+        Raises:
+            RuntimeError: X-AT is disabled.
+        """
+        if self.x_at is None:
+            raise RuntimeError("X-AT is disabled in this DistillConfig: there is no discriminator to train")
+        return make_discriminator_step(self.x_at, config=self.config.x_at, wrap_module=wrap_module)
+
+    def forward(
+        self,
+        student,
+        teacher=None,
+        teacher_masks: Tensor | None = None,
+        gt_boxes: list[Boxes3D] | None = None,
+    ) -> dict[str, Tensor]:
+        """Every enabled term.
+
+        Args:
+            student: :class:`~x3kd_core.models.student.StudentOutputs` (uses ``image_features``
+                (B, N_cam, C, h, w), ``bev_features`` (B, C_s, N_x, N_y), ``head``).
+            teacher: LiDAR teacher's :class:`~x3kd_core.models.teachers.lidar.BevDetectorOutputs`
+                (``bev_features`` (B, C_t, N_x, N_y), ``head``); needed by X-FD, X-AT, X-OD.
+            teacher_masks: (B, N_cam, K, H, W) in [0, 1] from ``InstanceSegmenter.mask_targets``;
+                needed by X-IS.
+            gt_boxes: B Boxes3D (ego frame); needed by X-FD with a ``gt_*`` foreground.
+
+        Returns:
+            Weighted scalar terms ``x_is/mask``, ``x_fd/feature``, ``x_at/gen``, ``x_od/heatmap``,
+            ``x_od/regression`` (those enabled) and detached ``stat/<component>/<name>`` values.
+            In training mode X-AT also records this batch's maps for the discriminator step.
+
+        Raises:
+            ValueError: an enabled component's input is missing.
+        """
+        cfg = self.config
+        out: dict[str, Tensor] = {}
+        needs_teacher = [n for n in ("x_fd", "x_at", "x_od") if getattr(cfg, n).enabled]
+        if needs_teacher and teacher is None:
+            raise ValueError(f"{', '.join(needs_teacher)} enabled but no LiDAR teacher outputs were given")
+
+        if cfg.x_is.enabled:
+            if teacher_masks is None:
+                raise ValueError("x_is enabled but no teacher_masks were given")
+            logits = self.x_is_head(student.image_features)
+            out.update(_prefixed("x_is", self.x_is_loss(logits, teacher_masks), {"mask": cfg.x_is.weight}))
+
+        adapted = None
+        if cfg.x_fd.enabled:
+            adapted = self.x_fd.adapter(student.bev_features)
+            if cfg.x_fd.foreground == "teacher_heatmap":
+                fg = teacher_foreground_map(teacher.head.heatmap)
+            else:
+                if gt_boxes is None:
+                    raise ValueError(f"x_fd.foreground={cfg.x_fd.foreground!r} needs gt_boxes")
+                fg = bev_foreground_map(gt_boxes, self.grid, cfg.x_fd.foreground, adapted.device)
+            terms = self.x_fd.loss_from_adapted(adapted, teacher.bev_features, fg)
+            out.update(_prefixed("x_fd", terms, {"feature": cfg.x_fd.weight}))
+
+        if cfg.x_at.enabled:
+            if adapted is None:
+                adapted = self.x_at_adapter(student.bev_features)
+            terms = self.x_at(adapted, teacher.bev_features, record=self.training)
+            out.update(_prefixed("x_at", terms, {"gen": cfg.x_at.weight}))
+
+        if cfg.x_od.enabled:
+            terms = self.x_od(student.head, teacher.head)
+            weights = {"heatmap": cfg.x_od.heatmap_weight, "regression": cfg.x_od.regression_weight}
+            out.update(_prefixed("x_od", terms, weights))
+        return out

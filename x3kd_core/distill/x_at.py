@@ -1,0 +1,333 @@
+"""X-AT: adversarial training of the camera student's BEV features against the LiDAR teacher's.
+
+A small discriminator ``D`` looks at BEV feature maps in the teacher's channel space and tells
+LiDAR-teacher features (label 1) from camera-student features (label 0); the student is trained to
+make ``D`` answer 1 on its own features. Unlike X-FD this matches the *distribution* of the
+features, not cell-wise values, so it also acts where the teacher's exact values are out of the
+camera's reach.
+
+Where it is applied (``DistillationLosses`` does this): to the *adapted* student features, i.e.
+the output of X-FD's adapter when X-FD is enabled (the two share one adapter and one forward),
+otherwise of a 1x1-conv adapter of X-AT's own; ``D`` therefore always sees C_t channels.
+
+Two optimisers, two steps per training iteration:
+
+1. main step (the engine's): the student minimises ``weight * x_at/gen`` (non-saturating GAN loss)
+   with ``D`` held fixed (:meth:`XATLoss.generator_loss` runs ``D`` with detached parameters, so
+   no gradient reaches them); meanwhile the student's forward records the detached adapted student
+   and teacher BEV maps of this batch in :class:`XATContext`;
+2. discriminator step (:class:`DiscriminatorStep`, an ``extra_steps`` entry of the engine): one
+   update of ``D`` on the recorded maps with its own optimiser, without a second model forward.
+
+Ownership: the discriminator is NOT a submodule of the student's training module (it would land in
+the main optimiser and in DDP's gradient sync of the student); :class:`DiscriminatorStep` owns it
+and its optimiser, and checkpoints both through ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from x3kd_core.distill.config import XATConfig
+
+__all__ = [
+    "BevDiscriminator",
+    "BevPair",
+    "XATContext",
+    "XATLoss",
+    "DiscriminatorStep",
+    "make_discriminator_optimizer",
+    "make_discriminator_step",
+]
+
+
+class BevDiscriminator(nn.Module):
+    """BEV feature maps -> real/fake logits.
+
+    ``len(channels)`` x (3x3 conv with stride 2, LeakyReLU 0.2), then a 1x1 conv to one logit.
+    No normalisation layers: the teacher and student maps of one update are scored in one batch,
+    and batch statistics would let the two halves leak into each other's verdicts.
+
+    Shapes: x (B, C_in, N_x, N_y) ->
+    ``output='patch'``: (B, 1, P_x, P_y) with ``P = ceil(N / 2^len(channels))``, one logit per patch;
+    ``output='map'``: (B, 1, 1, 1), the patch features averaged before the last conv.
+    """
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...] = (64, 64),
+                 output: Literal["patch", "map"] = "patch") -> None:
+        super().__init__()
+        if output not in ("patch", "map"):
+            raise ValueError(f"unknown discriminator output {output!r} (patch, map)")
+        layers: list[nn.Module] = []
+        c = in_channels
+        for width in channels:
+            layers += [nn.Conv2d(c, width, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            c = width
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(c, 1, 1)
+        self.output = output
+        self.in_channels = in_channels
+
+    @classmethod
+    def from_config(cls, config: XATConfig, in_channels: int) -> "BevDiscriminator":
+        return cls(in_channels, config.disc_channels, config.disc_output)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.body(x)
+        if self.output == "map":
+            h = h.mean(dim=(2, 3), keepdim=True)
+        return self.out(h)
+
+
+@dataclass
+class BevPair:
+    """Detached BEV maps of one batch, for the discriminator step.
+
+    student_bev: (B, C_t, N_x, N_y) adapted student features. teacher_bev: (B, C_t, N_x, N_y).
+    """
+
+    student_bev: Tensor
+    teacher_bev: Tensor
+
+
+class XATContext:
+    """Hand-over of the current batch's BEV maps from the student's forward to the discriminator step.
+
+    :meth:`record` (called during the main forward) keeps detached copies; :meth:`take` (called by
+    :class:`DiscriminatorStep`) returns them and empties the context, so a step can never train
+    ``D`` on a stale batch.
+    """
+
+    def __init__(self) -> None:
+        self.pending: BevPair | None = None
+
+    def record(self, student_bev: Tensor, teacher_bev: Tensor) -> None:
+        """Keep detached student (adapted) / teacher BEV maps (B, C_t, N_x, N_y) of this batch."""
+        if student_bev.shape != teacher_bev.shape:
+            raise ValueError(f"student {tuple(student_bev.shape)} and teacher {tuple(teacher_bev.shape)} BEV differ")
+        self.pending = BevPair(student_bev.detach(), teacher_bev.detach())
+
+    @property
+    def filled(self) -> bool:
+        return self.pending is not None
+
+    def take(self) -> BevPair:
+        """The recorded pair; the context is empty afterwards.
+
+        Raises:
+            RuntimeError: nothing was recorded since the last ``take`` (X-AT did not run in training
+                mode in the main step).
+        """
+        if self.pending is None:
+            raise RuntimeError(
+                "X-AT discriminator step: no BEV features recorded for this batch; the main step must run "
+                "DistillationLosses (with X-AT enabled, in training mode) before the discriminator step"
+            )
+        pair, self.pending = self.pending, None
+        return pair
+
+
+class XATLoss(nn.Module):
+    """Adversarial BEV losses around a :class:`BevDiscriminator`.
+
+    Formulas (``D`` logits; ``BCE(z, y)`` = binary cross-entropy with logits, mean over samples and
+    patches; ``a`` adapted student features, ``f_t`` teacher features, both (B, C_t, N_x, N_y)):
+
+        disc = 0.5 * (BCE(D(f_t), 1) + BCE(D(a.detach()), 0))       (discriminator's objective)
+        gen  = BCE(D(a), 1)  with D's parameters held fixed          (student's, non-saturating)
+
+    ``disc`` is ``log 2`` for a discriminator that cannot tell (logits 0) and tends to 0 for one
+    that separates; ``gen`` is ``log 2`` at logits 0 and tends to 0 when the student fools ``D``.
+
+    Default weight in the total objective: 0.1 on ``gen`` (see
+    :class:`~x3kd_core.distill.config.XATConfig`); ``disc`` is optimised by its own optimiser.
+
+    Attributes:
+        discriminator: the ``D`` (owned by whoever registers this module; see the module docstring).
+        context: :class:`XATContext` filled by :meth:`forward`.
+    """
+
+    def __init__(self, discriminator: BevDiscriminator) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+        self.context = XATContext()
+
+    @classmethod
+    def from_config(cls, config: XATConfig, teacher_channels: int) -> "XATLoss":
+        return cls(BevDiscriminator.from_config(config, teacher_channels))
+
+    def _follow_device(self, x: Tensor) -> None:
+        # The discriminator lives outside the student's module tree, so model.to(device) does not
+        # move it; follow the features instead. Parameters are moved in place (same objects), so an
+        # optimiser built before still holds them; its state is created lazily on the first step.
+        p = next(self.discriminator.parameters(), None)
+        if p is not None and p.device != x.device:
+            self.discriminator.to(x.device)
+
+    def discriminator_loss(
+        self, student_bev: Tensor, teacher_bev: Tensor, discriminator: nn.Module | None = None
+    ) -> dict[str, Tensor]:
+        """The discriminator's objective on detached maps.
+
+        Args:
+            student_bev / teacher_bev: (B, C_t, N_x, N_y); detached here.
+            discriminator: the module to call instead of ``self.discriminator`` (its DDP wrapper).
+
+        Returns:
+            ``disc`` (scalar, with gradient w.r.t. D's parameters) and detached diagnostics:
+            ``stat/disc_acc`` (fraction of teacher patches with logit > 0 and student patches with
+            logit < 0, averaged over the two), ``stat/p_teacher`` / ``stat/p_student`` (mean D
+            probability of "teacher" on each).
+        """
+        self._follow_device(teacher_bev)
+        module = discriminator if discriminator is not None else self.discriminator
+        B = teacher_bev.shape[0]
+        # One forward over both halves: a DDP-wrapped D must see exactly one forward per backward.
+        logits = module(torch.cat([teacher_bev.detach(), student_bev.detach()]).float())
+        lt, ls = logits[:B], logits[B:]
+        loss = 0.5 * (
+            F.binary_cross_entropy_with_logits(lt, torch.ones_like(lt))
+            + F.binary_cross_entropy_with_logits(ls, torch.zeros_like(ls))
+        )
+        with torch.no_grad():
+            acc = 0.5 * ((lt > 0).float().mean() + (ls < 0).float().mean())
+            p_t, p_s = torch.sigmoid(lt).mean(), torch.sigmoid(ls).mean()
+        return {"disc": loss, "stat/disc_acc": acc, "stat/p_teacher": p_t, "stat/p_student": p_s}
+
+    def generator_loss(self, student_bev: Tensor) -> dict[str, Tensor]:
+        """The student's adversarial objective; gradients reach ``student_bev`` only.
+
+        Args: student_bev: (B, C_t, N_x, N_y) adapted student features (with grad).
+
+        Returns: ``gen`` (scalar) and ``stat/p_student`` (detached mean D probability of "teacher").
+        """
+        self._follow_device(student_bev)
+        # D with detached parameters: the student's backward leaves D's .grad untouched, so the
+        # main step cannot move D even if D's parameters were (wrongly) in the main optimiser.
+        frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+        frozen.update(dict(self.discriminator.named_buffers()))
+        logits = functional_call(self.discriminator, frozen, (student_bev.float(),))
+        gen = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        return {"gen": gen, "stat/p_student": torch.sigmoid(logits.detach()).mean()}
+
+    def forward(self, student_bev: Tensor, teacher_bev: Tensor, record: bool = True) -> dict[str, Tensor]:
+        """Generator loss on the adapted student features; with ``record``, also hand the detached
+        (student, teacher) maps of this batch to :attr:`context` for the discriminator step.
+
+        Args: student_bev: (B, C_t, N_x, N_y) adapted student features. teacher_bev: same shape.
+        """
+        if record:
+            self.context.record(student_bev, teacher_bev)
+        return self.generator_loss(student_bev)
+
+
+def make_discriminator_optimizer(
+    xat: XATLoss, lr: float = 1e-4, betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """AdamW over the discriminator's parameters only (GAN-style betas by default)."""
+    return torch.optim.AdamW(xat.discriminator.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+class DiscriminatorStep:
+    """One discriminator update per training step; an ``extra_steps`` entry of the training engine.
+
+    Called as ``step(batch, step_index) -> dict[str, float]`` after each main optimiser step
+    (``x3kd_core.train.engine``); ``batch`` is not used: the BEV maps come from ``xat.context``,
+    filled by the main step's forward. Returns ``x_at/disc``, ``x_at/disc_acc``,
+    ``x_at/p_teacher``, ``x_at/p_student`` for the training log. ``state_dict`` /
+    ``load_state_dict`` cover the discriminator and its optimiser, so the engine checkpoints and
+    resumes them under ``extra['x_at_discriminator']``.
+
+    Args:
+        xat: the X-AT loss whose discriminator and context are used.
+        optimizer: over ``xat.discriminator``'s parameters only.
+        wrap_module: e.g. ``lambda m: distributed.wrap_ddp(m, ctx)`` under torchrun, so that D's
+            gradients are averaged over ranks; applied once, on the first call (after the main
+            step moved D to the features' device).
+        grad_clip_norm: optional L2 clip of D's gradients.
+    """
+
+    name = "x_at_discriminator"
+
+    def __init__(
+        self,
+        xat: XATLoss,
+        optimizer: torch.optim.Optimizer,
+        *,
+        wrap_module: Callable[[nn.Module], nn.Module] | None = None,
+        grad_clip_norm: float | None = None,
+    ) -> None:
+        disc_params = {id(p) for p in xat.discriminator.parameters()}
+        foreign = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in disc_params]
+        if foreign:
+            raise ValueError(f"the discriminator optimiser holds {len(foreign)} parameters that are not the discriminator's")
+        self.xat = xat
+        self.optimizer = optimizer
+        self.wrap_module = wrap_module
+        self.grad_clip_norm = grad_clip_norm
+        self._module: nn.Module | None = None
+
+    def _get_module(self, device: torch.device) -> nn.Module:
+        if self._module is None:
+            self.xat.discriminator.to(device)
+            # A resumed optimiser loaded its state while D was still on the CPU (D follows the
+            # features' device only once they exist); put that state where the parameters are now.
+            for p, state in self.optimizer.state.items():
+                for key, value in state.items():
+                    if isinstance(value, Tensor) and value.device != p.device and key != "step":
+                        state[key] = value.to(p.device)
+            self._module = self.wrap_module(self.xat.discriminator) if self.wrap_module else self.xat.discriminator
+        return self._module
+
+    def __call__(self, batch: object = None, step: int | None = None) -> dict[str, float]:
+        pair = self.xat.context.take()
+        module = self._get_module(pair.student_bev.device)
+        module.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            losses = self.xat.discriminator_loss(pair.student_bev, pair.teacher_bev, discriminator=module)
+            losses["disc"].backward()
+        if self.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.xat.discriminator.parameters(), self.grad_clip_norm)
+        self.optimizer.step()
+        return {
+            "x_at/disc": float(losses["disc"].detach()),
+            "x_at/disc_acc": float(losses["stat/disc_acc"]),
+            "x_at/p_teacher": float(losses["stat/p_teacher"]),
+            "x_at/p_student": float(losses["stat/p_student"]),
+        }
+
+    def state_dict(self) -> dict:
+        return {"discriminator": self.xat.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.xat.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def make_discriminator_step(
+    xat: XATLoss,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    config: XATConfig | None = None,
+    wrap_module: Callable[[nn.Module], nn.Module] | None = None,
+) -> DiscriminatorStep:
+    """The engine-compatible discriminator update for ``xat``.
+
+    Args:
+        xat: the X-AT loss (e.g. ``DistillationLosses.x_at``).
+        optimizer: D's optimiser; None builds :func:`make_discriminator_optimizer` from ``config``
+            (or its defaults).
+        config: X-AT settings for that optimiser.
+        wrap_module: see :class:`DiscriminatorStep`.
+    """
+    if optimizer is None:
+        cfg = config or XATConfig()
+        optimizer = make_discriminator_optimizer(xat, cfg.disc_lr, cfg.disc_betas, cfg.disc_weight_decay)
+    return DiscriminatorStep(xat, optimizer, wrap_module=wrap_module)
