@@ -2,7 +2,7 @@
 # One idempotent set-up step for x3kd on a fresh machine (Debian 12, python3.11, no ROS install):
 #   1. <repo>/.venv            created with `python3 -m venv` if missing
 #   2. tools/requirements.txt  pip-installed, skipped while a stamp holding its hash is current
-#   3. vision_msgs             built from interfaces/vision_msgs with plain cmake into the venv,
+#   3. vision_msgs, tf2_msgs   built from interfaces/<pkg> with plain cmake into the venv,
 #                              only when the venv cannot import it (or our own build is stale)
 #   4. this repo               `pip install -e . --no-deps`, skipped while current
 # A second run with nothing changed takes seconds. Safe under CI=true (never prompts).
@@ -17,12 +17,9 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${X3KD_VENV:-$REPO/.venv}"
 PY="$VENV/bin/python"
 REQ="$REPO/tools/requirements.txt"
-MSG_SRC="$REPO/interfaces/vision_msgs"
-MSG_BUILD="$REPO/build/vision_msgs"
 JOBS="${X3KD_JOBS:-$(nproc)}"
 # Stamps live inside the venv: a new venv starts with none, so it is always filled.
 PIP_STAMP="$VENV/.x3kd-requirements.sha256"
-MSG_STAMP="$VENV/.x3kd-vision_msgs.sha256"
 REPO_STAMP="$VENV/.x3kd-editable.sha256"
 
 export PIP_NO_INPUT=1
@@ -60,13 +57,16 @@ else
   log "pip done in $((SECONDS - t0)) s"
 fi
 
-# ---------------------------------------------------------------- 3. vision_msgs
-# Loading the type support (not just the Python module) proves the compiled libraries are there.
-vision_msgs_importable() {
-  "$PY" - <<'EOF' 2>/dev/null
-from vision_msgs.msg import Detection3DArray
+# ---------------------------------------------------------------- 3. interface packages
+# vision_msgs and tf2_msgs have no PyPI wheel: each is built from interfaces/<pkg> when the venv
+# cannot load it. Loading the type support (not just the Python module) proves the compiled
+# libraries are there.
+interface_importable() {  # $1 = "pkg.msg:Type"
+  "$PY" - "$1" <<'EOF' 2>/dev/null
+import importlib, sys
+module, name = sys.argv[1].split(":")
 from rclpy.type_support import check_for_type_support
-check_for_type_support(Detection3DArray)
+check_for_type_support(getattr(importlib.import_module(module), name))
 EOF
 }
 
@@ -98,40 +98,46 @@ print(patched)
 EOF
 }
 
-build_vision_msgs() {
-  local n
+build_interface() {  # $1 = package name under interfaces/
+  local pkg="$1" src="$REPO/interfaces/$1" bld="$REPO/build/$1" n
   n="$(patch_wheel_cmake_paths)"
   log "patched wheel-build paths in $n exported .cmake files"
-  log "building vision_msgs (cmake, $JOBS jobs; about a minute)"
+  log "building $pkg (cmake, $JOBS jobs; about a minute)"
   local t0=$SECONDS
   # A stale cache from another venv location would point CMake at the wrong prefix.
-  rm -rf "$MSG_BUILD"
+  rm -rf "$bld"
   # PATH: generator scripts call `python3`/`rosidl` and must get the venv's.
-  AMENT_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH" cmake -S "$MSG_SRC" -B "$MSG_BUILD" \
+  AMENT_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH" cmake -S "$src" -B "$bld" \
     -DCMAKE_PREFIX_PATH="$VENV" -DCMAKE_INSTALL_PREFIX="$VENV" \
-    -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release > "$MSG_BUILD.configure.log" 2>&1 \
-    || { tail -40 "$MSG_BUILD.configure.log" >&2; die "cmake configure failed (log: $MSG_BUILD.configure.log)"; }
-  AMENT_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH" cmake --build "$MSG_BUILD" -j"$JOBS" > "$MSG_BUILD.build.log" 2>&1 \
-    || { tail -40 "$MSG_BUILD.build.log" >&2; die "cmake build failed (log: $MSG_BUILD.build.log)"; }
-  AMENT_PREFIX_PATH="$VENV" cmake --install "$MSG_BUILD" > "$MSG_BUILD.install.log" 2>&1 \
-    || { tail -40 "$MSG_BUILD.install.log" >&2; die "cmake install failed (log: $MSG_BUILD.install.log)"; }
-  log "vision_msgs built and installed in $((SECONDS - t0)) s"
+    -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release > "$bld.configure.log" 2>&1 \
+    || { tail -40 "$bld.configure.log" >&2; die "cmake configure of $pkg failed (log: $bld.configure.log)"; }
+  AMENT_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH" cmake --build "$bld" -j"$JOBS" > "$bld.build.log" 2>&1 \
+    || { tail -40 "$bld.build.log" >&2; die "cmake build of $pkg failed (log: $bld.build.log)"; }
+  AMENT_PREFIX_PATH="$VENV" cmake --install "$bld" > "$bld.install.log" 2>&1 \
+    || { tail -40 "$bld.install.log" >&2; die "cmake install of $pkg failed (log: $bld.install.log)"; }
+  log "$pkg built and installed in $((SECONDS - t0)) s"
 }
 
 mkdir -p "$REPO/build"
-msg_hash="$(content_hash "$MSG_SRC/CMakeLists.txt" "$MSG_SRC/package.xml" "$MSG_SRC"/msg/*.msg)"
-if ! vision_msgs_importable; then
-  build_vision_msgs
-  vision_msgs_importable || die "vision_msgs still not importable after the build"
-  echo "$msg_hash" > "$MSG_STAMP"
-elif [ -f "$MSG_STAMP" ] && [ "$(cat "$MSG_STAMP")" != "$msg_hash" ]; then
-  # Only our own build carries a stamp; a vision_msgs from a real ROS 2 install is left alone.
-  log "interfaces/vision_msgs changed since it was built, rebuilding"
-  build_vision_msgs
-  echo "$msg_hash" > "$MSG_STAMP"
-else
-  log "vision_msgs importable, nothing to build"
-fi
+for spec in "vision_msgs:vision_msgs.msg:Detection3DArray" "tf2_msgs:tf2_msgs.msg:TFMessage"; do
+  pkg="${spec%%:*}"
+  probe="${spec#*:}"
+  src="$REPO/interfaces/$pkg"
+  stamp="$VENV/.x3kd-$pkg.sha256"
+  msg_hash="$(content_hash "$src/CMakeLists.txt" "$src/package.xml" "$src"/msg/*.msg)"
+  if ! interface_importable "$probe"; then
+    build_interface "$pkg"
+    interface_importable "$probe" || die "$pkg still not importable after the build"
+    echo "$msg_hash" > "$stamp"
+  elif [ -f "$stamp" ] && [ "$(cat "$stamp")" != "$msg_hash" ]; then
+    # Only our own build carries a stamp; a package from a real ROS 2 install is left alone.
+    log "interfaces/$pkg changed since it was built, rebuilding"
+    build_interface "$pkg"
+    echo "$msg_hash" > "$stamp"
+  else
+    log "$pkg importable, nothing to build"
+  fi
+done
 
 # ---------------------------------------------------------------- 4. this repo, editable
 repo_hash="$( (content_hash "$REPO/setup.py" "$REPO/setup.cfg" "$REPO/package.xml"; echo "$REPO") | sha256sum | cut -d' ' -f1)"

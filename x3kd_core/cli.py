@@ -3,6 +3,7 @@
     x3kd data synth --config config/data/synthetic_small.yaml --out data/synth_small
     x3kd data show  --dataroot data/synth_small --version v1.0-synth --split synth_val --out pics/
     x3kd eval       --dataroot ... --version ... --split ... --results results.json --out eval/
+    x3kd train      --experiment config/train/student_tiny.yaml [--out runs/X] [--set key.path=value ...] [--resume]
     x3kd demo       --out runs/demo
 
 Every sub-command exits 0 on success, 2 on bad input (config, paths, files) with a one-line
@@ -67,6 +68,30 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from x3kd_core.experiment import headline, load_experiment, train_experiment
+    from x3kd_core.train.checkpoint import CheckpointError
+
+    exp = load_experiment(args.experiment, args.set or ())
+    out = args.out or exp.train.out_dir
+    try:
+        result = train_experiment(exp, out, resume=args.resume, device=args.device, source_path=str(args.experiment))
+    except CheckpointError as err:
+        raise UserError(str(err)) from err
+    state = "finished" if result.finished else "stopped"
+    print(f"{exp.name} ({exp.kind}): {state} at step {result.step}/{result.total_steps} in {result.train_wall_s:.1f} s; "
+          f"checkpoint {result.checkpoint}")
+    if result.last_losses:
+        print("last losses:", ", ".join(f"{k}={v:.4g}" for k, v in result.last_losses.items()))
+    if result.metrics:
+        print(f"{exp.data.val_split}:", ", ".join(f"{k}={v:.4f}" for k, v in headline(exp.kind, result.metrics).items()))
+        if "ap_per_class" in result.metrics:
+            present = result.metrics.get("classes_present", [])
+            print("AP per class:", ", ".join(f"{c}={result.metrics['ap_per_class'][c]:.3f}" for c in present))
+    print(f"wrote {result.metrics_path}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from x3kd_core.demo import run_demo
 
@@ -128,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     bag_write.add_argument("--sweeps", action="store_true", help="also write the non-keyframe sweeps")
     bag_write.add_argument("--max-samples", type=int, default=None, help="only the first N keyframes of the split")
     bag_write.set_defaults(func=_cmd_bag_write)
+
+    train = sub.add_parser("train", help="train one experiment (config/train/*.yaml), then evaluate it")
+    train.add_argument("--experiment", required=True, help="ExperimentConfig YAML (config/train/*.yaml)")
+    train.add_argument("--out", default=None, help="run folder (default: the experiment's train.out_dir)")
+    train.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                       help="override a config value, e.g. --set train.max_steps=100 (repeatable; YAML values)")
+    train.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if it exists")
+    train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    train.set_defaults(func=_cmd_train)
 
     demo = sub.add_parser("demo", help="the main job end to end on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo")

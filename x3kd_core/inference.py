@@ -1,0 +1,160 @@
+"""Predictor: raw camera images + calibration -> ego-frame 3D boxes (no ROS imports).
+
+    predictor = Predictor.from_checkpoint("runs/student_small/last.pt")          # cuda if available
+    boxes = predictor.predict(images, intrinsics, cam_to_ego)                    # -> Boxes3D
+
+Input handling matches training exactly:
+
+* every image is resized and cropped to the model's input size by the loader's own
+  :class:`~x3kd_core.data.nuscenes.ImageTransform` with the experiment's policy
+  (``data.resize_scale``, ``data.crop_bottom_fraction``), and its K by the same pixel map, so an
+  image of any resolution (and each camera its own) gives what the data loader would have given;
+* normalisation is :func:`~x3kd_core.data.nuscenes.collate_samples`' (ImageNet mean / std on
+  [0, 1] RGB), so on a dataset sample the Predictor and the training task's ``predict`` on the
+  collated batch agree to float precision.
+
+Missing cameras. ``camera_mask[n] = False`` (or ``images[n] = None``) marks camera ``n`` as absent:
+its features are zero, i.e. it adds nothing to the BEV map. Because lift-splat *sums* the lifted
+features of all cameras into the BEV grid and nothing before that mixes cameras (backbone, neck
+and depth net run per image, BatchNorm in eval mode), a zero-feature camera is exactly the same
+as leaving it out of the camera axis, which is how it is implemented (cheaper, and no fake image
+needs inventing). The other cameras' detections are unaffected; objects only the missing camera
+saw are lost. With every camera missing, no box is returned.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from x3kd_core.data.nuscenes import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+from x3kd_core.structures import Boxes3D
+
+__all__ = ["Predictor", "default_device"]
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """Runs a trained camera (or camera + radar) student on raw multi-camera input.
+
+    Args:
+        model: a :class:`~x3kd_core.models.student.CameraStudent` or
+            :class:`~x3kd_core.models.camera_radar.CameraRadarStudent` (weights loaded).
+        experiment: the :class:`~x3kd_core.experiment.ExperimentConfig` it was trained with (input
+            size, resize policy, camera order).
+        device: where to run; None -> :func:`default_device`.
+    """
+
+    def __init__(self, model: nn.Module, experiment, device: str | torch.device | None = None) -> None:
+        from x3kd_core.models.camera_radar import CameraRadarStudent
+
+        if experiment.kind not in ("student", "camera_radar"):
+            raise ValueError(f"the Predictor runs camera students, not kind '{experiment.kind}'")
+        self.experiment = experiment
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.uses_radar = isinstance(model, CameraRadarStudent)
+        self.image_hw: tuple[int, int] = tuple(experiment.image_hw)
+        self.cameras: tuple[str, ...] = tuple(experiment.data.cameras)
+        self._mean = torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "Predictor":
+        """Load a ``last.pt`` of ``x3kd train`` (read with ``torch.load(weights_only=True)``).
+
+        Raises:
+            CheckpointError: not a camera-student checkpoint, or weights that do not fit.
+        """
+        from x3kd_core.experiment import task_from_checkpoint
+
+        task, exp = task_from_checkpoint(path, kinds=("student", "camera_radar"))
+        return cls(task.student, exp, device)
+
+    # -------------------------------------------------------------------------------- pre-processing
+    def prepare(
+        self,
+        images: Sequence[Optional[np.ndarray]] | np.ndarray,
+        intrinsics: np.ndarray,
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Resize / crop / normalise the present cameras.
+
+        Returns:
+            images (1, N_present, 3, H, W) float32 normalised, intrinsics (N_present, 3, 3) float64
+            for them, and the indices of the present cameras.
+        """
+        present = [n for n, img in enumerate(images) if img is not None]
+        out_images, out_k = [], []
+        for n in present:
+            img = np.asarray(images[n])
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise ValueError(f"camera {n}: expected an (H, W, 3) uint8 RGB image, got {img.shape} {img.dtype}")
+            cfg = self.experiment.data
+            tf = ImageTransform.fit(img.shape[:2], self.image_hw, cfg.resize_scale, cfg.crop_bottom_fraction)
+            out_images.append(np.ascontiguousarray(tf.apply(img, cv2.INTER_LINEAR).transpose(2, 0, 1)))
+            out_k.append(tf.intrinsics(np.asarray(intrinsics[n], dtype=np.float64)))
+        if not present:
+            return torch.zeros(1, 0, 3, *self.image_hw), np.zeros((0, 3, 3)), np.zeros(0, dtype=np.int64)
+        # Same arithmetic, in the same order, as collate_samples: bit-identical inputs.
+        stacked = torch.from_numpy(np.stack(out_images)[None]).float().div_(255.0)
+        return (stacked - self._mean) / self._std, np.stack(out_k), np.asarray(present, dtype=np.int64)
+
+    # ------------------------------------------------------------------------------------- predict
+    def predict(
+        self,
+        images: Sequence[Optional[np.ndarray]] | np.ndarray,
+        intrinsics: np.ndarray,
+        cam_to_ego: np.ndarray,
+        camera_mask: Optional[Sequence[bool] | np.ndarray] = None,
+        radar_points: Optional[np.ndarray] = None,
+    ) -> Boxes3D:
+        """Detect 3D boxes in one multi-camera frame.
+
+        Args:
+            images: N_cam RGB uint8 images (H_n, W_n, 3), any resolution, in the experiment's camera
+                order (``self.cameras``); a (N_cam, H, W, 3) array or a list; None = camera missing.
+            intrinsics: (N_cam, 3, 3) K of exactly those images (pixels).
+            cam_to_ego: (N_cam, 4, 4) camera -> ego transforms (m).
+            camera_mask: optional (N_cam,) bool, False = camera missing (see the module docstring).
+            radar_points: (Q, 7) x, y, z (m, ego), rcs, vx, vy (m/s), time_lag_s; required by a
+                camera + radar model (an empty (0, 7) array means "no returns").
+
+        Returns:
+            Boxes3D in the ego frame (score = confidence), as decoded by the model's head.
+        """
+        n_cam = len(images)
+        intrinsics = np.asarray(intrinsics, dtype=np.float64)
+        cam_to_ego = np.asarray(cam_to_ego, dtype=np.float64)
+        if intrinsics.shape != (n_cam, 3, 3) or cam_to_ego.shape != (n_cam, 4, 4):
+            raise ValueError(f"{n_cam} images need intrinsics ({n_cam}, 3, 3) and cam_to_ego ({n_cam}, 4, 4), got "
+                             f"{intrinsics.shape} and {cam_to_ego.shape}")
+        images = list(images)
+        if camera_mask is not None:
+            mask = np.asarray(camera_mask, dtype=bool)
+            if mask.shape != (n_cam,):
+                raise ValueError(f"camera_mask must be ({n_cam},), got {mask.shape}")
+            images = [img if keep else None for img, keep in zip(images, mask)]
+        if self.uses_radar and radar_points is None:
+            raise ValueError("this camera + radar model needs radar_points ((0, 7) for none)")
+        batch_images, k, present = self.prepare(images, intrinsics)
+        if len(present) == 0:
+            return Boxes3D.empty()
+        with torch.inference_mode():
+            args = [
+                batch_images.to(self.device),
+                torch.from_numpy(k[None]).float().to(self.device),
+                torch.from_numpy(cam_to_ego[present][None]).float().to(self.device),
+            ]
+            if self.uses_radar:
+                args.append([torch.from_numpy(np.asarray(radar_points, dtype=np.float32)).to(self.device)])
+            outputs = self.model(*args)
+            return self.model.predict(outputs)[0]
