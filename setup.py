@@ -45,6 +45,11 @@ setup(
     entry_points={
         "console_scripts": [
             "x3kd = x3kd_core.cli:main",
+            "x3kd_detector = x3kd_ros.detector_node:main",
+            "x3kd_lidar_teacher = x3kd_ros.teacher_nodes:lidar_main",
+            "x3kd_radar_teacher = x3kd_ros.teacher_nodes:radar_main",
+            "x3kd_comparison = x3kd_ros.comparison_node:main",
+            "x3kd_run_graph = x3kd_ros.run_graph:main",
         ],
     },
 )

@@ -7,7 +7,8 @@
 Training step: batch 2 x 6 cameras, forward + all losses (head + LiDAR depth) + backward + AdamW.
 Inference: batch 1 x 6 cameras, eval mode, forward + box decoding (``predict``).
 Inputs are synthetic (image noise, a nuScenes-like camera rig, a LiDAR ground plane, 10 boxes);
-timing does not depend on image content. Reports the median over ``--steps`` after ``--warmup``.
+timing does not depend on image content. Reports the median over ``--steps`` after ``--warmup``
+of wall time and of this process' CPU time (all threads; "(cpu)" columns).
 
 On a CPU shared with other busy processes, OpenMP's default spin-waiting can make 2 threads
 several times slower than 1; run with ``OMP_WAIT_POLICY=PASSIVE`` there (it must be set before
@@ -94,19 +95,24 @@ def synthetic_batch(cfg: StudentConfig, batch_size: int, seed: int = 0) -> Batch
     )
 
 
-def _timed(fn, device: torch.device, warmup: int, steps: int) -> float:
-    """Median seconds of ``fn()`` over ``steps`` calls after ``warmup`` untimed calls."""
-    times = []
+def _timed(fn, device: torch.device, warmup: int, steps: int) -> tuple[float, float]:
+    """Median (wall seconds, process CPU seconds) of ``fn()`` over ``steps`` calls after ``warmup``.
+
+    CPU seconds (all threads of this process) barely change when other processes compete for the
+    cores, so they stay comparable on a busy machine where wall time does not.
+    """
+    wall, cpu = [], []
     for i in range(warmup + steps):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def bench(name: str, device: torch.device, train_batch: int, warmup: int, steps: int, amp: bool) -> dict:
@@ -139,9 +145,9 @@ def bench(name: str, device: torch.device, train_batch: int, warmup: int, steps:
             model.predict(model(infer.images, infer.intrinsics, infer.cam_to_ego))
 
     model.train()
-    train_s = _timed(train_step, device, warmup, steps)
+    train_s, train_cpu_s = _timed(train_step, device, warmup, steps)
     model.eval()
-    infer_s = _timed(infer_step, device, warmup, steps)
+    infer_s, infer_cpu_s = _timed(infer_step, device, warmup, steps)
     return {
         "config": name,
         "image_hw": list(cfg.image_hw),
@@ -150,9 +156,11 @@ def bench(name: str, device: torch.device, train_batch: int, warmup: int, steps:
         "params_M": round(sum(params.values()) / 1e6, 3),
         "params_M_by_part": {k: round(v / 1e6, 3) for k, v in params.items()},
         "train_step_s": round(train_s, 4),
+        "train_step_cpu_s": round(train_cpu_s, 4),
         "train_batch": f"{train_batch}x{len(CAMERA_NAMES)}",
         "train_samples_per_s": round(train_batch / train_s, 2),
         "infer_s": round(infer_s, 4),
+        "infer_cpu_s": round(infer_cpu_s, 4),
         "infer_batch": f"1x{len(CAMERA_NAMES)}",
     }
 
@@ -179,13 +187,17 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
         where = torch.cuda.get_device_name(device)
     print(f"# student benchmark on {where}; torch {torch.__version__}; amp={args.amp}")
-    print(f"{'config':<14}{'input':>10}{'D':>5}{'BEV':>9}{'params':>9}{'train step':>13}{'samples/s':>11}{'infer b1':>11}")
+    print(
+        f"{'config':<14}{'input':>10}{'D':>5}{'BEV':>9}{'params':>9}{'train step':>13}{'(cpu)':>9}"
+        f"{'samples/s':>11}{'infer b1':>11}{'(cpu)':>10}"
+    )
     for name in args.configs:
         r = bench(name, device, args.train_batch, args.warmup, args.steps, args.amp)
         hw, cells = r["image_hw"], r["bev_cells"]
         print(
             f"{name:<14}{hw[0]:>4}x{hw[1]:<5}{r['depth_bins']:>5}{cells[0]:>5}x{cells[1]:<3}{r['params_M']:>8.2f}M"
-            f"{r['train_step_s']:>12.3f}s{r['train_samples_per_s']:>11.2f}{r['infer_s'] * 1000:>9.1f}ms"
+            f"{r['train_step_s']:>12.3f}s{r['train_step_cpu_s']:>8.3f}s{r['train_samples_per_s']:>11.2f}"
+            f"{r['infer_s'] * 1000:>9.1f}ms{r['infer_cpu_s'] * 1000:>8.1f}ms"
         )
         if args.json:
             print(json.dumps(r))

@@ -69,10 +69,14 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    import logging
+
     from x3kd_core.experiment import headline, load_experiment, train_experiment
     from x3kd_core.train.checkpoint import CheckpointError
 
     exp = load_experiment(args.experiment, args.set or ())
+    # The engine reports progress (steps, validation, checkpoints) through logging.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = args.out or exp.train.out_dir
     try:
         result = train_experiment(exp, out, resume=args.resume, device=args.device, source_path=str(args.experiment))

@@ -155,7 +155,7 @@ class BevGridConfig:
 
     x_range_m: tuple[float, float] = (-51.2, 51.2)
     y_range_m: tuple[float, float] = (-51.2, 51.2)
-    z_range_m: tuple[float, float] = (-5.0, 3.0)
+    z_range_m: tuple[float, float] = (-3.0, 5.0)  # ego frame (ground ~0 m), not LiDAR frame
     cell_size_m: float = 0.8
 
     def __post_init__(self) -> None:

@@ -41,6 +41,7 @@ from torch import nn
 
 from x3kd_core.config import BevGridConfig, ConfigError, from_dict, to_dict
 from x3kd_core.data.augment import AugmentConfig, AugmentedDataset
+from x3kd_core.distill.config import DistillConfig
 from x3kd_core.structures import CAMERA_NAMES
 from x3kd_core.train.engine import TrainConfig
 
@@ -48,6 +49,7 @@ __all__ = [
     "ModelKind",
     "DataConfig",
     "EvalConfig",
+    "TeachersConfig",
     "ExperimentConfig",
     "MODEL_CONFIG_TYPES",
     "TASK_KINDS",
@@ -59,6 +61,7 @@ __all__ = [
     "build_train_dataset",
     "evaluate_task",
     "train_experiment",
+    "build_distillation",
     "task_from_checkpoint",
     "ExperimentResult",
 ]
@@ -186,13 +189,42 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class TeachersConfig:
+    """Frozen teachers of a distilled camera student: ``last.pt`` files of earlier ``x3kd train`` runs.
+
+    lidar / radar / instance_seg: checkpoint paths (null = none). Each must come from a run of
+        that kind on the SAME grid as this experiment (checked when loading).
+    bev_teacher: which BEV teacher feeds X-FD / X-AT / X-OD (``lidar``; ``radar`` for the paper's
+        radar variant). The instance_seg teacher feeds X-IS.
+    """
+
+    lidar: Optional[str] = None
+    radar: Optional[str] = None
+    instance_seg: Optional[str] = None
+    bev_teacher: Literal["lidar", "radar"] = "lidar"
+
+    def required(self, distill: DistillConfig) -> dict[str, str]:
+        """Teacher name -> why it is needed, for the enabled components."""
+        enabled = set(distill.enabled_components)
+        out = {}
+        bev_users = sorted(enabled & {"x_fd", "x_at", "x_od"})
+        if bev_users:
+            out[self.bev_teacher] = "distill." + "/".join(bev_users)
+        if "x_is" in enabled:
+            out["instance_seg"] = "distill.x_is"
+        return out
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A complete training experiment (see the module docstring).
 
     kind: which model is trained. model: its config (path or mapping; typed after loading:
     LidarDetectorConfig, RadarDetectorConfig, StudentConfig, CameraRadarConfig or
     InstanceSegConfig). grid: THE BEV grid. train: optimisation. data / augment / eval: see their
-    classes. name: free text for logs (default: the file name).
+    classes. distill: X3KD distillation (camera students only; null = none; ``{}`` = all four
+    components with their defaults, see :class:`x3kd_core.distill.config.DistillConfig`);
+    teachers: the checkpoints it distils from. name: free text for logs (default: the file name).
     """
 
     kind: ModelKind
@@ -202,6 +234,8 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: Optional[DistillConfig] = None
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -231,6 +265,12 @@ class ExperimentConfig:
             raise ConfigError(f"data.image_hw {list(self.data.image_hw)} differs from {key} {list(model_hw)}")
         if self.kind == "instance_seg" and self.data.image_hw is None:
             raise ConfigError("data.image_hw is required for kind instance_seg")
+        if self.distill is not None:
+            if self.kind not in ("student", "camera_radar"):
+                raise ConfigError(f"distill: only camera students are distilled, not kind {self.kind}")
+            for name, why in self.teachers.required(self.distill).items():
+                if getattr(self.teachers, name) is None:
+                    raise ConfigError(f"teachers.{name}: a checkpoint is required by {why}")
 
     @property
     def model_image_hw(self) -> Optional[tuple[int, int]]:
@@ -424,6 +464,62 @@ def build_train_dataset(exp: ExperimentConfig, nusc=None) -> torch.utils.data.Da
     return dataset
 
 
+def _teacher_model(task: nn.Module) -> nn.Module:
+    return getattr(task, "detector", None) or task.segmenter
+
+
+def build_distillation(exp: ExperimentConfig, student: nn.Module, device: str | torch.device | None = None):
+    """Frozen teachers (loaded from ``exp.teachers``) and the :class:`TaskDistillation` module.
+
+    Returns:
+        (distill, teachers, extra_steps): the module for the task's hook, teachers by name, and
+        the engine extra steps (X-AT discriminator update when enabled; distillation diagnostics).
+
+    Raises:
+        ConfigError: a teacher trained on another grid (key paths named).
+        CheckpointError: a teacher checkpoint that is missing, unreadable or of the wrong kind.
+    """
+    from x3kd_core.distill import DistillationLosses, TaskDistillation, freeze_teacher
+    from x3kd_core.models.camera_radar import CameraRadarStudent
+    from x3kd_core.train.distributed import init_distributed, wrap_ddp
+
+    assert exp.distill is not None
+    teachers: dict[str, nn.Module] = {}
+    for name in exp.teachers.required(exp.distill):
+        path = _resolve_path(getattr(exp.teachers, name))
+        task, texp = task_from_checkpoint(path, kinds=(name,))
+        if texp.grid != exp.grid:
+            raise ConfigError(f"teachers.{name}: {path} was trained with "
+                              f"{grid_differences(texp.grid, exp.grid, 'grid', 'this experiment grid')}")
+        # A teacher fed other inputs than it was trained on is silently worse: refuse.
+        sweeps = {"lidar": "lidar_sweeps", "radar": "radar_sweeps"}.get(name)
+        if sweeps and getattr(texp.data, sweeps) != getattr(exp.data, sweeps):
+            raise ConfigError(f"data.{sweeps} = {getattr(exp.data, sweeps)} but teachers.{name} ({path}) was "
+                              f"trained with {getattr(texp.data, sweeps)}")
+        if name == "instance_seg" and tuple(texp.image_hw) != tuple(exp.image_hw):
+            _LOG.warning("teachers.instance_seg was trained on %s images, the student sees %s",
+                         texp.image_hw, exp.image_hw)
+        teachers[name] = freeze_teacher(_teacher_model(task))
+    camera = student.camera if isinstance(student, CameraRadarStudent) else student
+    bev = teachers.get(exp.teachers.bev_teacher)
+    losses = DistillationLosses(
+        exp.distill,
+        grid=exp.grid,
+        image_channels=camera.neck.out_channels,
+        student_bev_channels=camera.bev_encoder.out_channels,
+        teacher_bev_channels=bev.bev_channels if bev is not None else camera.bev_encoder.out_channels,
+        num_classes=camera.head.config.num_classes,
+    )
+    distill = TaskDistillation(losses, bev_teacher=exp.teachers.bev_teacher, mask_teacher="instance_seg")
+    extra_steps: list = []
+    if losses.x_at is not None:
+        # Under torchrun the discriminator's gradients are averaged over ranks (wrapped lazily,
+        # once the process group exists).
+        extra_steps.append(distill.discriminator_step(wrap_module=lambda m: wrap_ddp(m, init_distributed(device))))
+    extra_steps.append(distill.stats_step())
+    return distill, teachers, extra_steps
+
+
 # ------------------------------------------------------------------------------------ evaluation
 def _val_loader(exp: ExperimentConfig, nusc):
     from x3kd_core.data.nuscenes import NuScenesDataset, NuScenesSource, collate_samples
@@ -527,7 +623,13 @@ def train_experiment(
     exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, out_dir=str(out)))
     seed_everything(exp.train.seed)  # the model's initialisation is part of the run's seed
     nusc = _nuscenes(exp)
-    task = build_task(exp)
+    extra_steps: list = []
+    if exp.distill is not None:
+        student = build_model(exp)
+        distill, teachers, extra_steps = build_distillation(exp, student, device)
+        task = build_task(exp, student, distill=distill, teachers=teachers)
+    else:
+        task = build_task(exp)
     dataset = build_train_dataset(exp, nusc)
     cached: dict[str, Any] = {}
 
@@ -539,6 +641,7 @@ def train_experiment(
     use_val = exp.train.eval_every_epochs > 0
     result = run_training(
         task, dataset, collate_samples, exp.train, device=device, val_fn=val_fn if use_val else None,
+        extra_steps=extra_steps,
         resume=resume, stop_at_step=stop_at_step, kind=type(task).__name__, model_config=to_dict(exp),
     )
     rank = int(os.environ.get("RANK", "0"))
@@ -554,6 +657,7 @@ def train_experiment(
         "experiment": exp.name,
         "source": source_path,
         "kind": exp.kind,
+        "distill": list(exp.distill.enabled_components) if exp.distill is not None else [],
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "step": result.step,
         "total_steps": result.total_steps,

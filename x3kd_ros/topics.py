@@ -106,3 +106,19 @@ def teacher_detections_topic(modality: str) -> str:
 
 #: The nuScenes LiDAR's point cloud topic.
 LIDAR_TOPIC = lidar_topic(LIDAR_CHANNEL)
+
+
+# ---- Added for the nodes (detector / teacher / comparison); additive only. ----------------------
+
+#: Standard ROS 2 diagnostics topic (``diagnostic_msgs/DiagnosticArray``, as ``diagnostic_updater``
+#: publishes it); every x3kd node reports there.
+DIAGNOSTICS_TOPIC = "/diagnostics"
+
+
+def comparison_topic(modality: str) -> str:
+    """``/x3kd/comparison/<modality>``: ``std_msgs/String`` JSON, online agreement of the student with
+    the ``modality`` teacher (format: :mod:`x3kd_ros.comparison_node`)."""
+    return f"/x3kd/comparison/{modality}"
+
+
+__all__ += ["DIAGNOSTICS_TOPIC", "comparison_topic"]

@@ -16,7 +16,10 @@ Integration with the training engine (``x3kd_core.train.engine``), which sums ev
 loss dict it is given:
 
 * put this module inside the trained model (its head and adapters must be optimised with the
-  student), and hand the engine only the loss terms: ``terms, stats = split_stats(losses)``;
+  student), and hand the engine only the loss terms: ``terms, stats = split_stats(losses)``.
+  With the camera tasks of ``x3kd_core.train.tasks`` this is :class:`TaskDistillation`:
+  ``StudentTask(student, distill=TaskDistillation(losses), teachers={"lidar": ..., "instance_seg": ...})``,
+  and ``extra_steps=[..., task.distill.stats_step()]`` logs the diagnostics;
 * freeze the teachers with :func:`freeze_teacher` (no gradients, BatchNorm never updates, even
   when the surrounding model is put in train mode);
 * with X-AT enabled, pass ``extra_steps=[distill.discriminator_step()]`` to the trainer: the
@@ -25,8 +28,7 @@ loss dict it is given:
 
 from __future__ import annotations
 
-import types
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from torch import Tensor, nn
 
@@ -44,6 +46,10 @@ from x3kd_core.distill.x_fd import XFDLoss, bev_foreground_map, build_bev_adapte
 from x3kd_core.distill.x_is import XISHead, XISLoss, downsample_masks
 from x3kd_core.distill.x_od import XODLoss, soft_target_loss
 from x3kd_core.structures import DETECTION_CLASSES, Boxes3D
+
+if TYPE_CHECKING:  # annotations only: importing the models here would pull in torchvision et al.
+    from x3kd_core.models.student import StudentOutputs
+    from x3kd_core.models.teachers.lidar import BevDetectorOutputs
 
 __all__ = [
     "DistillConfig",
@@ -67,6 +73,8 @@ __all__ = [
     "downsample_masks",
     "soft_target_loss",
     "DistillationLosses",
+    "TaskDistillation",
+    "DistillStatsStep",
     "STAT_PREFIX",
     "split_stats",
     "freeze_teacher",
@@ -87,9 +95,16 @@ def split_stats(losses: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str,
     return terms, stats
 
 
-def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
-    # Ignore ``mode``: a frozen teacher runs in eval mode always (BN running stats, dropout off).
-    return nn.Module.train(self, False)
+class _EvalOnlyTrain:
+    """Replacement ``train`` of a frozen teacher: ignores ``mode`` and keeps eval mode (BN running
+    statistics, no dropout). A plain object rather than a bound function so that the module still
+    pickles (``torch.save(model)``) and deep-copies."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        return nn.Module.train(self.module, False)
 
 
 def freeze_teacher(module: nn.Module) -> nn.Module:
@@ -102,7 +117,7 @@ def freeze_teacher(module: nn.Module) -> nn.Module:
     update its running statistics from the student's training batches.
     """
     module.requires_grad_(False)
-    module.train = types.MethodType(_stay_in_eval, module)
+    module.train = _EvalOnlyTrain(module)
     module.eval()
     module._x3kd_frozen = True
     return module
@@ -204,8 +219,8 @@ class DistillationLosses(nn.Module):
 
     def forward(
         self,
-        student,
-        teacher=None,
+        student: "StudentOutputs",
+        teacher: "BevDetectorOutputs | None" = None,
         teacher_masks: Tensor | None = None,
         gt_boxes: list[Boxes3D] | None = None,
     ) -> dict[str, Tensor]:
@@ -263,3 +278,75 @@ class DistillationLosses(nn.Module):
             weights = {"heatmap": cfg.x_od.heatmap_weight, "regression": cfg.x_od.regression_weight}
             out.update(_prefixed("x_od", terms, weights))
         return out
+
+
+class TaskDistillation(nn.Module):
+    """:class:`DistillationLosses` behind the camera tasks' hook (``x3kd_core.train.tasks``).
+
+    ``StudentTask`` calls ``distill(student_outputs, teacher_outputs, batch)`` with the frozen
+    teachers' outputs by name (``run_teachers``) and adds every returned value to the loss the
+    engine sums; so this returns the weighted loss terms only and keeps the ``stat/`` diagnostics
+    of the last call for :meth:`stats_step`, which hands them to the engine's log.
+
+    Args:
+        losses: the distillation terms.
+        bev_teacher: name of the BEV teacher in ``teacher_outputs`` (``'lidar'``; ``'radar'`` for
+            the paper's radar variant); its :class:`BevDetectorOutputs` feed X-FD / X-AT / X-OD.
+        mask_teacher: name of the instance-segmentation teacher, whose output is its dense
+            ``(B, N_cam, K, H, W)`` masks (``InstanceSegmenter.mask_targets``); feeds X-IS.
+    """
+
+    def __init__(self, losses: DistillationLosses, *, bev_teacher: str = "lidar",
+                 mask_teacher: str = "instance_seg") -> None:
+        super().__init__()
+        self.losses = losses
+        self.bev_teacher = bev_teacher
+        self.mask_teacher = mask_teacher
+        self.last_stats: dict[str, Tensor] = {}
+
+    @property
+    def x_at(self) -> XATLoss | None:
+        return self.losses.x_at
+
+    def discriminator_step(self, **kwargs) -> DiscriminatorStep:
+        """See :meth:`DistillationLosses.discriminator_step`."""
+        return self.losses.discriminator_step(**kwargs)
+
+    def stats_step(self) -> "DistillStatsStep":
+        """An engine ``extra_steps`` entry that logs the diagnostics of the last main step."""
+        return DistillStatsStep(self)
+
+    def forward(self, student_outputs, teacher_outputs, batch) -> dict[str, Tensor]:
+        """Args: student_outputs: StudentOutputs; teacher_outputs: {teacher name: output};
+        batch: the :class:`~x3kd_core.structures.Batch` (its ``boxes`` feed X-FD's foreground).
+
+        Returns: the weighted loss terms of :meth:`DistillationLosses.forward` (no ``stat/``)."""
+        enabled = set(self.losses.config.enabled_components)
+        needs = {self.bev_teacher: bool(enabled & {"x_fd", "x_at", "x_od"}), self.mask_teacher: "x_is" in enabled}
+        missing = [name for name, needed in needs.items() if needed and name not in teacher_outputs]
+        if missing:
+            raise KeyError(f"teacher outputs {missing} needed by the enabled components are missing "
+                           f"(got {sorted(teacher_outputs)})")
+        out = self.losses(
+            student_outputs,
+            teacher_outputs.get(self.bev_teacher),
+            teacher_outputs.get(self.mask_teacher),
+            batch.boxes,
+        )
+        terms, self.last_stats = split_stats(out)
+        return terms
+
+
+class DistillStatsStep:
+    """Engine extra step (``extra(batch, step) -> dict[str, float]``) reporting the ``stat/``
+    diagnostics that :class:`TaskDistillation` kept from the main step just done."""
+
+    name = "distill_stats"
+
+    def __init__(self, source: TaskDistillation) -> None:
+        self.source = source
+
+    def __call__(self, batch: object = None, step: int | None = None) -> dict[str, float]:
+        stats, self.source.last_stats = self.source.last_stats, {}
+        return {name: float(value) for name, value in stats.items()}
+

@@ -39,6 +39,12 @@ def _non_negative(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be >= 0, got {value}")
 
 
+def _at_least_one(name: str, value: float) -> None:
+    # |p - t|^beta with beta < 1 has an infinite derivative where p == t: NaN gradients.
+    if not value >= 1.0:
+        raise ConfigError(f"{name} must be >= 1, got {value}")
+
+
 def _positive(name: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{name} must be > 0, got {value}")
@@ -69,7 +75,7 @@ class XISConfig:
         _non_negative("x_is.weight", self.weight)
         if self.hidden_channels < 1 or self.num_convs < 0:
             raise ConfigError("x_is.hidden_channels must be >= 1 and x_is.num_convs >= 0")
-        _positive("x_is.focal_beta", self.focal_beta)
+        _at_least_one("x_is.focal_beta", self.focal_beta)
 
 
 @dataclass(frozen=True)
@@ -187,7 +193,7 @@ class XODConfig:
     def __post_init__(self) -> None:
         _non_negative("x_od.heatmap_weight", self.heatmap_weight)
         _non_negative("x_od.regression_weight", self.regression_weight)
-        _positive("x_od.focal_beta", self.focal_beta)
+        _at_least_one("x_od.focal_beta", self.focal_beta)
         if not 0.0 <= self.regression_min_confidence < 1.0:
             raise ConfigError(f"x_od.regression_min_confidence must be in [0, 1), got {self.regression_min_confidence}")
 

@@ -266,7 +266,9 @@ class DiscriminatorStep:
         disc_params = {id(p) for p in xat.discriminator.parameters()}
         foreign = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in disc_params]
         if foreign:
-            raise ValueError(f"the discriminator optimiser holds {len(foreign)} parameters that are not the discriminator's")
+            raise ValueError(
+                f"the discriminator optimiser holds {len(foreign)} parameters that are not the discriminator's"
+            )
         self.xat = xat
         self.optimizer = optimizer
         self.wrap_module = wrap_module

@@ -141,9 +141,9 @@ class ResNetBackbone(nn.Module):
 
 
 def _stage_channels(stage: nn.Sequential) -> int:
+    """Output channels of a ResNet stage (Bottleneck blocks end in conv3, BasicBlocks in conv2)."""
     last = stage[-1]
-    bn = getattr(last, "bn3", None) or last.bn2
-    return int(bn.weight.shape[0])
+    return int(last.conv3.out_channels if hasattr(last, "conv3") else last.conv2.out_channels)
 
 
 def _conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:

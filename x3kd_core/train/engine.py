@@ -551,7 +551,12 @@ class Trainer:
             if not isinstance(value, torch.Tensor) or value.numel() != 1:
                 raise TypeError(f"loss term '{name}' must be a scalar tensor, got {getattr(value, 'shape', value)!r}")
         terms = {name: value.float().reshape(()) for name, value in losses.items()}
-        total = torch.stack(list(terms.values())).sum()
+        # Names starting with "stat/" are logged diagnostics (e.g. discriminator accuracy), not
+        # loss terms: they never enter the optimised total.
+        loss_names = [n for n in terms if not n.startswith("stat/")]
+        if not loss_names:
+            raise TypeError("training losses hold only 'stat/' diagnostics, no loss term")
+        total = torch.stack([terms[n] for n in loss_names]).sum()
         finite = torch.isfinite(total).float().reshape(1)
         if self.ctx.is_distributed:
             # Agree before backward: a rank that stopped alone would leave the others hanging.

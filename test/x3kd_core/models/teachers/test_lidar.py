@@ -174,9 +174,10 @@ def test_overfits_hand_made_scenes_and_finds_the_boxes():
     with torch.no_grad():
         outputs = model(clouds)
         eval_loss = sum(model.loss(outputs, boxes).values()).item()
-    # Seeded run: 10.0 at the start, ~0.1 after 80 steps; eval-mode BN statistics must have followed.
+    # Seeded run: 10.1 at the start; after 80 steps 0.07 (train mode) and 0.10 in eval mode, whose
+    # BN statistics must have followed the weights. Centres come out within 0.12 m, sizes within 10 %.
     assert first > 5.0
-    assert eval_loss < 0.4
+    assert eval_loss < 0.3
     predictions = model.predict(outputs)
     for pred, gt in zip(predictions, boxes):
         confident = pred[pred.score > 0.5]
@@ -186,4 +187,4 @@ def test_overfits_hand_made_scenes_and_finds_the_boxes():
         assert dist.min(axis=0).max() < 0.5
         assert sorted(match.tolist()) == list(range(len(gt)))
         assert confident.label[match].tolist() == gt.label.tolist()
-        np.testing.assert_allclose(confident.size_lwh[match], gt.size_lwh, rtol=0.25)
+        np.testing.assert_allclose(confident.size_lwh[match], gt.size_lwh, rtol=0.2)

@@ -1,0 +1,140 @@
+"""Predictor: raw images at any resolution + calibration -> the same boxes as the training task."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from x3kd_core.data.nuscenes import NuScenesSource, collate_samples
+from x3kd_core.experiment import load_experiment, loader_config, train_experiment
+from x3kd_core.inference import Predictor
+from x3kd_core.structures import Boxes3D
+from x3kd_core.train.checkpoint import CheckpointError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN_CONFIGS = REPO_ROOT / "config" / "train"
+
+
+def _data_conftest():
+    path = REPO_ROOT / "test" / "x3kd_core" / "data" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("x3kd_test_data_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    return _data_conftest().build_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny_dataset")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    """A student_tiny checkpoint after 3 steps, its experiment and the val source."""
+    dataroot, _ = tiny_dataset
+    # A low decoding threshold: plenty of boxes, so the comparison below compares many numbers.
+    exp = load_experiment(TRAIN_CONFIGS / "student_tiny.yaml",
+                          [f"data.dataroot={dataroot}", "train.max_steps=3", "model.head.score_threshold=0.02"])
+    result = train_experiment(exp, tmp_path_factory.mktemp("student_run"), device="cpu")
+    source = NuScenesSource(dataroot, loader_config(exp, exp.data.val_split, training=False))
+    return result.checkpoint, exp, source
+
+
+def _raw_frame(source: NuScenesSource, token: str):
+    """The sample's camera images as stored on disk (original resolution, RGB) and their K."""
+    nusc = source.nusc
+    sample = nusc.get("sample", token)
+    images, intrinsics = [], []
+    for channel in source.config.cameras:
+        sd = nusc.get("sample_data", sample["data"][channel])
+        bgr = cv2.imread(str(Path(nusc.dataroot) / sd["filename"]), cv2.IMREAD_COLOR)
+        images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        intrinsics.append(np.asarray(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["camera_intrinsic"]))
+    return images, np.stack(intrinsics)
+
+
+def _assert_same_boxes(a: Boxes3D, b: Boxes3D, atol: float = 1e-4) -> None:
+    assert len(a) == len(b)
+    np.testing.assert_array_equal(a.label, b.label)
+    for name in ("center", "size_lwh", "yaw", "velocity", "score"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=atol, err_msg=name)
+
+
+def test_predictor_matches_task_predict_on_raw_images(trained):
+    ckpt, exp, source = trained
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    assert predictor.device.type == "cpu" and predictor.image_hw == (48, 128)
+    from x3kd_core.experiment import task_from_checkpoint
+
+    task, _ = task_from_checkpoint(ckpt)
+    task.eval()
+    for token in source.sample_tokens[:2]:
+        sample = source.load_sample(token)
+        expected = task.predict(collate_samples([sample]))[0]
+        assert len(expected) >= 5  # enough boxes for the comparison to mean something
+        raw_images, raw_k = _raw_frame(source, token)
+        assert raw_images[0].shape[:2] != tuple(exp.image_hw)  # really a different resolution
+        got = predictor.predict(raw_images, raw_k, sample.rig.cam_to_ego)
+        _assert_same_boxes(got, expected)
+        # Already-resized input (the loader's output) gives the same again: the transform is the identity.
+        got = predictor.predict(np.ascontiguousarray(sample.images.transpose(0, 2, 3, 1)), sample.rig.intrinsics,
+                                sample.rig.cam_to_ego)
+        _assert_same_boxes(got, expected)
+
+
+def test_missing_camera_equals_zero_bev_contribution(trained):
+    ckpt, exp, source = trained
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    student = predictor.model
+    sample = source.load_sample(source.sample_tokens[0])
+    batch = collate_samples([sample])
+    k = 1  # CAM_FRONT
+    keep = [n for n in range(len(exp.data.cameras)) if n != k]
+    with torch.no_grad():
+        feats = student.neck(student.backbone(batch.images.flatten(0, 1)))
+        feats = feats.reshape(1, len(exp.data.cameras), *feats.shape[1:])
+
+        def bev(cams):
+            return student.view_transform(feats[:, cams], batch.intrinsics[:, cams], batch.cam_to_ego[:, cams],
+                                          exp.image_hw).bev
+
+        all_cams = bev(list(range(len(exp.data.cameras))))
+        only_k, without_k = bev([k]), bev(keep)
+    # Lift-splat sums cameras: dropping camera k == zeroing its lifted features.
+    assert only_k.abs().sum() > 0
+    torch.testing.assert_close(without_k, all_cams - only_k, atol=1e-4, rtol=1e-4)
+
+    images = np.ascontiguousarray(sample.images.transpose(0, 2, 3, 1))
+    full = predictor.predict(images, sample.rig.intrinsics, sample.rig.cam_to_ego)
+    masked = predictor.predict(images, sample.rig.intrinsics, sample.rig.cam_to_ego,
+                               camera_mask=[n != k for n in range(6)])
+    as_none = predictor.predict([None if n == k else images[n] for n in range(6)], sample.rig.intrinsics,
+                                sample.rig.cam_to_ego)
+    _assert_same_boxes(masked, as_none, atol=0.0)
+    with torch.no_grad():
+        sub = student(batch.images[:, keep], batch.intrinsics[:, keep], batch.cam_to_ego[:, keep])
+    _assert_same_boxes(masked, student.predict(sub)[0])
+    assert len(full) != len(masked) or not np.allclose(full.score, masked.score)
+    empty = predictor.predict([None] * 6, sample.rig.intrinsics, sample.rig.cam_to_ego)
+    assert len(empty) == 0
+
+
+def test_predictor_rejects_bad_inputs_and_non_student_checkpoints(trained, tmp_path):
+    ckpt, _, source = trained
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    sample = source.load_sample(source.sample_tokens[0])
+    images = np.ascontiguousarray(sample.images.transpose(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="intrinsics"):
+        predictor.predict(images, sample.rig.intrinsics[:5], sample.rig.cam_to_ego)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        predictor.predict(images.astype(np.float32), sample.rig.intrinsics, sample.rig.cam_to_ego)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["kind"] = "LidarTask"
+    torch.save(state, tmp_path / "lidar.pt")
+    with pytest.raises(CheckpointError, match="StudentTask, CameraRadarTask|student, camera_radar"):
+        Predictor.from_checkpoint(tmp_path / "lidar.pt")

@@ -1,0 +1,307 @@
+"""The detector node in-process over real (loopback) DDS: synchronization, model, outputs, robustness.
+
+The first test runs the real Predictor on an untrained tiny checkpoint and checks the published
+boxes against the same Predictor called directly on the same images and calibration, so camera
+order, intrinsics, extrinsics (from /tf_static) and stamps are all checked. The other tests use a
+fake predictor: they are about the node's handling of bad input and parameters.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import TransformStamped
+from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+from tf2_msgs.msg import TFMessage
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import MarkerArray
+
+from x3kd_core import geometry
+from x3kd_core.data.synthetic.config import SynthConfig
+from x3kd_core.data.synthetic.sensors import camera_specs
+from x3kd_core.structures import CAMERA_NAMES, DETECTION_CLASSES, Boxes3D
+from x3kd_ros import topics
+from x3kd_ros.conversions import detections_to_boxes, intrinsics_to_camera_info, ns_to_stamp, rgb_to_image
+from x3kd_ros.detector_node import DetectorNode
+from x3kd_ros.node_utils import ParameterError, diagnostics_values, qos_profile, static_tf_qos
+
+IMAGE_HW = (112, 200)
+SPECS = {s.name: s for s in camera_specs(SynthConfig(image_width=IMAGE_HW[1], image_height=IMAGE_HW[0]))}
+RELIABLE = qos_profile("reliable", 10)
+
+
+class SensorPublisher:
+    """A test node publishing camera images, CameraInfo and /tf_static like a camera driver / bag."""
+
+    def __init__(self, context):
+        self.node = rclpy.create_node("x3kd_test_cameras", context=context)
+        self.images = {c: self.node.create_publisher(Image, topics.camera_image_topic(c), RELIABLE) for c in CAMERA_NAMES}
+        self.infos = {c: self.node.create_publisher(CameraInfo, topics.camera_info_topic(c), RELIABLE)
+                      for c in CAMERA_NAMES}
+        self.tf_static = self.node.create_publisher(TFMessage, topics.TF_STATIC_TOPIC, static_tf_qos())
+        self.detections: list[Detection3DArray] = []
+        self.markers: list[MarkerArray] = []
+        self.diagnostics: list[DiagnosticStatus] = []
+        self.node.create_subscription(Detection3DArray, topics.DETECTIONS_TOPIC, self.detections.append, RELIABLE)
+        self.node.create_subscription(MarkerArray, topics.DETECTION_MARKERS_TOPIC, self.markers.append, RELIABLE)
+        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS_TOPIC,
+                                      lambda m: self.diagnostics.extend(m.status), 10)
+
+    def matched(self) -> bool:
+        return all(p.get_subscription_count() == 1 for p in [*self.images.values(), *self.infos.values()])
+
+    def publish_camera_info(self, cam: str, uncalibrated: bool = False):
+        msg = intrinsics_to_camera_info(SPECS[cam].intrinsics, IMAGE_HW, Header(frame_id=topics.sensor_frame(cam)))
+        if uncalibrated:
+            msg.k = np.zeros(9)  # what a driver without calibration sends
+        self.infos[cam].publish(msg)
+
+    def publish_image(self, cam: str, rgb: np.ndarray, stamp_ns: int) -> Image:
+        msg = rgb_to_image(rgb, Header(stamp=ns_to_stamp(stamp_ns), frame_id=topics.sensor_frame(cam)))
+        self.images[cam].publish(msg)
+        return msg
+
+    def publish_tf_static(self):
+        transforms = []
+        for cam, spec in SPECS.items():
+            t = TransformStamped()
+            t.header.frame_id = topics.BASE_FRAME
+            t.child_frame_id = topics.sensor_frame(cam)
+            t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = spec.to_ego[:3, 3]
+            w, x, y, z = geometry.matrix_to_quaternion(spec.to_ego[:3, :3])
+            t.transform.rotation.w, t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z = w, x, y, z
+            transforms.append(t)
+        self.tf_static.publish(TFMessage(transforms=transforms))
+
+
+@pytest.fixture
+def graph(ros_context):
+    """(executor, sensor publisher); nodes added by the test are destroyed afterwards."""
+    sensors = SensorPublisher(ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(sensors.node)
+    nodes = []
+
+    def add(node):
+        nodes.append(node)
+        executor.add_node(node)
+        return node
+
+    try:
+        yield executor, sensors, add
+    finally:
+        executor.shutdown()
+        for node in nodes:
+            node.destroy_node()
+        sensors.node.destroy_node()
+
+
+def test_one_detection_array_per_synchronized_frame(ros_context, graph, student_checkpoint, spin_until, spin_for):
+    executor, sensors, add = graph
+    node = add(DetectorNode(context=ros_context, cli_args=[
+        "--ros-args", "-p", f"checkpoint:={student_checkpoint}", "-p", "device:=cpu",
+        "-p", "extrinsics_source:=tf_static", "-p", "qos.input.reliability:=reliable",
+        "-p", "processing_queue_size:=4",
+    ]))
+    assert node.predictor.cameras == CAMERA_NAMES
+    assert spin_until(executor, sensors.matched), "detector did not subscribe to every camera"
+    sensors.publish_tf_static()
+    for cam in CAMERA_NAMES:
+        sensors.publish_camera_info(cam)
+    frames = [topics.sensor_frame(c) for c in CAMERA_NAMES]
+    assert spin_until(executor, lambda: len(node._intrinsics) == 6 and all(node.extrinsics.lookup(f) is not None
+                                                                        for f in frames))
+
+    rng = np.random.default_rng(0)
+    base_ns = 1_700_000_000 * 10**9
+    jitter_ns = np.array([0, 4, 9, 13, 18, 22]) * 10**6  # one frame's cameras fire 22 ms apart
+    sent = []
+    for f in range(3):
+        order = rng.permutation(len(CAMERA_NAMES))
+        stamps = {CAMERA_NAMES[i]: base_ns + f * 500_000_000 + int(jitter_ns[j]) for j, i in enumerate(order)}
+        images = {cam: rng.integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8) for cam in CAMERA_NAMES}
+        for i in order:
+            cam = CAMERA_NAMES[i]
+            sensors.publish_image(cam, images[cam], stamps[cam])
+        sent.append((stamps, images))
+        assert spin_until(executor, lambda: len(sensors.detections) == f + 1), f"no detections for frame {f}"
+    spin_for(executor, 0.7)  # anything extra would arrive now
+
+    assert len(sensors.detections) == 3
+    assert spin_until(executor, lambda: len(sensors.markers) == 3)
+    for (stamps, images), msg in zip(sent, sensors.detections):
+        # The set's stamp: the lower median of its cameras' stamps (x3kd_ros.sync).
+        expected_ns = sorted(stamps.values())[2]
+        assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == divmod(expected_ns, 10**9)
+        assert msg.header.frame_id == "base_link"
+        assert {d.results[0].hypothesis.class_id for d in msg.detections} <= set(DETECTION_CLASSES)
+        expected = node.predictor.predict(
+            [images[c] for c in CAMERA_NAMES],
+            np.stack([SPECS[c].intrinsics for c in CAMERA_NAMES]),
+            np.stack([SPECS[c].to_ego for c in CAMERA_NAMES]),
+        )
+        got = detections_to_boxes(msg)
+        assert len(got) == len(expected) > 0
+        np.testing.assert_allclose(got.center, expected.center, atol=1e-6)
+        np.testing.assert_allclose(got.size_lwh, expected.size_lwh, atol=1e-6)
+        np.testing.assert_allclose(np.cos(got.yaw - expected.yaw), 1.0, atol=1e-9)
+        np.testing.assert_allclose(got.score, expected.score, atol=1e-6)
+        np.testing.assert_array_equal(got.label, expected.label)
+
+    values = node.diagnostics_values()
+    assert (values["published"], values["sync.emitted"], values["sync.partial"], values["busy_drops"]) == (3, 3, 0, 0)
+    assert values["model_ms.mean"] > 0 and values["end_to_end_ms.max"] >= values["model_ms.max"]
+    assert all(values[f"{c}.received"] == 3 for c in CAMERA_NAMES)
+
+
+class FakePredictor:
+    """Stands in for the model: one box whose x is the number of cameras it was given."""
+
+    cameras = CAMERA_NAMES
+    device = "fake"
+
+    def __init__(self):
+        self.calls: list[list[int]] = []
+
+    def predict(self, images, intrinsics, cam_to_ego):
+        present = [i for i, image in enumerate(images) if image is not None]
+        self.calls.append(present)
+        return Boxes3D(center=[[float(len(present)), 0.0, 1.0]], size_lwh=[[4.0, 2.0, 1.5]], yaw=[0.0],
+                       velocity=[[0.0, 0.0]], label=[0], score=[0.5])
+
+
+def _fake_node(context, *extra):
+    return DetectorNode(FakePredictor(), context=context, cli_args=[
+        "--ros-args", "-p", "extrinsics_source:=file", "-p", "calibration_file:=calibration_synthetic.yaml",
+        "-p", "qos.input.reliability:=reliable", "-p", "diagnostics_period_s:=0.2", *extra])
+
+
+def test_malformed_input_is_counted_and_the_node_keeps_working(ros_context, graph, spin_until):
+    executor, sensors, add = graph
+    node = add(_fake_node(ros_context, "-p", "max_input_age_s:=5.0", "-p", "sync.timeout_s:=0.3"))
+    assert spin_until(executor, sensors.matched)
+    counts = node.camera_counts["CAM_FRONT"]
+    now_ns = node.get_clock().now().nanoseconds
+    rgb = np.full((*IMAGE_HW, 3), 90, np.uint8)
+
+    def expect(kind, n):
+        assert spin_until(executor, lambda: counts[kind] == n, 10.0), f"{kind}: {counts[kind]} != {n}"
+
+    sensors.publish_image("CAM_FRONT", rgb, now_ns)  # before any CameraInfo
+    expect("missing_camera_info", 1)
+    sensors.publish_camera_info("CAM_FRONT", uncalibrated=True)
+    expect("camera_info_errors", 1)
+    for cam in CAMERA_NAMES:
+        sensors.publish_camera_info(cam)
+    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    bad = rgb_to_image(rgb, Header(stamp=ns_to_stamp(now_ns)))
+    bad.encoding = "yuv422"
+    sensors.images["CAM_FRONT"].publish(bad)
+    expect("conversion_errors", 1)
+    truncated = rgb_to_image(rgb, Header(stamp=ns_to_stamp(now_ns)))
+    truncated.data = truncated.data[:-7]
+    sensors.images["CAM_FRONT"].publish(truncated)
+    expect("conversion_errors", 2)
+    sensors.publish_image("CAM_FRONT", rgb[::2, ::2].copy(), now_ns)  # half the CameraInfo's size
+    expect("size_mismatch", 1)
+    sensors.publish_image("CAM_FRONT", rgb, now_ns - 100 * 10**9)  # 100 s old
+    expect("stale", 1)
+    assert node.sync.pending() == {c: 0 for c in CAMERA_NAMES}  # nothing bad reached the synchronizer
+
+    # Still working: a complete frame, then one without CAM_BACK (partial after the 0.3 s timeout).
+    for f, cams in enumerate([CAMERA_NAMES, [c for c in CAMERA_NAMES if c != "CAM_BACK"]]):
+        stamp = now_ns + (f + 1) * 500_000_000  # frames 0.5 s apart, as at 2 Hz
+        for cam in cams:
+            sensors.publish_image(cam, rgb, stamp)
+        assert spin_until(executor, lambda: len(sensors.detections) == f + 1)
+    assert [d.detections[0].bbox.center.position.x for d in sensors.detections] == [6.0, 5.0]
+    assert node.predictor.calls == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 5]]
+
+    def reported():
+        values = [diagnostics_values(s) for s in sensors.diagnostics if s.name.startswith("x3kd_detector")]
+        return values and values[-1]["published"] == "2"
+
+    assert spin_until(executor, reported, 5.0)
+    last = diagnostics_values([s for s in sensors.diagnostics if s.name.startswith("x3kd_detector")][-1])
+    expected = {"CAM_FRONT.missing_camera_info": "1", "CAM_FRONT.camera_info_errors": "1",
+                "CAM_FRONT.conversion_errors": "2", "CAM_FRONT.size_mismatch": "1", "CAM_FRONT.stale": "1",
+                "CAM_FRONT.received": "7", "CAM_BACK.received": "1", "sync.partial": "1", "sync.emitted": "2",
+                "inference_errors": "0"}
+    assert {k: last[k] for k in expected} == expected
+    warned = [s for s in sensors.diagnostics if s.level == DiagnosticStatus.WARN]
+    assert any("CAM_FRONT.conversion_errors" in s.message for s in warned)
+
+
+def test_model_errors_are_counted_not_fatal(ros_context, graph, spin_until):
+    executor, sensors, add = graph
+    node = add(_fake_node(ros_context))
+    original = node.predictor.predict
+    node.predictor.predict = lambda *a: (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))
+    assert spin_until(executor, sensors.matched)
+    for cam in CAMERA_NAMES:
+        sensors.publish_camera_info(cam)
+    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    rgb = np.zeros((*IMAGE_HW, 3), np.uint8)
+    for f in range(2):
+        if f == 1:
+            node.predictor.predict = original
+        for cam in CAMERA_NAMES:
+            sensors.publish_image(cam, rgb, (1000 + f) * 10**9)
+        if f == 0:
+            assert spin_until(executor, lambda: node.worker.errors == 1)
+    assert spin_until(executor, lambda: len(sensors.detections) == 1)
+    assert node.diagnostics_values()["inference_errors"] == 1
+    assert node.publish_diagnostics().level == DiagnosticStatus.ERROR
+
+
+def test_bad_parameters_are_rejected_with_every_reason(ros_context):
+    with pytest.raises(ParameterError) as err:
+        _fake_node(ros_context, "-p", "image_transport:=h264", "-p", "score_threshold:=1.5",
+                   "-p", "sync.policy:=sometimes", "-p", "device:=tpu", "-p", "sync.slop_s:=fast")
+    text = str(err.value)
+    for expected in ("image_transport = 'h264': must be one of 'raw', 'compressed'",
+                     "score_threshold = 1.5: must be <= 1.0",
+                     "sync.policy = 'sometimes': must be one of 'drop', 'partial'",
+                     "device = 'tpu'", "sync.slop_s = 'fast': expected a number"):
+        assert expected in text, text
+    with pytest.raises(ParameterError, match=r"image_topics = .*needs one entry per camera \(6\), got 2"):
+        _fake_node(ros_context, "-p", "image_topics:=[/a,/b]")
+    with pytest.raises(ParameterError, match=r"not cameras of the checkpoint"):
+        _fake_node(ros_context, "-p", "cameras:=[CAM_FRONT,CAM_ROOF]")
+    with pytest.raises(ParameterError, match=r"checkpoint = '': is required"):
+        DetectorNode(context=ros_context, cli_args=["--ros-args", "-p", "calibration_file:=calibration_synthetic.yaml"])
+    with pytest.raises(ParameterError, match=r"calibration_file.*not found"):
+        _fake_node(ros_context, "-p", "calibration_file:=no_such_calibration.yaml")
+
+    # An integer for a double is fine; per-camera lists follow the cameras and the transport.
+    node = _fake_node(ros_context, "-p", "score_threshold:=0", "-p", "cameras:=[CAM_BACK,CAM_FRONT]",
+                      "-p", "image_transport:=compressed")
+    try:
+        assert node.params["score_threshold"] == 0.0 and isinstance(node.params["score_threshold"], float)
+        assert node.params["image_topics"] == ["/cameras/cam_back/image_raw/compressed",
+                                               "/cameras/cam_front/image_raw/compressed"]
+        assert node.params["camera_frames"] == ["cam_back", "cam_front"]
+        assert node.params["sync.offsets_s"] == [0.0, 0.0]
+        descriptor = node.describe_parameter("sync.slop_s")
+        assert "spread" in descriptor.description and descriptor.read_only
+    finally:
+        node.destroy_node()
+
+
+def test_main_exits_with_code_2_and_names_the_bad_parameter(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "x3kd_ros.detector_node", "--ros-args", "-p", "checkpoint:=/no/such.pt",
+         "-p", "sync.timeout_s:=-1.0", "-r", "__node:=x3kd_detector_bad"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "/x3kd_detector_bad: invalid parameters" in proc.stderr
+    assert "checkpoint = '/no/such.pt': file not found" in proc.stderr
+    assert "sync.timeout_s = -1.0: must be >= 0.0" in proc.stderr

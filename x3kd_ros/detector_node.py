@@ -1,0 +1,459 @@
+"""ROS 2 node ``x3kd_detector``: N cameras -> time synchronizer -> Predictor -> 3D detections.
+
+Data flow (the node converts and publishes; matching is :mod:`x3kd_ros.sync`, the model is
+:class:`x3kd_core.inference.Predictor`)::
+
+    Image | CompressedImage per camera --decode, check against CameraInfo--> ApproximateTimeSync
+    CameraInfo per camera                --> latest K and image size of that camera
+    /tf_static and/or calibration YAML   --> camera -> base_link (x3kd_ros.node_utils.ExtrinsicsProvider)
+    synchronized set --> bounded work queue --> worker thread: Predictor.predict --> publish
+
+The model runs in its own thread so that the executor keeps receiving (and the synchronizer keeps
+timing sets by true receive times) while a frame is processed; when frames arrive faster than the
+model runs, the oldest waiting set is dropped (``busy_drops``) once ``processing_queue_size`` sets
+wait.
+
+Topics (inputs absolute, from parameters; outputs relative, so a namespace moves them)
+    in   ``image_topics[i]``        sensor_msgs/Image (rgb8, bgr8, mono8, rgba8, bgra8) or
+                                    CompressedImage (jpeg/png) when ``image_transport`` is compressed
+    in   ``camera_info_topics[i]``  sensor_msgs/CameraInfo (K and size; images must match the size)
+    in   ``/tf_static``             tf2_msgs/TFMessage (where tf2_msgs is importable)
+    out  ``x3kd/detections``        vision_msgs/Detection3DArray: header = synchronized stamp +
+                                    ``base_frame``; class_id = nuScenes class name, score in [0, 1]
+    out  ``x3kd/detection_markers`` visualization_msgs/MarkerArray (``publish_markers``)
+    out  ``/diagnostics``           diagnostic_msgs/DiagnosticArray, every ``diagnostics_period_s``
+
+Exactly one Detection3DArray is published per synchronized set that reached the model (an empty
+array means "looked, found nothing"). A set none of whose cameras has known extrinsics is not
+published (``sets_without_extrinsics``).
+
+Malformed input never stops the node: it is dropped, logged (throttled per camera and kind) and
+counted in the diagnostics under ``<camera>.<kind>``:
+``conversion_errors`` (bad encoding, data size, undecodable jpeg), ``size_mismatch`` (image size
+differs from its CameraInfo), ``missing_camera_info`` (no valid CameraInfo yet), ``stale``
+(stamp older than ``max_input_age_s`` on the node clock), ``camera_info_errors`` (zero / NaN K),
+``missing_extrinsics``. The synchronizer's counters (``sync.partial``, ``sync.dropped_sets``,
+``sync.late``, ``sync.duplicates``, ``sync.overflow``) say how sets were formed; latencies are
+``model_ms`` (Predictor.predict) and ``end_to_end_ms`` (first image of the set received ->
+detections published, i.e. sync wait + queue + model + conversion).
+
+Parameters: see :func:`detector_param_specs` (each is declared with a description; ``ros2 param
+describe`` shows it); defaults for a deployment are in ``config/ros/detector.yaml``.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Optional
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
+
+from x3kd_core.structures import CAMERA_NAMES
+from x3kd_ros import topics
+from x3kd_ros.conversions import (
+    ConversionError,
+    MarkerStyle,
+    boxes_to_detections,
+    boxes_to_markers,
+    camera_info_to_intrinsics,
+    compressed_to_rgb,
+    image_to_rgb,
+    ns_to_stamp,
+    stamp_to_ns,
+)
+from x3kd_ros.node_utils import (
+    BoundedWorker,
+    ExtrinsicsProvider,
+    LatencyWindow,
+    ParameterError,
+    ParamSpec,
+    RateMeter,
+    ThrottledLog,
+    check_device,
+    declare_parameters,
+    describe_qos,
+    extrinsics_param_specs,
+    in_range,
+    make_status,
+    non_empty,
+    one_of,
+    qos_param_specs,
+    qos_profile,
+    resolve_device,
+    same_length,
+    spin_node,
+)
+from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet
+
+__all__ = ["DetectorNode", "detector_param_specs", "main"]
+
+NODE_NAME = "x3kd_detector"
+#: Relative output names: ``/x3kd/...`` in the root namespace, as :mod:`x3kd_ros.topics` lists them.
+DETECTIONS_OUT = topics.DETECTIONS_TOPIC.lstrip("/")
+MARKERS_OUT = topics.DETECTION_MARKERS_TOPIC.lstrip("/")
+
+# How often queued sets are checked for their timeout (s); well below any sensible sync timeout.
+_SYNC_POLL_PERIOD_S = 0.02
+# Per-camera counters reported in the diagnostics (in this order).
+_CAMERA_COUNTERS = ("received", "conversion_errors", "size_mismatch", "missing_camera_info", "stale",
+                    "camera_info_errors", "missing_extrinsics")
+# Counters whose growth between two reports makes the status WARN.
+_WARN_COUNTERS = ("conversion_errors", "size_mismatch", "missing_camera_info", "stale", "camera_info_errors",
+                  "missing_extrinsics")
+_WARN_GLOBAL = ("busy_drops", "sync.dropped_sets", "sets_without_extrinsics")
+
+
+def detector_param_specs(stage: int, cameras: Optional[list[str]] = None, transport: str = "raw",
+                         have_predictor: bool = False) -> list[ParamSpec]:
+    """The node's parameters. Stage 1 fixes the cameras and transport; stage 2 (per-camera lists)
+    takes its defaults from them."""
+    if stage == 1:
+        def checkpoint_check(path: str) -> Optional[str]:
+            if have_predictor:
+                return None
+            from pathlib import Path
+
+            if not path:
+                return "is required (path to a camera-student checkpoint, e.g. runs/<name>/last.pt)"
+            return None if Path(path).is_file() else "file not found"
+
+        return [
+            ParamSpec("cameras", list(CAMERA_NAMES), "camera channels to subscribe, in any order (each must be "
+                      "one of the checkpoint's cameras; those not listed count as missing)", check=non_empty),
+            ParamSpec("image_transport", "raw", "image messages: raw (sensor_msgs/Image) or compressed "
+                      "(sensor_msgs/CompressedImage, jpeg/png)", "raw | compressed", one_of("raw", "compressed")),
+            ParamSpec("checkpoint", "", "camera-student checkpoint (last.pt of `x3kd train`)", check=checkpoint_check),
+            ParamSpec("device", "auto", "where the model runs: auto (cuda if available, else cpu), cpu, cuda, cuda:N",
+                      "auto | cpu | cuda | cuda:N", check_device),
+            ParamSpec("score_threshold", 0.0, "publish boxes with score >= this (the model's own decoding "
+                      "threshold applies first)", "[0, 1]", in_range(0.0, 1.0)),
+            ParamSpec("sync.slop_s", 0.06, "largest stamp spread within one synchronized camera set (s); keep it "
+                      "below half the frame period", "> 0", in_range(0.0, low_open=True)),
+            ParamSpec("sync.timeout_s", 0.3, "how long an incomplete set waits for missing cameras (s)", ">= 0",
+                      in_range(0.0)),
+            ParamSpec("sync.policy", "partial", "incomplete sets: drop them, or run the model on the cameras "
+                      "present (partial)", "drop | partial", one_of("drop", "partial")),
+            ParamSpec("sync.min_cameras", 1, "with policy partial: fewest cameras a set needs", ">= 1", in_range(1)),
+            ParamSpec("sync.queue_size", 10, "images queued per camera for synchronization", "1..1000",
+                      in_range(1, 1000)),
+            ParamSpec("max_input_age_s", 0.0, "drop images whose stamp is older than this on the node clock "
+                      "(s; 0 = off; use with live sensors or use_sim_time)", ">= 0", in_range(0.0)),
+            ParamSpec("processing_queue_size", 2, "synchronized sets waiting for the model; beyond it the oldest "
+                      "is dropped (busy_drops)", "1..1000", in_range(1, 1000)),
+            ParamSpec("publish_markers", True, "also publish a MarkerArray for RViz"),
+            ParamSpec("marker_lifetime_s", 0.5, "RViz marker lifetime (s; 0 = forever)", ">= 0", in_range(0.0)),
+            ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics reports (s)", "> 0",
+                      in_range(0.0, low_open=True)),
+            *qos_param_specs("qos.input", "best_effort", 5, "the image and CameraInfo subscriptions"),
+            *qos_param_specs("qos.output", "reliable", 10, "the detection and marker publishers"),
+            *extrinsics_param_specs(),
+        ]
+    cameras = list(cameras or CAMERA_NAMES)
+    n = len(cameras)
+    compressed = transport == "compressed"
+
+    def list_check(value):
+        return non_empty(value) or same_length("camera", n)(value)
+
+    return [
+        ParamSpec("image_topics", [topics.camera_image_topic(c, compressed) for c in cameras],
+                  "image topic per camera (same order as cameras)", check=list_check),
+        ParamSpec("camera_info_topics", [topics.camera_info_topic(c) for c in cameras],
+                  "CameraInfo topic per camera (same order as cameras)", check=list_check),
+        ParamSpec("camera_frames", [topics.sensor_frame(c) for c in cameras],
+                  "optical frame id per camera, looked up in the extrinsics (same order as cameras)",
+                  check=list_check),
+        ParamSpec("sync.offsets_s", [0.0] * n, "per camera, how far its stamps run behind on purpose (s); "
+                  "subtracted before matching (x3kd_ros.sync)", check=same_length("camera", n)),
+    ]
+
+
+@dataclass
+class _CameraFrame:
+    """One received, decoded image waiting for its set.
+
+    rgb: (H, W, 3) uint8; k: (3, 3) K from its CameraInfo (pixels); received_ns: monotonic receive time.
+    """
+
+    rgb: np.ndarray
+    k: np.ndarray
+    received_ns: int
+
+
+class DetectorNode(Node):
+    """The camera detector node (see the module docstring).
+
+    Args:
+        predictor: an object with ``predict(images, intrinsics, cam_to_ego) -> Boxes3D``, a
+            ``cameras`` tuple and a ``device``; None builds :class:`~x3kd_core.inference.Predictor`
+            from the ``checkpoint`` parameter (tests inject small fakes here).
+        node_name: ROS node name (``__node:=`` remapping overrides it as usual).
+        **node_kwargs: passed to ``rclpy.node.Node`` (``context``, ``cli_args``, ``parameter_overrides``).
+
+    Raises:
+        ParameterError: invalid parameters or a checkpoint that does not fit them.
+    """
+
+    def __init__(self, predictor: Any = None, node_name: str = NODE_NAME, **node_kwargs) -> None:
+        super().__init__(node_name, **node_kwargs)
+        self.worker: Optional[BoundedWorker] = None
+        try:
+            self._build(predictor)
+        except BaseException:
+            self.destroy_node()  # a half-built node must not stay in the context
+            raise
+
+    def _build(self, predictor: Any) -> None:
+        self._log = ThrottledLog(self.get_logger())
+        params = declare_parameters(self, detector_param_specs(1, have_predictor=predictor is not None))
+        params.update(declare_parameters(
+            self, detector_param_specs(2, params["cameras"], params["image_transport"])))
+        self.params = params
+        self.cameras: list[str] = params["cameras"]
+        self._frames = dict(zip(self.cameras, params["camera_frames"]))
+        self._compressed = params["image_transport"] == "compressed"
+        self._score_threshold = params["score_threshold"]
+        self._base_frame = params["base_frame"]
+        self._max_age_ns = int(params["max_input_age_s"] * 1e9)
+        self._marker_style = MarkerStyle(lifetime_s=params["marker_lifetime_s"]) if params["publish_markers"] else None
+
+        if predictor is None:
+            predictor = self._load_predictor(params["checkpoint"], params["device"])
+        self.predictor = predictor
+        unknown = [c for c in self.cameras if c not in predictor.cameras]
+        if unknown:
+            raise ParameterError(f"cameras {unknown} are not cameras of the checkpoint ({', '.join(predictor.cameras)})")
+        self._model_index = {cam: list(predictor.cameras).index(cam) for cam in self.cameras}
+
+        if params["sync.policy"] == "partial" and params["sync.min_cameras"] > len(self.cameras):
+            raise ParameterError(f"sync.min_cameras = {params['sync.min_cameras']} exceeds the {len(self.cameras)} cameras")
+        self.sync = ApproximateTimeSync(
+            SyncConfig(
+                slop_ns=int(params["sync.slop_s"] * 1e9),
+                queue_size=params["sync.queue_size"],
+                timeout_ns=int(params["sync.timeout_s"] * 1e9),
+                policy=params["sync.policy"],
+                min_streams=params["sync.min_cameras"],
+                offsets_ns={c: int(o * 1e9) for c, o in zip(self.cameras, params["sync.offsets_s"])},
+            ),
+            self.cameras,
+        )
+        self.extrinsics = ExtrinsicsProvider(self, self._base_frame, params["extrinsics_source"],
+                                             params["calibration_file"])
+
+        # Counters: per camera (executor thread) and of the worker (under the lock).
+        self.camera_counts = {cam: collections.Counter() for cam in self.cameras}
+        self._input_rates = {cam: RateMeter() for cam in self.cameras}
+        self._intrinsics: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.counts: collections.Counter = collections.Counter()
+        self._output_rate = RateMeter()
+        self._model_ms = LatencyWindow()
+        self._e2e_ms = LatencyWindow()
+        self._last_report: dict[str, int] = {}
+
+        qos_out = qos_profile(params["qos.output.reliability"], params["qos.output.depth"])
+        overrides = QoSOverridingOptions.with_default_policies()
+        self.detections_pub = self.create_publisher(
+            self._detection_type(), DETECTIONS_OUT, qos_out, qos_overriding_options=overrides)
+        self.markers_pub = (self.create_publisher(MarkerArray, MARKERS_OUT, qos_out, qos_overriding_options=overrides)
+                            if self._marker_style is not None else None)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS_TOPIC, 10)
+
+        qos_in = qos_profile(params["qos.input.reliability"], params["qos.input.depth"])
+        image_type = CompressedImage if self._compressed else Image
+        self._subscriptions_in = []
+        for cam, image_topic, info_topic in zip(self.cameras, params["image_topics"], params["camera_info_topics"]):
+            image_sub = self.create_subscription(image_type, image_topic, partial(self._on_image, cam), qos_in,
+                                                 qos_overriding_options=overrides)
+            info_sub = self.create_subscription(CameraInfo, info_topic, partial(self._on_camera_info, cam), qos_in,
+                                                qos_overriding_options=overrides)
+            self._subscriptions_in += [image_sub, info_sub]
+            self.get_logger().info(
+                f"{cam}: {image_sub.topic_name} ({image_type.__name__}, QoS {describe_qos(image_sub.qos_profile)}) + "
+                f"{info_sub.topic_name} (QoS {describe_qos(info_sub.qos_profile)}), frame {self._frames[cam]}")
+        self.get_logger().info(self.extrinsics.describe(self._frames.values()))
+        self.get_logger().info(
+            f"model on {predictor.device}, cameras {list(predictor.cameras)}; sync {params['sync.policy']} "
+            f"slop {params['sync.slop_s']} s timeout {params['sync.timeout_s']} s; publishing "
+            f"{self.detections_pub.topic_name} (QoS {describe_qos(qos_out)})")
+
+        self.create_timer(_SYNC_POLL_PERIOD_S, self._poll_sync)
+        self.create_timer(params["diagnostics_period_s"], self.publish_diagnostics)
+        self.worker = BoundedWorker(self.process, params["processing_queue_size"], f"{self.get_name()}_model",
+                                    self.get_logger())
+
+    # ------------------------------------------------------------------------------- set-up
+    @staticmethod
+    def _detection_type():
+        from vision_msgs.msg import Detection3DArray
+
+        return Detection3DArray
+
+    def _load_predictor(self, checkpoint: str, device: str):
+        from x3kd_core.inference import Predictor
+        from x3kd_core.train.checkpoint import CheckpointError
+
+        try:
+            return Predictor.from_checkpoint(checkpoint, device=resolve_device(device))
+        except CheckpointError as err:
+            raise ParameterError(f"checkpoint: {err}") from None
+
+    # ------------------------------------------------------------------------------- inputs
+    def _count(self, cam: str, kind: str, text: str) -> None:
+        self.camera_counts[cam][kind] += 1
+        self._log.warn(f"{cam}:{kind}", f"{cam}: {text}")
+
+    def _on_camera_info(self, cam: str, msg: CameraInfo) -> None:
+        try:
+            self._intrinsics[cam] = camera_info_to_intrinsics(msg)
+        except ConversionError as err:
+            self._count(cam, "camera_info_errors", f"CameraInfo ignored: {err}")
+
+    def _on_image(self, cam: str, msg) -> None:
+        now_ns = time.monotonic_ns()
+        self.camera_counts[cam]["received"] += 1
+        self._input_rates[cam].tick(now_ns)
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        if self._max_age_ns > 0:
+            age_ns = self.get_clock().now().nanoseconds - stamp_ns
+            if age_ns > self._max_age_ns:
+                self._count(cam, "stale", f"image dropped: stamp is {age_ns / 1e9:.3f} s old "
+                            f"(max_input_age_s = {self._max_age_ns / 1e9})")
+                return
+        intrinsics = self._intrinsics.get(cam)
+        if intrinsics is None:
+            self._count(cam, "missing_camera_info", "image dropped: no valid CameraInfo received yet")
+            return
+        try:
+            rgb = compressed_to_rgb(msg) if self._compressed else image_to_rgb(msg)
+        except ConversionError as err:
+            self._count(cam, "conversion_errors", f"image dropped: {err}")
+            return
+        if rgb.shape[:2] != intrinsics.image_hw:
+            self._count(cam, "size_mismatch", f"image dropped: it is {rgb.shape[0]} x {rgb.shape[1]} but its "
+                        f"CameraInfo is for {intrinsics.image_hw[0]} x {intrinsics.image_hw[1]}")
+            return
+        self._enqueue(self.sync.add(cam, stamp_ns, _CameraFrame(rgb, intrinsics.k, now_ns), now_ns))
+
+    def _poll_sync(self) -> None:
+        self._enqueue(self.sync.poll(time.monotonic_ns()))
+
+    def _enqueue(self, sets: list[SyncedSet]) -> None:
+        for synced in sets:
+            self.worker.submit(synced)
+
+    # ------------------------------------------------------------------------------- model
+    def process(self, synced: SyncedSet) -> bool:
+        """Run the model on one synchronized set and publish; False if it could not be used."""
+        n_model = len(self.predictor.cameras)
+        images: list[Optional[np.ndarray]] = [None] * n_model
+        intrinsics = np.tile(np.eye(3), (n_model, 1, 1))
+        cam_to_ego = np.tile(np.eye(4), (n_model, 1, 1))
+        for cam, frame in synced.items.items():
+            matrix = self.extrinsics.lookup(self._frames[cam])
+            if matrix is None:
+                self._count(cam, "missing_extrinsics",
+                            f"camera left out: no transform {self._base_frame} <- {self._frames[cam]} yet")
+                continue
+            j = self._model_index[cam]
+            images[j], intrinsics[j], cam_to_ego[j] = frame.rgb, frame.k, matrix
+        if all(image is None for image in images):
+            with self._lock:
+                self.counts["sets_without_extrinsics"] += 1
+            return False
+        start = time.perf_counter()
+        boxes = self.predictor.predict(images, intrinsics, cam_to_ego)
+        model_ms = (time.perf_counter() - start) * 1e3
+        boxes = boxes[boxes.score >= self._score_threshold]
+        header = Header(stamp=ns_to_stamp(synced.stamp_ns), frame_id=self._base_frame)
+        detections = boxes_to_detections(boxes, header)
+        markers = boxes_to_markers(boxes, header, self._marker_style) if self.markers_pub is not None else None
+        now_ns = time.monotonic_ns()
+        first_ns = min(frame.received_ns for frame in synced.items.values())
+        # Counted before publishing, so a subscriber that has the message also sees it counted.
+        with self._lock:
+            self.counts["published"] += 1
+            self.counts["boxes"] += len(boxes)
+            self._output_rate.tick(now_ns)
+            self._model_ms.add(model_ms)
+            self._e2e_ms.add((now_ns - first_ns) / 1e6)
+        self.detections_pub.publish(detections)
+        if markers is not None:
+            self.markers_pub.publish(markers)
+        return True
+
+    # ------------------------------------------------------------------------------- diagnostics
+    def diagnostics_values(self) -> dict[str, Any]:
+        """Everything the diagnostics report, by key (see the module docstring)."""
+        now_ns = time.monotonic_ns()
+        values: dict[str, Any] = {}
+        with self._lock:
+            values["published"] = self.counts["published"]
+            values["output_rate_hz"] = self._output_rate.rate_hz(now_ns)
+            values["boxes_published"] = self.counts["boxes"]
+            for key, window in (("model_ms", self._model_ms), ("end_to_end_ms", self._e2e_ms)):
+                for stat, value in window.summary().items():
+                    values[f"{key}.{stat}"] = value
+            values["sets_without_extrinsics"] = self.counts["sets_without_extrinsics"]
+        values["busy_drops"] = self.worker.dropped
+        values["inference_errors"] = self.worker.errors
+        stats = self.sync.stats
+        values.update({"sync.emitted": stats.emitted, "sync.partial": stats.partial,
+                       "sync.dropped_sets": stats.dropped_sets, "sync.late": stats.late,
+                       "sync.duplicates": stats.duplicates, "sync.overflow": stats.overflow})
+        for cam in self.cameras:
+            values[f"{cam}.rate_hz"] = self._input_rates[cam].rate_hz(now_ns)
+            for kind in _CAMERA_COUNTERS:
+                values[f"{cam}.{kind}"] = self.camera_counts[cam][kind]
+        return values
+
+    def publish_diagnostics(self) -> DiagnosticStatus:
+        values = self.diagnostics_values()
+        last = self._last_report
+        growing = [
+            f"{key} +{value - last.get(key, 0)}"
+            for key, value in values.items()
+            if (key.rsplit(".", 1)[-1] in _WARN_COUNTERS or key in _WARN_GLOBAL) and value > last.get(key, 0)
+        ]
+        errors = values["inference_errors"] > last.get("inference_errors", 0)
+        if errors:
+            level, message = DiagnosticStatus.ERROR, "model errors (see the log)"
+        elif growing:
+            level, message = DiagnosticStatus.WARN, "input problems: " + ", ".join(growing)
+        elif not any(self.camera_counts[c]["received"] for c in self.cameras):
+            level, message = DiagnosticStatus.STALE, "no images received yet"
+        else:
+            level, message = DiagnosticStatus.OK, f"{values['published']} frames published"
+        self._last_report = {k: v for k, v in values.items() if isinstance(v, int)}
+        status = make_status(f"{self.get_name()}: detector", str(self.predictor.device), level, message, values)
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        self.diagnostics_pub.publish(array)
+        return status
+
+    def destroy_node(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        super().destroy_node()
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    """``x3kd_detector [--ros-args -p name:=value -r from:=to ...]``"""
+    return spin_node(DetectorNode, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,484 @@
+"""ROS 2 teacher nodes: ``x3kd_lidar_teacher`` and ``x3kd_radar_teacher``.
+
+At deployment only the camera student is needed; the teachers run online beside it so that the
+comparison node (:mod:`x3kd_ros.comparison_node`) can report how well the student agrees with
+them. Both publish exactly like the detector: ``vision_msgs/Detection3DArray`` in ``base_frame``
+(class_id = nuScenes class name), optional MarkerArray, and ``/diagnostics``.
+
+LiDAR teacher (:class:`LidarTeacherNode`)
+    in   ``input_topic`` (default ``/lidar/top/points``): PointCloud2 with x y z intensity [ring]
+         in the LiDAR frame (``sensor_frame``, default: the cloud's header frame).
+    out  ``x3kd/teacher/lidar/detections`` (+ ``x3kd/teacher/lidar/markers``), stamped with the
+         cloud's stamp.
+    The points go to the ego frame through the extrinsics and become the teacher's (P, 5) input
+    x, y, z, intensity, time_lag_s = 0 (one sweep, as the loader's keyframe sweep).
+
+Radar teacher (:class:`RadarTeacherNode`)
+    in   ``input_topics`` (default ``/radar/<radar>/points`` for the five nuScenes radars):
+         PointCloud2 with x y z rcs vx_comp vy_comp in each radar's frame, synchronized with
+         :class:`~x3kd_ros.sync.ApproximateTimeSync` (``sync.*`` parameters; default policy
+         partial: a set with some radars missing is still used).
+    out  ``x3kd/teacher/radar/detections`` (+ markers), stamped with the set's stamp.
+    Each cloud goes to the ego frame (positions transformed, velocities rotated, as the loader
+    does) and gets time_lag_s = set stamp - cloud stamp; the set's clouds are concatenated into
+    the teacher's (Q, 7) input x, y, z, rcs, vx, vy, time_lag_s.
+
+Both: points with a non-finite x/y/z are dropped and counted (``nan_points``); an empty cloud is
+a valid input (the model runs on no points); unconvertible clouds are counted
+(``conversion_errors``) and logged, never fatal. The model runs on a worker thread with a bounded
+queue (``busy_drops``). Only the newest sweep is used: earlier sweeps would need ego motion
+compensation from ``/tf`` (the training loader uses the dataset's ego poses).
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Optional
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
+
+from x3kd_core import geometry
+from x3kd_core.structures import RADAR_NAMES, Boxes3D
+from x3kd_ros import topics
+from x3kd_ros.conversions import (
+    ConversionError,
+    MarkerStyle,
+    boxes_to_detections,
+    boxes_to_markers,
+    cloud_to_lidar_points,
+    cloud_to_radar_points,
+    ns_to_stamp,
+    stamp_to_ns,
+)
+from x3kd_ros.node_utils import (
+    BoundedWorker,
+    ExtrinsicsProvider,
+    LatencyWindow,
+    ParameterError,
+    ParamSpec,
+    RateMeter,
+    ThrottledLog,
+    check_device,
+    declare_parameters,
+    describe_qos,
+    extrinsics_param_specs,
+    in_range,
+    make_status,
+    non_empty,
+    one_of,
+    qos_param_specs,
+    qos_profile,
+    resolve_device,
+    same_length,
+    spin_node,
+)
+from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet
+
+__all__ = [
+    "load_teacher",
+    "common_param_specs",
+    "lidar_param_specs",
+    "radar_param_specs",
+    "LidarTeacherNode",
+    "RadarTeacherNode",
+    "lidar_main",
+    "radar_main",
+]
+
+_SYNC_POLL_PERIOD_S = 0.02
+
+
+def load_teacher(path: str, kind: str, device) -> Any:
+    """The ``LidarDetector`` / ``RadarDetector`` of a ``x3kd train`` checkpoint of ``kind``
+    ("lidar" | "radar"), in eval mode on ``device``.
+
+    Raises:
+        ParameterError: the file is missing, unreadable or of another kind.
+    """
+    from x3kd_core.experiment import task_from_checkpoint
+    from x3kd_core.train.checkpoint import CheckpointError
+
+    try:
+        task, _ = task_from_checkpoint(path, kinds=(kind,))
+    except CheckpointError as err:
+        raise ParameterError(f"checkpoint: {err}") from None
+    return task.detector.to(device).eval()
+
+
+def common_param_specs(have_model: bool = False) -> list[ParamSpec]:
+    """Parameters of both teacher nodes (``have_model``: a model was injected, no checkpoint needed)."""
+
+    def checkpoint_check(path: str) -> Optional[str]:
+        if have_model:
+            return None
+        from pathlib import Path
+
+        if not path:
+            return "is required (path to a teacher checkpoint, e.g. runs/<name>/last.pt)"
+        return None if Path(path).is_file() else "file not found"
+
+    return [
+        ParamSpec("checkpoint", "", "teacher checkpoint (last.pt of `x3kd train` for this modality)",
+                  check=checkpoint_check),
+        ParamSpec("device", "auto", "where the model runs: auto (cuda if available, else cpu), cpu, cuda, cuda:N",
+                  "auto | cpu | cuda | cuda:N", check_device),
+        ParamSpec("score_threshold", 0.0, "publish boxes with score >= this", "[0, 1]", in_range(0.0, 1.0)),
+        ParamSpec("processing_queue_size", 2, "inputs waiting for the model; beyond it the oldest is dropped",
+                  "1..1000", in_range(1, 1000)),
+        ParamSpec("publish_markers", True, "also publish a MarkerArray for RViz"),
+        ParamSpec("marker_lifetime_s", 0.5, "RViz marker lifetime (s; 0 = forever)", ">= 0", in_range(0.0)),
+        ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics reports (s)", "> 0",
+                  in_range(0.0, low_open=True)),
+        *qos_param_specs("qos.input", "best_effort", 5, "the point cloud subscriptions"),
+        *qos_param_specs("qos.output", "reliable", 10, "the detection and marker publishers"),
+        *extrinsics_param_specs(),
+    ]
+
+
+def lidar_param_specs() -> list[ParamSpec]:
+    """Parameters of the LiDAR teacher besides :func:`common_param_specs`."""
+    return [
+        ParamSpec("input_topic", topics.LIDAR_TOPIC, "LiDAR PointCloud2 topic", check=non_empty),
+        ParamSpec("sensor_frame", "", "LiDAR frame looked up in the extrinsics; empty: each cloud's "
+                  "header.frame_id"),
+    ]
+
+
+def radar_param_specs(stage: int, radars: Optional[list[str]] = None) -> list[ParamSpec]:
+    """Parameters of the radar teacher besides :func:`common_param_specs`: stage 1 fixes the radars,
+    stage 2 holds the per-radar lists (defaults derived from the radars)."""
+    if stage == 1:
+        return [
+            ParamSpec("radars", list(RADAR_NAMES), "radar channels to subscribe", check=non_empty),
+            ParamSpec("sync.slop_s", 0.08, "largest stamp spread within one radar set (s); nuScenes radars run "
+                      "unsynchronized at 13 Hz (keyframe-only bags: <= 0.08 s apart)", "> 0",
+                      in_range(0.0, low_open=True)),
+            ParamSpec("sync.timeout_s", 0.3, "how long an incomplete set waits for missing radars (s)", ">= 0",
+                      in_range(0.0)),
+            ParamSpec("sync.policy", "partial", "incomplete sets: drop, or use the radars present (partial)",
+                      "drop | partial", one_of("drop", "partial")),
+            ParamSpec("sync.min_radars", 1, "with policy partial: fewest radars a set needs", ">= 1", in_range(1)),
+            ParamSpec("sync.queue_size", 10, "clouds queued per radar for synchronization", "1..1000",
+                      in_range(1, 1000)),
+        ]
+    radars = list(radars or RADAR_NAMES)
+    n = len(radars)
+
+    def check(value):
+        return non_empty(value) or same_length("radar", n)(value)
+
+    return [
+        ParamSpec("input_topics", [topics.radar_topic(r) for r in radars], "PointCloud2 topic per radar "
+                  "(same order as radars)", check=check),
+        ParamSpec("radar_frames", [topics.sensor_frame(r) for r in radars], "frame id per radar, looked up in "
+                  "the extrinsics (same order as radars)", check=check),
+    ]
+
+
+@dataclass
+class _Input:
+    """One model input: points (P, C) float32 in the ego frame, its stamp (ns) and receive time."""
+
+    points: np.ndarray
+    stamp_ns: int
+    received_ns: int
+
+
+class _TeacherNode(Node):
+    """What both teacher nodes share: parameters, model, worker, publishing, diagnostics."""
+
+    modality = ""
+
+    def __init__(self, node_name: str, model: Any, extra_specs: list[ParamSpec], **node_kwargs) -> None:
+        super().__init__(node_name, **node_kwargs)
+        self.worker: Optional[BoundedWorker] = None
+        try:
+            self._build(model, extra_specs)
+        except BaseException:
+            self.destroy_node()  # a half-built node must not stay in the context
+            raise
+
+    def _build(self, model: Any, extra_specs: list[ParamSpec]) -> None:
+        self._log = ThrottledLog(self.get_logger())
+        self.params = declare_parameters(self, common_param_specs(model is not None) + extra_specs)
+        params = self.params
+        if model is None:
+            device = resolve_device(params["device"])
+            model = load_teacher(params["checkpoint"], self.modality, device)
+        self.model = model
+        self.device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
+        self._base_frame = params["base_frame"]
+        self._score_threshold = params["score_threshold"]
+        self._marker_style = MarkerStyle(lifetime_s=params["marker_lifetime_s"]) if params["publish_markers"] else None
+        self.extrinsics = ExtrinsicsProvider(self, self._base_frame, params["extrinsics_source"],
+                                             params["calibration_file"])
+        self.counts: collections.Counter = collections.Counter()
+        self.input_counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self._lock = threading.Lock()
+        self._output_rate = RateMeter()
+        self._input_rate = RateMeter()
+        self._model_ms = LatencyWindow()
+        self._e2e_ms = LatencyWindow()
+        self._last_report: dict[str, int] = {}
+
+        self._overrides = QoSOverridingOptions.with_default_policies()
+        self._qos_in = qos_profile(params["qos.input.reliability"], params["qos.input.depth"])
+        qos_out = qos_profile(params["qos.output.reliability"], params["qos.output.depth"])
+        from vision_msgs.msg import Detection3DArray
+
+        base = topics.teacher_detections_topic(self.modality).lstrip("/")
+        self.detections_pub = self.create_publisher(Detection3DArray, base, qos_out,
+                                                    qos_overriding_options=self._overrides)
+        self.markers_pub = (
+            self.create_publisher(MarkerArray, base.rsplit("/", 1)[0] + "/markers", qos_out,
+                                  qos_overriding_options=self._overrides)
+            if self._marker_style is not None else None
+        )
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS_TOPIC, 10)
+        self.worker = BoundedWorker(self.process, params["processing_queue_size"], f"{self.get_name()}_model",
+                                    self.get_logger())
+        self.create_timer(params["diagnostics_period_s"], self.publish_diagnostics)
+
+    def _subscribe(self, topic: str, callback) -> Any:
+        sub = self.create_subscription(PointCloud2, topic, callback, self._qos_in,
+                                       qos_overriding_options=self._overrides)
+        self.get_logger().info(f"subscribed {sub.topic_name} (PointCloud2, QoS {describe_qos(sub.qos_profile)})")
+        return sub
+
+    def _count(self, source: str, kind: str, text: str, amount: int = 1) -> None:
+        self.input_counts[source][kind] += amount
+        self._log.warn(f"{source}:{kind}", f"{source}: {text}")
+
+    def _to_ego(self, source: str, frame: str) -> Optional[np.ndarray]:
+        matrix = self.extrinsics.lookup(frame)
+        if matrix is None:
+            self._count(source, "missing_extrinsics", f"cloud dropped: no transform {self._base_frame} <- {frame!r} yet")
+        return matrix
+
+    def predict(self, points: np.ndarray) -> Boxes3D:
+        """The teacher's boxes for one input (P, C) in the ego frame."""
+        import torch
+
+        with torch.inference_mode():
+            outputs = self.model([torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(self.device)])
+            return self.model.predict(outputs)[0]
+
+    def process(self, item: _Input) -> None:
+        start = time.perf_counter()
+        boxes = self.predict(item.points)
+        model_ms = (time.perf_counter() - start) * 1e3
+        boxes = boxes[boxes.score >= self._score_threshold]
+        header = Header(stamp=ns_to_stamp(item.stamp_ns), frame_id=self._base_frame)
+        detections = boxes_to_detections(boxes, header)
+        markers = boxes_to_markers(boxes, header, self._marker_style) if self.markers_pub is not None else None
+        now_ns = time.monotonic_ns()
+        with self._lock:
+            self.counts["published"] += 1
+            self.counts["boxes"] += len(boxes)
+            self._output_rate.tick(now_ns)
+            self._model_ms.add(model_ms)
+            self._e2e_ms.add((now_ns - item.received_ns) / 1e6)
+        self.detections_pub.publish(detections)
+        if markers is not None:
+            self.markers_pub.publish(markers)
+
+    def diagnostics_values(self) -> dict[str, Any]:
+        now_ns = time.monotonic_ns()
+        values: dict[str, Any] = {}
+        with self._lock:
+            values["published"] = self.counts["published"]
+            values["output_rate_hz"] = self._output_rate.rate_hz(now_ns)
+            values["boxes_published"] = self.counts["boxes"]
+            for key, window in (("model_ms", self._model_ms), ("end_to_end_ms", self._e2e_ms)):
+                for stat, value in window.summary().items():
+                    values[f"{key}.{stat}"] = value
+        values["input_rate_hz"] = self._input_rate.rate_hz(now_ns)
+        values["busy_drops"] = self.worker.dropped
+        values["inference_errors"] = self.worker.errors
+        values.update(self._extra_diagnostics())
+        for source in sorted(self.input_counts):
+            for kind in ("received", "points", "nan_points", "conversion_errors", "missing_extrinsics"):
+                values[f"{source}.{kind}"] = self.input_counts[source][kind]
+        return values
+
+    def _extra_diagnostics(self) -> dict[str, Any]:
+        return {}
+
+    def publish_diagnostics(self) -> DiagnosticStatus:
+        values = self.diagnostics_values()
+        last = self._last_report
+        growing = [f"{k} +{v - last.get(k, 0)}" for k, v in values.items()
+                   if k.rsplit(".", 1)[-1] in ("conversion_errors", "missing_extrinsics", "busy_drops", "dropped_sets")
+                   and v > last.get(k, 0)]
+        if values["inference_errors"] > last.get("inference_errors", 0):
+            level, message = DiagnosticStatus.ERROR, "model errors (see the log)"
+        elif growing:
+            level, message = DiagnosticStatus.WARN, "input problems: " + ", ".join(growing)
+        elif not any(c["received"] for c in self.input_counts.values()):
+            level, message = DiagnosticStatus.STALE, "no point clouds received yet"
+        else:
+            level, message = DiagnosticStatus.OK, f"{values['published']} frames published"
+        self._last_report = {k: v for k, v in values.items() if isinstance(v, int)}
+        status = make_status(f"{self.get_name()}: {self.modality} teacher", str(self.device), level, message, values)
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        self.diagnostics_pub.publish(array)
+        return status
+
+    def destroy_node(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        super().destroy_node()
+
+
+class LidarTeacherNode(_TeacherNode):
+    """LiDAR teacher node (see the module docstring).
+
+    Args:
+        model: a ``LidarDetector`` (or any module with the same ``forward`` / ``predict``); None
+            loads it from the ``checkpoint`` parameter.
+        node_name / **node_kwargs: as for ``rclpy.node.Node``.
+    """
+
+    modality = "lidar"
+
+    def __init__(self, model: Any = None, node_name: str = "x3kd_lidar_teacher", **node_kwargs) -> None:
+        super().__init__(node_name, model, lidar_param_specs(), **node_kwargs)
+        self.subscription = self._subscribe(self.params["input_topic"], self._on_cloud)
+        frame = self.params["sensor_frame"] or topics.sensor_frame(topics.LIDAR_CHANNEL)
+        self.get_logger().info(self.extrinsics.describe([frame]))
+
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        now_ns = time.monotonic_ns()
+        source = "lidar"
+        self.input_counts[source]["received"] += 1
+        self._input_rate.tick(now_ns)
+        try:
+            cloud = cloud_to_lidar_points(msg)
+        except ConversionError as err:
+            self._count(source, "conversion_errors", f"cloud dropped: {err}")
+            return
+        if cloud.num_nan:
+            self.input_counts[source]["nan_points"] += cloud.num_nan
+        self.input_counts[source]["points"] += len(cloud.points)
+        matrix = self._to_ego(source, self.params["sensor_frame"] or msg.header.frame_id)
+        if matrix is None:
+            return
+        points = np.zeros((len(cloud.points), 5), dtype=np.float32)  # x y z intensity time_lag_s(=0)
+        points[:, :3] = geometry.transform_points(matrix, cloud.points[:, :3].astype(np.float64))[:, :3]
+        points[:, 3] = cloud.column("intensity")
+        self.worker.submit(_Input(points, stamp_to_ns(msg.header.stamp), now_ns))
+
+
+@dataclass
+class _RadarCloud:
+    """One radar's points in the ego frame: (Q, 6) x, y, z, rcs, vx, vy."""
+
+    points: np.ndarray
+    stamp_ns: int
+    received_ns: int
+
+
+class RadarTeacherNode(_TeacherNode):
+    """Radar teacher node (see the module docstring); arguments as :class:`LidarTeacherNode`."""
+
+    modality = "radar"
+
+    def __init__(self, model: Any = None, node_name: str = "x3kd_radar_teacher", **node_kwargs) -> None:
+        # Stage 1 fixes the radars; the per-radar lists (stage 2) take their defaults from them.
+        super().__init__(node_name, model, radar_param_specs(1), **node_kwargs)
+        try:
+            self._build_radar()
+        except BaseException:
+            self.destroy_node()
+            raise
+
+    def _build_radar(self) -> None:
+        radars = self.params["radars"]
+        self.params.update(declare_parameters(self, radar_param_specs(2, radars)))
+        params = self.params
+        self.radars: list[str] = radars
+        self._frames = dict(zip(radars, params["radar_frames"]))
+        if params["sync.policy"] == "partial" and params["sync.min_radars"] > len(radars):
+            raise ParameterError(f"sync.min_radars = {params['sync.min_radars']} exceeds the {len(radars)} radars")
+        self.sync = ApproximateTimeSync(
+            SyncConfig(slop_ns=int(params["sync.slop_s"] * 1e9), queue_size=params["sync.queue_size"],
+                       timeout_ns=int(params["sync.timeout_s"] * 1e9), policy=params["sync.policy"],
+                       min_streams=params["sync.min_radars"]),
+            radars,
+        )
+        self.subscriptions_in = [self._subscribe(topic, partial(self._on_cloud, radar))
+                                 for radar, topic in zip(radars, params["input_topics"])]
+        self.get_logger().info(self.extrinsics.describe(self._frames.values()))
+        self.create_timer(_SYNC_POLL_PERIOD_S, self._poll_sync)
+
+    def _on_cloud(self, radar: str, msg: PointCloud2) -> None:
+        now_ns = time.monotonic_ns()
+        self.input_counts[radar]["received"] += 1
+        self._input_rate.tick(now_ns)
+        try:
+            cloud = cloud_to_radar_points(msg)
+        except ConversionError as err:
+            self._count(radar, "conversion_errors", f"cloud dropped: {err}")
+            return
+        if cloud.num_nan:
+            self.input_counts[radar]["nan_points"] += cloud.num_nan
+        self.input_counts[radar]["points"] += len(cloud.points)
+        matrix = self._to_ego(radar, self._frames[radar])
+        if matrix is None:
+            return
+        points = np.zeros((len(cloud.points), 6), dtype=np.float32)  # x y z rcs vx vy (ego)
+        points[:, :3] = geometry.transform_points(matrix, cloud.points[:, :3].astype(np.float64))[:, :3]
+        points[:, 3] = cloud.column("rcs")
+        # Ego-motion-compensated velocities are radar-frame vectors: rotate, do not translate.
+        velocity = np.zeros((len(cloud.points), 3))
+        velocity[:, 0], velocity[:, 1] = cloud.column("vx_comp"), cloud.column("vy_comp")
+        points[:, 4:6] = (velocity @ matrix[:3, :3].T)[:, :2]
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        self._submit(self.sync.add(radar, stamp_ns, _RadarCloud(points, stamp_ns, now_ns), now_ns))
+
+    def _poll_sync(self) -> None:
+        self._submit(self.sync.poll(time.monotonic_ns()))
+
+    def _submit(self, sets: list[SyncedSet]) -> None:
+        for synced in sets:
+            parts = [np.zeros((0, 7), dtype=np.float32)]
+            for cloud in synced.items.values():
+                lag = np.full((len(cloud.points), 1), (synced.stamp_ns - cloud.stamp_ns) / 1e9, dtype=np.float32)
+                parts.append(np.concatenate([cloud.points, lag], axis=1))
+            received = min(cloud.received_ns for cloud in synced.items.values())
+            self.worker.submit(_Input(np.concatenate(parts), synced.stamp_ns, received))
+
+    def _extra_diagnostics(self) -> dict[str, Any]:
+        stats = self.sync.stats
+        return {"sync.emitted": stats.emitted, "sync.partial": stats.partial, "sync.dropped_sets": stats.dropped_sets,
+                "sync.late": stats.late, "sync.duplicates": stats.duplicates, "sync.overflow": stats.overflow}
+
+
+def lidar_main(args: Optional[list[str]] = None) -> int:
+    """``x3kd_lidar_teacher [--ros-args -p checkpoint:=... ...]``"""
+    return spin_node(LidarTeacherNode, args)
+
+
+def radar_main(args: Optional[list[str]] = None) -> int:
+    """``x3kd_radar_teacher [--ros-args -p checkpoint:=... ...]``"""
+    return spin_node(RadarTeacherNode, args)
+
+
+if __name__ == "__main__":
+    kinds = {"lidar": lidar_main, "radar": radar_main}
+    if len(sys.argv) < 2 or sys.argv[1] not in kinds:
+        sys.exit("usage: python -m x3kd_ros.teacher_nodes {lidar|radar} [--ros-args ...]")
+    sys.exit(kinds[sys.argv.pop(1)]())
