@@ -8,7 +8,12 @@ do not see each other's topics; rcl logs go to the git-ignored build/ folder.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Before anything imports torch: OpenMP threads that spin while waiting make a 2-core machine
+# several times slower as soon as another process (a node under test, a second pytest) is busy.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 

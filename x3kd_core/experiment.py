@@ -64,6 +64,10 @@ __all__ = [
     "build_distillation",
     "task_from_checkpoint",
     "ExperimentResult",
+    "headline",
+    "grid_differences",
+    "resolve_dataroot",
+    "DETECTION_KINDS",
 ]
 
 _LOG = logging.getLogger("x3kd.experiment")

@@ -14,7 +14,6 @@ from torch import nn
 
 from x3kd_core.config import ConfigError
 from x3kd_core.experiment import build_model, build_task, load_experiment, loader_config
-from x3kd_core.models.heads.center_head import HeadOutputs
 from x3kd_core.models.teachers.instance_seg import MASK_RCNN_LOSS_NAMES, InstancePredictions
 from x3kd_core.models.teachers.lidar import BevDetectorOutputs, LidarDetector
 from x3kd_core.structures import Boxes3D
