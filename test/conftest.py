@@ -34,3 +34,22 @@ def ros_network() -> dict:
 
 
 # FIXTURES-BELOW (lead adds dataset fixtures here, e.g. the session-scoped `tiny_dataroot`)
+
+
+def _data_conftest():
+    """test/x3kd_core/data/conftest.py as a module (conftests are not importable by name under
+    importlib mode); it owns the one recipe for the tiny synthetic dataset."""
+    import importlib.util
+
+    path = REPO_ROOT / "test" / "x3kd_core" / "data" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("x3kd_test_data_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_root(tmp_path_factory):
+    """(dataroot, version) of the tiny synthetic dataset, shared by every test folder (generated
+    once per session into the same folder the data tests use)."""
+    return _data_conftest().build_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny_dataset")

@@ -5,6 +5,8 @@
     x3kd eval       --dataroot ... --version ... --split ... --results results.json --out eval/
     x3kd train      --experiment config/train/student_tiny.yaml [--out runs/X] [--set key.path=value ...] [--resume]
     x3kd demo       --out runs/demo
+    x3kd bag write  --dataroot ... --out BAG
+    x3kd bag eval   BAG --checkpoint student.pt [--teacher-lidar l.pt] [--teacher-radar r.pt] [--rate 0] --out DIR
 
 Every sub-command exits 0 on success, 2 on bad input (config, paths, files) with a one-line
 message naming the problem, never a traceback for user errors.
@@ -116,6 +118,51 @@ def _cmd_bag_write(args) -> int:
     return 0
 
 
+def _cmd_bag_eval(args) -> int:
+    from x3kd_ros.bag_eval import BagEvalConfig, BagEvalError, run_bag_eval
+    from x3kd_ros.ros_env import pid_domain_id
+
+    out = Path(args.out) if args.out else REPO_ROOT / "runs" / "bag_eval" / Path(args.bag).resolve().name
+    try:
+        config = BagEvalConfig(checkpoint=args.checkpoint, lidar_checkpoint=args.teacher_lidar,
+                               radar_checkpoint=args.teacher_radar, device=args.device, rate=args.rate,
+                               ready_timeout_s=args.startup_timeout_s, ack_timeout_s=args.frame_timeout_s,
+                               drain_timeout_s=args.frame_timeout_s, dataroot=args.dataroot or "",
+                               version=args.version or "", split=args.split or "", num_pictures=args.pictures)
+        # A private domain by default: another graph on this host must not answer our frames.
+        domain = args.domain_id if args.domain_id is not None else pid_domain_id()
+        result = run_bag_eval(args.bag, out, config, log=lambda text: print(text, file=sys.stderr), domain_id=domain)
+    except BagEvalError as err:
+        raise UserError(str(err)) from err
+    report = result.report
+    for group, check in result.frames.items():
+        print(f"frames {group}: {check.answered_once}/{check.sent} answered exactly once "
+              f"({check.unanswered} unanswered, {check.answered_twice_or_more} more than once, "
+              f"{check.unmatched_answers} answers without a frame)")
+    for model, metrics in result.metrics.items():
+        line = ", ".join(f"{k}={v:.4f}" for k, v in metrics.summary().items())
+        print(f"{model} (scored from the bag): {line}")
+        if model in result.devkit_metrics:
+            line = ", ".join(f"{k}={v:.4f}" for k, v in result.devkit_metrics[model].summary().items())
+            print(f"{model} (devkit on {config.dataroot}): {line}")
+    for model, lat in report["latency"].items():
+        e2e, mdl = lat["end_to_end_ms"], lat["model_ms"]
+        fmt = lambda d: "/".join("-" if d[k] is None else f"{d[k]:.1f}" for k in ("p50", "p90", "p99"))  # noqa: E731
+        print(f"{model} latency ms p50/p90/p99: end-to-end {fmt(e2e)} (n={e2e['n']}), model {fmt(mdl)} (n={mdl['n']})")
+    for teacher, comp in report["comparison"].items():
+        total = comp["total"] or {}
+        print(f"comparison with {teacher}: {comp['pairs']} pairs, precision {total.get('precision')}, "
+              f"recall {total.get('recall')}")
+    print(f"wrote {result.report_path}")
+    failed = [g for g, c in result.frames.items() if not c.ok]
+    crashed = {k: c for k, c in result.exit_codes.items() if c != 0}
+    if failed or crashed:
+        print(f"x3kd bag eval: not every frame was answered exactly once ({failed}) or a node did not exit "
+              f"cleanly ({crashed})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="x3kd", description="X3KD multi-camera 3D detection: data, eval, demo.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
     bag_write.add_argument("--sweeps", action="store_true", help="also write the non-keyframe sweeps")
     bag_write.add_argument("--max-samples", type=int, default=None, help="only the first N keyframes of the split")
     bag_write.set_defaults(func=_cmd_bag_write)
+    bag_eval = bag.add_parser("eval", help="replay a bag through the live ROS 2 graph and score it (x3kd_ros.bag_eval)")
+    bag_eval.add_argument("bag", help="rosbag2 folder (from `x3kd bag write`: sensors + ground truth)")
+    bag_eval.add_argument("--checkpoint", required=True, help="camera-student checkpoint")
+    bag_eval.add_argument("--teacher-lidar", default="", help="LiDAR teacher checkpoint (adds it and its comparison node)")
+    bag_eval.add_argument("--teacher-radar", default="", help="radar teacher checkpoint (adds it and its comparison node)")
+    bag_eval.add_argument("--rate", type=float, default=0.0,
+                          help="0: as fast as the graph answers, one frame at a time (default); 1.0: real time")
+    bag_eval.add_argument("--out", default=None, help="report folder (default: runs/bag_eval/<bag name>)")
+    bag_eval.add_argument("--device", default="auto", help="where the nodes run their models: auto, cpu, cuda, cuda:N")
+    bag_eval.add_argument("--dataroot", default=None, help="also evaluate with the devkit on these nuScenes tables")
+    bag_eval.add_argument("--version", default=None, help="tables version (default: the one recorded in the bag)")
+    bag_eval.add_argument("--split", default=None, help="split (default: the one recorded in the bag)")
+    bag_eval.add_argument("--pictures", type=int, default=3, help="BEV pictures of this many keyframes")
+    bag_eval.add_argument("--startup-timeout-s", type=float, default=120.0, help="longest wait for the nodes to come up")
+    bag_eval.add_argument("--frame-timeout-s", type=float, default=30.0, help="longest wait for one frame's answer")
+    bag_eval.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: a private one from the pid)")
+    bag_eval.set_defaults(func=_cmd_bag_eval)
 
     train = sub.add_parser("train", help="train one experiment (config/train/*.yaml), then evaluate it")
     train.add_argument("--experiment", required=True, help="ExperimentConfig YAML (config/train/*.yaml)")

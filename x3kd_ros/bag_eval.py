@@ -1,0 +1,1060 @@
+"""Bag evaluation: replay a rosbag2 file through the live x3kd graph and score what it publishes.
+
+``x3kd bag eval BAG --checkpoint student.pt [--teacher-lidar l.pt] [--teacher-radar r.pt] --out DIR``
+
+What happens (:func:`run_bag_eval`)
+    1. The bag's ground truth is read (:func:`read_keyframes`): every ``/ground_truth/sample_token``
+       with the ``/ground_truth/detections`` of the same stamp (boxes in ``base_link``, the ego
+       frame of the keyframe) and the ego pose ``map -> base_link`` from ``/tf`` at that stamp.
+    2. The graph (``config/ros/graph.yaml``: student detector, and for each teacher checkpoint
+       given, that teacher plus its comparison node) is started as real processes through
+       :class:`~x3kd_ros.run_graph.GraphRunner`, with evaluation overrides
+       (:func:`eval_graph_specs`): reliable input QoS and deep queues (``processing_queue_size``
+       1000) so that no frame is dropped, no RViz markers, diagnostics every 0.2 s, the bag's
+       cameras / radars / image transport, sync slops equal to the player's frame spans. This
+       process and the nodes load the replay's Fast DDS profile (a shared-memory segment large
+       enough for a frame of the bag; see *Transport* in :mod:`x3kd_ros.replay`).
+    3. :class:`~x3kd_ros.replay.BagPlayer` replays the bag (flow-controlled by default, or at
+       ``rate`` x real time) and records every frame sent and every answer; the comparison
+       nodes' JSON and ``/diagnostics`` are collected beside it.
+    4. The graph is stopped (SIGINT, exit codes recorded), then everything is scored:
+
+       - **frames**: every synchronized camera frame sent must get exactly one Detection3DArray
+         (the answer's stamp is one of the frame's image stamps); the same for the teachers;
+       - **metrics** per model (student and each teacher): each keyframe takes the answer whose
+         stamp is nearest to the keyframe's (within ``match_tolerance_s``), and is scored by
+         :func:`score_keyframes`, nuScenes' own matching / AP / TP-error algorithms
+         (``nuscenes.eval.detection.algo``) on boxes built from the bag alone; with ``dataroot``
+         the same predictions also go through :func:`x3kd_core.eval.detection.evaluate` (the
+         devkit's ``DetectionEval`` on the dataset tables);
+       - **latency**: end to end = the answer's publish time (rmw source timestamp) minus the time
+         the last input message of its frame was sent, p50 / p90 / p99; and the detector's own
+         ``model_ms`` (Predictor.predict) from its diagnostics;
+       - the comparison nodes' last cumulative figures (``total``), the nodes' last diagnostics.
+    5. ``DIR/report.json``, ``DIR/submission_<model>.json`` (nuScenes format, for ``x3kd eval``),
+       ``DIR/bev_*.png`` (GT vs student for a few keyframes) and ``DIR/logs/<node>.log``.
+
+Scoring from the bag alone (:func:`score_keyframes`)
+    Ground truth and predictions become devkit ``DetectionBox`` es in the global frame (through
+    the keyframe's ``/tf`` ego pose, exactly as :func:`~x3kd_core.eval.detection.boxes_to_submission`
+    writes a submission), ``ego_translation`` is box minus ego position (as the devkit's
+    ``add_center_dist``), boxes beyond the class ranges are removed (as ``filter_eval_boxes``),
+    then ``accumulate`` / ``calc_ap`` / ``calc_tp`` run per class and distance threshold as in
+    ``DetectionEval.evaluate``. So mAP, mATE, mASE and mAOE equal the devkit's on the tables
+    (the bag's ground truth is what the loader gives: the same class mapping and point filter).
+    Differences, by construction: the bag carries no ground-truth velocity or attribute
+    (Detection3D has no field for them), so mAVE and mAAE are 1 (the devkit's value where they are
+    undefined) and NDS is a lower bound; the bicycle-rack filter needs the tables and is not
+    applied (bicycle racks are not a detection class, so a bag has none to filter with).
+
+Nothing here imports rclpy at module level: :func:`read_keyframes`, :func:`score_keyframes` and
+the report helpers work without a ROS graph.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import yaml
+
+from x3kd_core import geometry
+from x3kd_core.structures import CAMERA_NAMES, RADAR_NAMES, Boxes3D
+from x3kd_ros import topics
+from x3kd_ros.bag_io import bag_summary, read_bag, transform_to_matrix
+
+__all__ = [
+    "BagEvalError",
+    "BagEvalConfig",
+    "KeyFrame",
+    "BagGroundTruth",
+    "read_keyframes",
+    "bag_custom_data",
+    "score_keyframes",
+    "keyframe_submission",
+    "match_to_keyframes",
+    "match_answers_to_frames",
+    "percentiles",
+    "eval_graph_specs",
+    "BagEvalResult",
+    "run_bag_eval",
+]
+
+#: Stamp spread of one camera frame / radar frame: the player's frame span and the nodes' sync slop.
+CAMERA_SPAN_S = 0.06
+RADAR_SPAN_S = 0.08
+#: Student-teacher pairing slop of the comparison nodes during an evaluation (s).
+PAIR_SLOP_S = 0.06
+_DIAGNOSTICS_PERIOD_S = 0.2
+_EVAL_CONFIG = "detection_cvpr_2019"
+_PERCENTILES = (50, 90, 99)
+
+
+class BagEvalError(ValueError):
+    """The evaluation cannot run as asked (bad bag, missing checkpoint, a node that did not start)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Ground truth from the bag
+
+
+@dataclass
+class KeyFrame:
+    """One keyframe of the bag.
+
+    Fields:
+        token: nuScenes sample token (``/ground_truth/sample_token``).
+        stamp_ns: keyframe stamp (bag time, ns).
+        boxes: ground truth in the ego frame of the keyframe (``base_link``); velocity nan.
+        ego_to_global: (4, 4) ``map <- base_link`` at the keyframe (identity when the bag has no /tf).
+    """
+
+    token: str
+    stamp_ns: int
+    boxes: Boxes3D
+    ego_to_global: np.ndarray
+
+
+@dataclass
+class BagGroundTruth:
+    """Keyframes of a bag in time order, and how the ego poses were found.
+
+    Fields:
+        keyframes: :class:`KeyFrame` list.
+        has_ego_poses: the bag has ``/tf`` (else the ego frame doubles as the global frame).
+        max_pose_gap_ns: largest |keyframe stamp - stamp of the /tf message used| (0 = exact).
+    """
+
+    keyframes: list[KeyFrame]
+    has_ego_poses: bool
+    max_pose_gap_ns: int = 0
+
+    @property
+    def tokens(self) -> list[str]:
+        return [k.token for k in self.keyframes]
+
+
+def bag_custom_data(path: str | os.PathLike) -> dict[str, Any]:
+    """The x3kd entries of the bag's ``metadata.yaml`` custom data, JSON-decoded
+    (``x3kd.dataset``: dataroot / version / split; ``x3kd.scene_offsets_ns``); {} where absent."""
+    meta = Path(path) / "metadata.yaml"
+    if not meta.is_file():
+        return {}
+    info = (yaml.safe_load(meta.read_text()) or {}).get("rosbag2_bagfile_information", {})
+    out = {}
+    for key, value in (info.get("custom_data") or {}).items():
+        try:
+            out[key] = json.loads(value)
+        except (TypeError, json.JSONDecodeError):
+            out[key] = value
+    return out
+
+
+def read_keyframes(path: str | os.PathLike) -> BagGroundTruth:
+    """Ground truth and ego poses of every keyframe of a bag written by :func:`x3kd_ros.bag_io.write_bag`.
+
+    The ego pose is the ``map -> base_link`` transform on ``/tf`` at the keyframe stamp (the
+    LiDAR keyframe's own pose, the one nuScenes evaluates with); the nearest one if no stamp
+    matches exactly (the gap is reported).
+
+    Raises:
+        BagEvalError: no ground-truth topics, or detections without a token at the same stamp.
+    """
+    from x3kd_ros.conversions import detections_to_boxes
+
+    summary = bag_summary(path)
+    needed = [topics.GT_SAMPLE_TOKEN_TOPIC, topics.GT_DETECTIONS_TOPIC]
+    missing = [t for t in needed if t not in summary.msgtypes]
+    if missing:
+        raise BagEvalError(f"bag {path} has no ground truth ({', '.join(missing)} missing); write it with "
+                           "`x3kd bag write` from a nuScenes-format dataset")
+    has_tf = topics.TF_TOPIC in summary.msgtypes
+    tokens: dict[int, str] = {}
+    boxes: dict[int, Boxes3D] = {}
+    pose_stamps: list[int] = []
+    poses: list[np.ndarray] = []
+    for msg in read_bag(path, needed + ([topics.TF_TOPIC] if has_tf else [])):
+        if msg.topic == topics.GT_SAMPLE_TOKEN_TOPIC:
+            tokens[msg.stamp_ns] = msg.message.data
+        elif msg.topic == topics.GT_DETECTIONS_TOPIC:
+            boxes[msg.stamp_ns] = detections_to_boxes(msg.message)
+        else:
+            for tf in msg.message.transforms:
+                if (tf.header.frame_id, tf.child_frame_id) == (topics.GLOBAL_FRAME, topics.BASE_FRAME):
+                    stamp = tf.header.stamp
+                    pose_stamps.append(int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec))
+                    poses.append(transform_to_matrix(tf.transform))
+    if set(tokens) != set(boxes):
+        raise BagEvalError(f"bag {path}: /ground_truth/detections and /ground_truth/sample_token stamps differ "
+                           f"({len(boxes)} vs {len(tokens)} messages)")
+    order = np.argsort(pose_stamps, kind="stable") if pose_stamps else np.zeros(0, dtype=np.int64)
+    pose_stamps_sorted = np.asarray(pose_stamps, dtype=np.int64)[order]
+    keyframes, max_gap = [], 0
+    for stamp in sorted(tokens):
+        if len(pose_stamps_sorted):
+            i = int(np.argmin(np.abs(pose_stamps_sorted - stamp)))
+            max_gap = max(max_gap, abs(int(pose_stamps_sorted[i]) - stamp))
+            pose = poses[int(order[i])]
+        else:
+            pose = np.eye(4)
+        keyframes.append(KeyFrame(tokens[stamp], stamp, boxes[stamp], pose))
+    return BagGroundTruth(keyframes, has_ego_poses=bool(pose_stamps), max_pose_gap_ns=max_gap)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring with the devkit's algorithms
+
+
+def keyframe_submission(keyframes: Sequence[KeyFrame], predictions: Mapping[str, Boxes3D],
+                        max_boxes: int = 500) -> dict[str, list[dict]]:
+    """nuScenes submission ``results`` for the keyframes (an empty list where there is no prediction)."""
+    from x3kd_core.eval.detection import boxes_to_submission
+
+    return {k.token: boxes_to_submission(k.token, predictions.get(k.token, Boxes3D.empty()), k.ego_to_global,
+                                         max_boxes=max_boxes)
+            for k in keyframes}
+
+
+def _detection_boxes(entries: list[dict], ego_position: np.ndarray, ground_truth: bool):
+    from nuscenes.eval.detection.data_classes import DetectionBox
+
+    out = []
+    for e in entries:
+        translation = tuple(e["translation"])
+        out.append(DetectionBox(
+            sample_token=e["sample_token"],
+            translation=translation,
+            size=tuple(e["size"]),
+            rotation=tuple(e["rotation"]),
+            # The bag has no ground-truth velocity or attribute: unknown, which the devkit skips.
+            velocity=(math.nan, math.nan) if ground_truth else tuple(e["velocity"]),
+            ego_translation=tuple(float(v) for v in np.asarray(translation) - ego_position),
+            detection_name=e["detection_name"],
+            detection_score=-1.0 if ground_truth else float(e["detection_score"]),
+            attribute_name="" if ground_truth else e["attribute_name"],
+        ))
+    return out
+
+
+def score_keyframes(keyframes: Sequence[KeyFrame], predictions: Mapping[str, Boxes3D],
+                    config_name: str = _EVAL_CONFIG):
+    """nuScenes detection metrics of ``predictions`` against the keyframes' ground truth, tables-free.
+
+    Args:
+        keyframes: ground truth (:func:`read_keyframes`).
+        predictions: sample token -> boxes in that keyframe's ego frame (missing token = nothing
+            detected; tokens not among the keyframes are ignored).
+        config_name: devkit evaluation config.
+
+    Returns:
+        :class:`x3kd_core.eval.detection.DetectionMetrics` (see the module docstring for what
+        differs from a devkit evaluation on the tables: mAVE / mAAE).
+    """
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.common.data_classes import EvalBoxes
+    from nuscenes.eval.detection.algo import accumulate, calc_ap, calc_tp
+    from nuscenes.eval.detection.constants import TP_METRICS
+    from nuscenes.eval.detection.data_classes import DetectionMetrics as DevkitMetrics
+
+    from x3kd_core.eval.detection import DetectionMetrics, boxes_to_submission
+
+    config = config_factory(config_name)
+    gt, pred = EvalBoxes(), EvalBoxes()
+    for k in keyframes:
+        ego = np.asarray(k.ego_to_global, dtype=np.float64)[:3, 3]
+        gt_entries = boxes_to_submission(k.token, k.boxes, k.ego_to_global, max_boxes=max(len(k.boxes), 1))
+        pred_entries = boxes_to_submission(k.token, predictions.get(k.token, Boxes3D.empty()), k.ego_to_global,
+                                           max_boxes=config.max_boxes_per_sample)
+        for target, entries, is_gt in ((gt, gt_entries, True), (pred, pred_entries, False)):
+            # Class-range filter of filter_eval_boxes (the point filter is already applied to the bag's GT).
+            kept = [b for b in _detection_boxes(entries, ego, is_gt)
+                    if b.ego_dist < config.class_range[b.detection_name]]
+            target.add_boxes(k.token, kept)
+
+    start = time.perf_counter()
+    metrics = DevkitMetrics(config)
+    for name in config.class_names:
+        data = {th: accumulate(gt, pred, name, config.dist_fcn_callable, th) for th in config.dist_ths}
+        for th in config.dist_ths:
+            metrics.add_label_ap(name, th, calc_ap(data[th], config.min_recall, config.min_precision))
+        for metric in TP_METRICS:
+            # The devkit leaves these undefined (DetectionEval.evaluate does the same).
+            if (name == "traffic_cone" and metric in ("attr_err", "vel_err", "orient_err")) or (
+                    name == "barrier" and metric in ("attr_err", "vel_err")):
+                value = math.nan
+            else:
+                value = calc_tp(data[config.dist_th_tp], config.min_recall, metric)
+            metrics.add_label_tp(name, metric, value)
+    metrics.add_runtime(time.perf_counter() - start)
+    num_gt: dict[str, int] = {}
+    for box in gt.all:
+        num_gt[box.detection_name] = num_gt.get(box.detection_name, 0) + 1
+    return DetectionMetrics.from_devkit(metrics, num_gt, len(pred.all))
+
+
+# ----------------------------------------------------------------------------------------------
+# Matching answers to frames and keyframes
+
+
+def match_to_keyframes(keyframe_stamps_ns: Sequence[int], stamps_ns: Sequence[int],
+                       tolerance_ns: int) -> dict[int, int]:
+    """keyframe index -> index of the stamp nearest to it, if within ``tolerance_ns``.
+
+    Each stamp is used for one keyframe at most (the nearest keyframe wins).
+    """
+    if not len(stamps_ns) or not len(keyframe_stamps_ns):
+        return {}
+    keys = np.asarray(keyframe_stamps_ns, dtype=np.int64)
+    stamps = np.asarray(stamps_ns, dtype=np.int64)
+    pairs = []
+    for k, key in enumerate(keys):
+        gaps = np.abs(stamps - key)
+        j = int(np.argmin(gaps))
+        if gaps[j] <= tolerance_ns:
+            pairs.append((int(gaps[j]), k, j))
+    out: dict[int, int] = {}
+    used: set[int] = set()
+    for _, k, j in sorted(pairs):
+        if j not in used:
+            out[k] = j
+            used.add(j)
+    return out
+
+
+@dataclass
+class FrameCheck:
+    """How the frames of one group were answered.
+
+    Fields:
+        sent: frames sent. answers: answers received.
+        answered_once / unanswered / answered_twice_or_more: frames with exactly 1 / 0 / >1 answers.
+        unmatched_answers: answers whose stamp belongs to no frame sent.
+        answer_of_frame: frame index -> index of its (first) answer.
+    """
+
+    sent: int
+    answers: int
+    answered_once: int
+    unanswered: int
+    answered_twice_or_more: int
+    unmatched_answers: int
+    answer_of_frame: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Every frame got exactly one answer and no answer is extra."""
+        return self.answered_once == self.sent == self.answers and self.unmatched_answers == 0
+
+    def to_dict(self) -> dict:
+        return {"sent": self.sent, "answers": self.answers, "answered_once": self.answered_once,
+                "unanswered": self.unanswered, "answered_twice_or_more": self.answered_twice_or_more,
+                "unmatched_answers": self.unmatched_answers, "every_frame_answered_once": self.ok}
+
+
+def match_answers_to_frames(frames, answers, span_ns: int) -> FrameCheck:
+    """Assign each answer to the frame sent with its stamp (one of the frame's input stamps; a node's
+    synchronized stamp is always one of its inputs'), else the nearest frame within ``span_ns``."""
+    by_stamp: dict[int, list[int]] = {}
+    for i, frame in enumerate(frames):
+        for stamp in frame.stamps_ns.values():
+            by_stamp.setdefault(stamp, []).append(i)
+    firsts = np.asarray([f.first_stamp_ns for f in frames], dtype=np.int64)
+    hits: dict[int, list[int]] = {}
+    unmatched = 0
+    for a, answer in enumerate(answers):
+        candidates = by_stamp.get(answer.stamp_ns, [])
+        if candidates:
+            frame = next((i for i in candidates if i not in hits), candidates[0])
+        elif len(firsts) and np.min(np.abs(firsts - answer.stamp_ns)) <= span_ns:
+            frame = int(np.argmin(np.abs(firsts - answer.stamp_ns)))
+        else:
+            unmatched += 1
+            continue
+        hits.setdefault(frame, []).append(a)
+    counts = [len(hits.get(i, [])) for i in range(len(frames))]
+    return FrameCheck(
+        sent=len(frames), answers=len(answers),
+        answered_once=sum(c == 1 for c in counts), unanswered=sum(c == 0 for c in counts),
+        answered_twice_or_more=sum(c > 1 for c in counts), unmatched_answers=unmatched,
+        answer_of_frame={i: v[0] for i, v in hits.items()},
+    )
+
+
+def percentiles(values: Sequence[float]) -> dict[str, Any]:
+    """``{"n", "p50", "p90", "p99", "mean", "max"}`` of ``values`` (None where there are none)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if not len(v):
+        return {"n": 0, **{f"p{p}": None for p in _PERCENTILES}, "mean": None, "max": None}
+    out: dict[str, Any] = {"n": int(len(v))}
+    out.update({f"p{p}": float(np.percentile(v, p)) for p in _PERCENTILES})
+    out.update({"mean": float(v.mean()), "max": float(v.max())})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The graph for an evaluation
+
+
+@dataclass(frozen=True)
+class BagEvalConfig:
+    """What :func:`run_bag_eval` runs and how.
+
+    Fields:
+        checkpoint: camera-student checkpoint (required).
+        lidar_checkpoint / radar_checkpoint: teacher checkpoints ("" = that teacher is not run);
+            each teacher comes with its comparison node.
+        device: where the nodes run their models (auto | cpu | cuda | cuda:N).
+        rate: 0 = flow-controlled, as fast as the graph answers; > 0 = this factor x real time.
+        max_outstanding: with rate 0, frames a model may have waiting at once.
+        ack_timeout_s / ready_timeout_s / drain_timeout_s: see :class:`~x3kd_ros.replay.ReplayConfig`.
+        match_tolerance_s: largest |answer stamp - keyframe stamp| for an answer to score that
+            keyframe (s); below half the keyframe period (nuScenes: 0.5 s).
+        dataroot / version / split: the dataset tables, to also evaluate with the devkit's
+            ``DetectionEval``; version / split default to those recorded in the bag.
+        num_pictures: BEV pictures (GT vs student) of this many keyframes, spread over the bag.
+        picture_score_threshold: student boxes drawn from this score on.
+        stop_timeout_s: grace time of each stop signal to the node processes.
+        graph_config: graph description YAML ("" = config/ros/graph.yaml).
+        fastdds_profile: load the replay's Fast DDS profile (:mod:`x3kd_ros.replay`, *Transport*)
+            in this process and the nodes, unless the user set a profile file or another RMW.
+    """
+
+    checkpoint: str
+    lidar_checkpoint: str = ""
+    radar_checkpoint: str = ""
+    device: str = "auto"
+    rate: float = 0.0
+    max_outstanding: int = 1
+    ack_timeout_s: float = 30.0
+    ready_timeout_s: float = 120.0
+    drain_timeout_s: float = 30.0
+    match_tolerance_s: float = 0.2
+    dataroot: str = ""
+    version: str = ""
+    split: str = ""
+    num_pictures: int = 3
+    picture_score_threshold: float = 0.3
+    stop_timeout_s: float = 10.0
+    graph_config: str = ""
+    fastdds_profile: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise BagEvalError("a student checkpoint is required")
+        if not self.rate >= 0:
+            raise BagEvalError(f"rate must be >= 0 (0 = as fast as the graph answers), got {self.rate}")
+        if not self.match_tolerance_s > 0:
+            raise BagEvalError(f"match_tolerance_s must be > 0, got {self.match_tolerance_s}")
+        if self.num_pictures < 0:
+            raise BagEvalError(f"num_pictures must be >= 0, got {self.num_pictures}")
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class _BagSensors:
+    cameras: list[str]
+    compressed: bool
+    radars: list[str]
+    has_lidar: bool
+
+    @classmethod
+    def of(cls, msgtypes: Mapping[str, str]) -> "_BagSensors":
+        raw = [c for c in CAMERA_NAMES if topics.camera_image_topic(c) in msgtypes]
+        compressed = [c for c in CAMERA_NAMES if topics.camera_image_topic(c, compressed=True) in msgtypes]
+        use_compressed = len(compressed) > len(raw)
+        return cls(cameras=compressed if use_compressed else raw, compressed=use_compressed,
+                   radars=[r for r in RADAR_NAMES if topics.radar_topic(r) in msgtypes],
+                   has_lidar=topics.LIDAR_TOPIC in msgtypes)
+
+    def image_topics(self) -> list[str]:
+        return [topics.camera_image_topic(c, self.compressed) for c in self.cameras]
+
+
+def eval_graph_specs(config: BagEvalConfig, msgtypes: Mapping[str, str]):
+    """The graph's :class:`~x3kd_ros.graph.NodeSpec` s for an evaluation of a bag with these topics.
+
+    The student detector always; the LiDAR / radar teacher and its comparison node when its
+    checkpoint is given. Inline parameters added to the graph's (they are applied last):
+
+    ========================  =================================================================
+    all model nodes           ``qos.input`` reliable depth 100, ``qos.output.depth`` 100,
+                              ``processing_queue_size`` 1000 (nothing dropped), no markers,
+                              ``diagnostics_period_s`` 0.2
+    detector                  ``cameras`` / ``image_transport`` of the bag, ``sync.slop_s``
+                              :data:`CAMERA_SPAN_S`, ``sync.timeout_s`` 1, ``max_input_age_s`` 0
+                              (bag stamps are old)
+    radar teacher             ``radars`` of the bag, ``sync.slop_s`` :data:`RADAR_SPAN_S`
+    comparison                ``qos.input.depth`` 100, ``pair.slop_s`` :data:`PAIR_SLOP_S`,
+                              ``pair.timeout_s`` 10, ``window_frames`` 100000
+    ========================  =================================================================
+
+    Raises:
+        BagEvalError: a checkpoint file is missing, or the bag lacks the sensors a node needs.
+    """
+    from x3kd_ros.graph import GraphError, load_graph
+
+    for name, path in (("checkpoint", config.checkpoint), ("lidar checkpoint", config.lidar_checkpoint),
+                       ("radar checkpoint", config.radar_checkpoint)):
+        if path and not Path(path).is_file():
+            raise BagEvalError(f"{name} not found: {path}")
+    sensors = _BagSensors.of(msgtypes)
+    if not sensors.cameras:
+        raise BagEvalError("the bag has no camera image topic (/cameras/<cam>/image_raw[/compressed])")
+    if config.lidar_checkpoint and not sensors.has_lidar:
+        raise BagEvalError(f"a LiDAR teacher needs {topics.LIDAR_TOPIC}, which the bag lacks")
+    if config.radar_checkpoint and not sensors.radars:
+        raise BagEvalError("a radar teacher needs /radar/<radar>/points topics, which the bag lacks")
+    use_teachers = bool(config.lidar_checkpoint or config.radar_checkpoint)
+    arguments = {"checkpoint": str(Path(config.checkpoint).resolve()), "device": config.device,
+                 "use_teachers": use_teachers,
+                 "lidar_checkpoint": str(Path(config.lidar_checkpoint).resolve()) if config.lidar_checkpoint else "",
+                 "radar_checkpoint": str(Path(config.radar_checkpoint).resolve()) if config.radar_checkpoint else ""}
+    if config.graph_config:
+        arguments["config"] = config.graph_config
+    try:
+        specs = load_graph(arguments)
+    except GraphError as err:
+        raise BagEvalError(str(err)) from None
+    wanted = {"detector"}
+    if config.lidar_checkpoint:
+        wanted |= {"lidar_teacher", "comparison_lidar"}
+    if config.radar_checkpoint:
+        wanted |= {"radar_teacher", "comparison_radar"}
+    model_common = {"qos": {"input": {"reliability": "reliable", "depth": 100}, "output": {"depth": 100}},
+                    "processing_queue_size": 1000, "publish_markers": False,
+                    "diagnostics_period_s": _DIAGNOSTICS_PERIOD_S}
+    overrides = {
+        "detector": {**model_common, "cameras": sensors.cameras,
+                     "image_transport": "compressed" if sensors.compressed else "raw",
+                     # A set waits longer for a late camera: with flow control nothing newer comes meanwhile.
+                     "sync": {"slop_s": CAMERA_SPAN_S, "timeout_s": 1.0}, "max_input_age_s": 0.0},
+        "lidar_teacher": dict(model_common),
+        "radar_teacher": {**model_common, "radars": sensors.radars or list(RADAR_NAMES),
+                          "sync": {"slop_s": RADAR_SPAN_S}},
+        "comparison_lidar": {"qos": {"input": {"depth": 100}, "output": {"depth": 100}},
+                             "pair": {"slop_s": PAIR_SLOP_S, "timeout_s": 10.0}, "window_frames": 100000,
+                             "diagnostics_period_s": _DIAGNOSTICS_PERIOD_S},
+    }
+    overrides["comparison_radar"] = overrides["comparison_lidar"]
+    out = []
+    for spec in specs:
+        if spec.key in wanted:
+            out.append(replace(spec, parameters=_deep_merge(dict(spec.parameters), overrides.get(spec.key, {}))))
+    if {s.key for s in out} != wanted:
+        raise BagEvalError(f"the graph description lacks nodes {sorted(wanted - {s.key for s in out})}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Live collection beside the player
+
+
+class _Collector:
+    """Comparison JSON and /diagnostics, received on the executor thread."""
+
+    def __init__(self, node, comparisons: Sequence[str]) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from std_msgs.msg import String
+
+        from x3kd_ros.node_utils import qos_profile
+
+        self._lock = threading.Lock()
+        self.comparison: dict[str, list[dict]] = {t: [] for t in comparisons}
+        self.diagnostics: dict[str, dict[str, str]] = {}
+        # node name -> published count -> model_ms.last at the first report showing that count
+        self.model_ms: dict[str, dict[int, float]] = {}
+        qos = qos_profile("reliable", 1000)
+        self.subscriptions = {
+            t: node.create_subscription(String, topics.comparison_topic(t), self._on_comparison(t), qos)
+            for t in comparisons
+        }
+        self.subscriptions["/diagnostics"] = node.create_subscription(
+            DiagnosticArray, topics.DIAGNOSTICS_TOPIC, self._on_diagnostics, qos)
+
+    def _on_comparison(self, teacher: str):
+        def callback(msg) -> None:
+            data = json.loads(msg.data)
+            with self._lock:
+                self.comparison[teacher].append(data)
+
+        return callback
+
+    def _on_diagnostics(self, msg) -> None:
+        with self._lock:
+            for status in msg.status:
+                node = status.name.split(":", 1)[0]
+                values = {kv.key: kv.value for kv in status.values}
+                self.diagnostics[node] = values
+                if "published" in values and "model_ms.last" in values:
+                    published = int(values["published"])
+                    if published > 0:
+                        self.model_ms.setdefault(node, {}).setdefault(published, _float(values["model_ms.last"]))
+
+    def snapshot(self) -> tuple[dict, dict, dict]:
+        with self._lock:
+            return ({t: list(v) for t, v in self.comparison.items()}, {k: dict(v) for k, v in self.diagnostics.items()},
+                    {k: dict(v) for k, v in self.model_ms.items()})
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+class _Spinner:
+    """Spins an executor with the given nodes on a daemon thread until :meth:`stop`."""
+
+    def __init__(self, context, nodes) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = context
+        self.executor = SingleThreadedExecutor(context=context)
+        for node in nodes:
+            self.executor.add_node(node)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="x3kd_bag_eval_spin", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5.0)
+        self.executor.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation
+
+
+@dataclass
+class BagEvalResult:
+    """What :func:`run_bag_eval` measured (everything is also in ``report``, written to ``report_path``).
+
+    Fields:
+        report: the JSON report (see the module docstring).
+        report_path: ``<out>/report.json``.
+        metrics: model ("student", "lidar", "radar") -> tables-free :class:`DetectionMetrics`.
+        devkit_metrics: model -> metrics of the devkit's ``DetectionEval`` (with ``dataroot``).
+        frames: group ("detector", "lidar", "radar") -> :class:`FrameCheck`.
+        predictions: model -> sample token -> boxes (ego frame of the keyframe).
+        ground_truth: the bag's keyframes.
+        exit_codes: graph node key -> exit code.
+        pictures: BEV PNGs written.
+    """
+
+    report: dict
+    report_path: Path
+    metrics: dict[str, Any]
+    devkit_metrics: dict[str, Any]
+    frames: dict[str, FrameCheck]
+    predictions: dict[str, dict[str, Boxes3D]]
+    ground_truth: BagGroundTruth
+    exit_codes: dict[str, int]
+    pictures: list[Path]
+
+
+_MODEL_OF_GROUP = {"detector": "student", "lidar": "lidar", "radar": "radar"}
+_META = {
+    "student": {"use_camera": True, "use_lidar": False, "use_radar": False, "use_map": False, "use_external": False},
+    "lidar": {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False, "use_external": False},
+    "radar": {"use_camera": False, "use_lidar": False, "use_radar": True, "use_map": False, "use_external": False},
+}
+
+
+def _transport_environment(bag: Path, out: Path, enabled: bool) -> tuple[dict[str, str], str]:
+    """Environment variables that load the replay's Fast DDS profile, and a note for the report."""
+    from x3kd_ros.replay import fastdds_profile_xml, shm_segment_bytes
+
+    if not enabled:
+        return {}, "off"
+    rmw = os.environ.get("RMW_IMPLEMENTATION", "") or "rmw_fastrtps_cpp"
+    if not rmw.startswith("rmw_fastrtps"):
+        return {}, f"not used with {rmw}"
+    for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+        if os.environ.get(var):
+            return {}, f"not used: {var} is set ({os.environ[var]})"
+    path = out / "fastdds_replay_profile.xml"
+    segment = shm_segment_bytes(bag)
+    path.write_text(fastdds_profile_xml(segment))
+    return {"FASTDDS_DEFAULT_PROFILES_FILE": str(path)}, f"{path} (shared-memory segment {segment >> 20} MiB)"
+
+
+def _log_tail(runner, key: str, lines: int = 15) -> str:
+    try:
+        text = runner.log_text(key)
+    except RuntimeError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+@dataclass
+class _LiveRun:
+    """What the live part of an evaluation collected (graph stopped)."""
+
+    replay: Any  # x3kd_ros.replay.ReplayResult
+    comparison: dict[str, list[dict]]
+    diagnostics: dict[str, dict[str, str]]
+    model_samples: dict[str, dict[int, float]]
+    expected_pairs: dict[str, int]
+    exit_codes: dict[str, int]
+    ready_s: float
+    wall_s: float
+    transport_note: str
+
+
+def _eval_groups(sensors: _BagSensors, teachers: Sequence[str]):
+    """The player's frame groups: the detector's camera frames, and each teacher's input."""
+    from x3kd_ros.replay import FrameGroup
+
+    groups = [FrameGroup("detector", tuple(sensors.image_topics()), topics.DETECTIONS_TOPIC, span_s=CAMERA_SPAN_S)]
+    if "lidar" in teachers:
+        groups.append(FrameGroup("lidar", (topics.LIDAR_TOPIC,), topics.teacher_detections_topic("lidar"), span_s=0.0))
+    if "radar" in teachers:
+        groups.append(FrameGroup("radar", tuple(topics.radar_topic(r) for r in sensors.radars),
+                                 topics.teacher_detections_topic("radar"), span_s=RADAR_SPAN_S))
+    return groups
+
+
+def _model_node_key(group: str) -> str:
+    return "detector" if group == "detector" else f"{group}_teacher"
+
+
+def _live_run(bag: Path, out: Path, specs, groups, teachers: Sequence[str], msgtypes: Mapping[str, str],
+              config: BagEvalConfig, network: Mapping[str, str], say: Callable[[str], None]) -> _LiveRun:
+    """Start the graph, replay the bag, collect answers / comparison JSON / diagnostics, stop the graph."""
+    import rclpy
+    from rclpy.context import Context
+
+    from x3kd_ros.replay import BagPlayer, ReplayConfig, ReplayError
+    from x3kd_ros.run_graph import GraphRunner
+
+    sensors = _BagSensors.of(msgtypes)
+    # Publishers wait for these subscriptions: the detector's cameras, /tf_static of every model
+    # node, each teacher's sensor topics.
+    expected = {t: 1 for t in sensors.image_topics()}
+    expected.update({topics.camera_info_topic(c): 1 for c in sensors.cameras
+                     if topics.camera_info_topic(c) in msgtypes})
+    if topics.TF_STATIC_TOPIC in msgtypes:
+        expected[topics.TF_STATIC_TOPIC] = 1 + len(teachers)
+    for g in groups[1:]:
+        expected.update({t: 1 for t in g.input_topics})
+    replay_config = ReplayConfig(rate=config.rate, max_outstanding=config.max_outstanding,
+                                 ack_timeout_s=config.ack_timeout_s, ready_timeout_s=config.ready_timeout_s,
+                                 drain_timeout_s=config.drain_timeout_s, expected_subscribers=expected)
+    node_names = {s.key: s.name for s in specs}
+
+    transport_env, transport_note = _transport_environment(bag, out, config.fastdds_profile)
+    runner = GraphRunner(specs, log_dir=out / "logs", env={**os.environ, **transport_env},
+                         stop_timeout_s=config.stop_timeout_s)
+    context = Context()
+    node = spinner = player = None
+    t_start = time.monotonic()
+    saved = {k: os.environ.get(k) for k in transport_env}
+    try:
+        # The RMW reads the profile when this process creates its first participant (the CLI's
+        # case; a process that already had one keeps the profile it loaded then).
+        os.environ.update(transport_env)
+        try:
+            rclpy.init(context=context)
+            node = rclpy.create_node("x3kd_bag_eval", context=context)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        player = BagPlayer(node, bag, groups, replay_config)
+        collector = _Collector(node, teachers)
+        spinner = _Spinner(context, [node])
+        say(f"bag eval: starting {', '.join(s.name for s in specs)} (ROS_DOMAIN_ID={network['ROS_DOMAIN_ID']}, "
+            f"logs in {out / 'logs'})")
+        runner.start()
+
+        def abort() -> Optional[str]:
+            dead = runner.exited()
+            if not dead:
+                return None
+            key, code = next(iter(dead.items()))
+            return f"node {key} exited with code {code}; its log ends with:\n{_log_tail(runner, key)}"
+
+        def graph_ready() -> Optional[str]:
+            # Our own subscription counts too: the student's detections go to us and each comparison node.
+            if node.count_subscribers(topics.DETECTIONS_TOPIC) < 1 + len(teachers):
+                return f"{topics.DETECTIONS_TOPIC} subscribers (comparison nodes)"
+            for t in teachers:
+                if node.count_subscribers(topics.teacher_detections_topic(t)) < 2:
+                    return f"{topics.teacher_detections_topic(t)} subscribers (comparison node)"
+                if collector.subscriptions[t].get_publisher_count() < 1:
+                    return f"{topics.comparison_topic(t)} publisher"
+            return None
+
+        try:
+            ready_s = player.wait_until_ready(extra=graph_ready, abort=abort)
+            say(f"bag eval: graph up after {time.monotonic() - t_start:.1f} s; replaying {bag} "
+                f"({'flow-controlled' if config.rate == 0 else f'{config.rate:g} x real time'})")
+            replay = player.play(abort=abort)
+        except ReplayError as err:
+            raise BagEvalError(str(err)) from None
+
+        # The comparison pairs and the nodes' final counters arrive shortly after the last answer.
+        expected_pairs = {t: _expected_pairs(replay.answers["detector"], replay.answers[t]) for t in teachers}
+
+        def settled() -> bool:
+            comparison, diagnostics, _ = collector.snapshot()
+            if any(len(comparison[t]) < n for t, n in expected_pairs.items()):
+                return False
+            for g in groups:
+                published = diagnostics.get(node_names[_model_node_key(g.name)], {}).get("published")
+                if published != str(len(replay.answers[g.name])):
+                    return False
+            return all(diagnostics.get(node_names[f"comparison_{t}"], {}).get("pairs") == str(len(comparison[t]))
+                       for t in teachers)
+
+        end = time.monotonic() + config.drain_timeout_s
+        while not settled() and time.monotonic() < end and abort() is None:
+            time.sleep(0.05)
+        comparison, diagnostics, model_samples = collector.snapshot()
+    finally:
+        exit_codes = runner.stop()
+        if spinner is not None:
+            spinner.stop()
+        if player is not None:
+            player.destroy()
+        if node is not None:
+            node.destroy_node()
+        context.try_shutdown()
+    return _LiveRun(replay=replay, comparison=comparison, diagnostics=diagnostics, model_samples=model_samples,
+                    expected_pairs=expected_pairs, exit_codes=exit_codes, ready_s=ready_s,
+                    wall_s=time.monotonic() - t_start, transport_note=transport_note)
+
+
+def _answers_and_latency(live: _LiveRun, groups, node_names: Mapping[str, str], ground_truth: BagGroundTruth,
+                         tolerance_ns: int):
+    """Per group: frame check, latency figures, and the answers that score the keyframes."""
+    from x3kd_ros.conversions import detections_to_boxes
+
+    frames: dict[str, FrameCheck] = {}
+    latency: dict[str, Any] = {}
+    predictions: dict[str, dict[str, Boxes3D]] = {}
+    unscored: dict[str, int] = {}
+    key_stamps = [k.stamp_ns for k in ground_truth.keyframes]
+    for g in groups:
+        sent, answers = live.replay.frames[g.name], live.replay.answers[g.name]
+        check = match_answers_to_frames(sent, answers, int(g.span_s * 1e9))
+        frames[g.name] = check
+        # End to end: the answer's publish time (rmw source timestamp) - its frame's last input sent.
+        e2e = [(answers[a].source_ns - sent[f].last_sent_ns) / 1e6 for f, a in check.answer_of_frame.items()
+               if answers[a].source_ns > 0]
+        e2e_received = [(answers[a].received_ns - sent[f].last_sent_ns) / 1e6
+                        for f, a in check.answer_of_frame.items()]
+        model = _MODEL_OF_GROUP[g.name]
+        node_name = node_names[_model_node_key(g.name)]
+        diag = live.diagnostics.get(node_name, {})
+        latency[model] = {
+            "end_to_end_ms": percentiles(e2e),
+            "end_to_end_received_ms": percentiles(e2e_received),
+            # model_ms.last of the diagnostics reports, one per frame count seen (not every frame).
+            "model_ms": {**percentiles(list(live.model_samples.get(node_name, {}).values())),
+                         "node_mean": _float(diag.get("model_ms.mean", "nan")),
+                         "node_max": _float(diag.get("model_ms.max", "nan"))},
+            "node_end_to_end_ms": {"mean": _float(diag.get("end_to_end_ms.mean", "nan")),
+                                   "max": _float(diag.get("end_to_end_ms.max", "nan"))},
+        }
+        matched = match_to_keyframes(key_stamps, [a.stamp_ns for a in answers], tolerance_ns)
+        predictions[model] = {ground_truth.keyframes[k].token: detections_to_boxes(answers[a].message)
+                              for k, a in matched.items()}
+        unscored[model] = len(ground_truth.keyframes) - len(matched)
+    return frames, latency, predictions, unscored
+
+
+def run_bag_eval(bag: str | os.PathLike, out: str | os.PathLike, config: BagEvalConfig,
+                 log: Optional[Callable[[str], None]] = None, domain_id: Optional[int] = None) -> BagEvalResult:
+    """Replay ``bag`` through the live graph and score it (see the module docstring).
+
+    Args:
+        bag: rosbag2 folder written by ``x3kd bag write`` (or any bag with the same topics).
+        out: output folder (created; report.json, submissions, pictures, logs/).
+        config: :class:`BagEvalConfig`.
+        log: progress lines go here (None = silent).
+        domain_id: ROS_DOMAIN_ID for the graph; None keeps the environment's (or derives one).
+
+    Raises:
+        BagEvalError: bad input, or a node that did not come up (its log tail is in the text).
+    """
+    from x3kd_core.eval.detection import EvaluationError, evaluate, write_submission
+    from x3kd_ros.ros_env import apply_network_rule
+
+    say = log or (lambda text: None)
+    bag, out = Path(bag), Path(out)
+    if not (bag / "metadata.yaml").is_file():
+        raise BagEvalError(f"not a rosbag2 folder (no metadata.yaml): {bag}")
+    summary = bag_summary(bag)
+    ground_truth = read_keyframes(bag)
+    specs = eval_graph_specs(config, summary.msgtypes)
+    node_names = {s.key: s.name for s in specs}
+    sensors = _BagSensors.of(summary.msgtypes)
+    teachers = [t for t in ("lidar", "radar") if f"{t}_teacher" in node_names]
+    groups = _eval_groups(sensors, teachers)
+    out.mkdir(parents=True, exist_ok=True)
+    network = apply_network_rule(domain_id=domain_id)
+
+    live = _live_run(bag, out, specs, groups, teachers, summary.msgtypes, config, network, say)
+    say(f"bag eval: replay done in {live.replay.wall_s:.1f} s; graph stopped (exit codes {live.exit_codes})")
+
+    frames, latency, predictions, unscored = _answers_and_latency(
+        live, groups, node_names, ground_truth, int(config.match_tolerance_s * 1e9))
+    metrics, devkit_metrics, devkit_errors, submissions = {}, {}, {}, {}
+    dataset = bag_custom_data(bag).get("x3kd.dataset", {})
+    dataset = dataset if isinstance(dataset, dict) else {}
+    for model, preds in predictions.items():
+        metrics[model] = score_keyframes(ground_truth.keyframes, preds)
+        path = write_submission(keyframe_submission(ground_truth.keyframes, preds), out / f"submission_{model}.json",
+                                meta=_META[model])
+        submissions[model] = str(path)
+        if config.dataroot:
+            version = config.version or dataset.get("version", "")
+            split = config.split or dataset.get("split", "")
+            try:
+                devkit_metrics[model] = evaluate(config.dataroot, version, split, path, out / f"devkit_{model}")
+            except (EvaluationError, FileNotFoundError) as err:
+                devkit_errors[model] = str(err)
+                say(f"bag eval: devkit evaluation of {model} failed: {err}")
+    pictures = _pictures(bag, out, ground_truth, predictions.get("student", {}), config)
+
+    replay = live.replay
+    report = {
+        "bag": str(bag.resolve()),
+        "bag_summary": {"message_counts": summary.message_counts,
+                        "duration_s": (summary.end_ns - summary.start_ns) * 1e-9},
+        "keyframes": len(ground_truth.keyframes),
+        "ego_poses": {"from_tf": ground_truth.has_ego_poses, "max_gap_ms": ground_truth.max_pose_gap_ns / 1e6},
+        "graph": {"nodes": {s.key: {"name": s.name, "parameters": s.parameters} for s in specs},
+                  "ros_domain_id": network["ROS_DOMAIN_ID"], "exit_codes": live.exit_codes,
+                  "fastdds_profile": live.transport_note},
+        "replay": {"mode": "flow_controlled" if config.rate == 0 else "real_time", "rate": config.rate,
+                   "max_outstanding": config.max_outstanding, "published": replay.published, "primed": replay.primed,
+                   "ack_timeouts": replay.ack_timeouts, "drained": replay.drained, "replay_wall_s": replay.wall_s,
+                   "bag_span_s": replay.bag_span_s, "ready_wait_s": live.ready_s, "total_wall_s": live.wall_s},
+        "frames": {g: c.to_dict() for g, c in frames.items()},
+        "detector_inputs": _detector_inputs(replay.frames["detector"],
+                                            live.diagnostics.get(node_names["detector"], {}), sensors),
+        "keyframes_without_answer": unscored,
+        "metrics": {model: {"from_bag": m.to_dict(),
+                            "from_bag_note": "mAVE / mAAE are 1 and NDS is a lower bound: a bag has no "
+                                             "ground-truth velocity or attribute",
+                            **({"devkit": devkit_metrics[model].to_dict()} if model in devkit_metrics else {}),
+                            **({"devkit_error": devkit_errors[model]} if model in devkit_errors else {}),
+                            "submission": submissions[model]}
+                    for model, m in metrics.items()},
+        "latency": latency,
+        "comparison": {t: {"pairs": len(live.comparison[t]), "expected_pairs": live.expected_pairs[t],
+                           "total": live.comparison[t][-1]["total"] if live.comparison[t] else None}
+                       for t in teachers},
+        "diagnostics": live.diagnostics,
+        "pictures": [str(p) for p in pictures],
+    }
+    report_path = out / "report.json"
+    report_path.write_text(json.dumps(_json_clean(report), indent=2, allow_nan=False))
+    return BagEvalResult(report=report, report_path=report_path, metrics=metrics, devkit_metrics=devkit_metrics,
+                         frames=frames, predictions=predictions, ground_truth=ground_truth,
+                         exit_codes=live.exit_codes, pictures=pictures)
+
+
+def _detector_inputs(frames, diag: Mapping[str, str], sensors: _BagSensors) -> dict:
+    """What the detector made of the camera frames sent: images received per camera vs sent, and
+    its synchronizer's counters (``complete_sets`` = emitted - partial)."""
+    sent = {c: sum(topics.camera_image_topic(c, sensors.compressed) in f.stamps_ns for f in frames)
+            for c in sensors.cameras}
+    received = {c: int(diag[f"{c}.received"]) if f"{c}.received" in diag else None for c in sensors.cameras}
+    sync = {k.split(".", 1)[1]: int(v) for k, v in diag.items() if k.startswith("sync.")}
+    dropped = {k: int(diag[k]) for k in ("busy_drops", "sets_without_extrinsics", "inference_errors") if k in diag}
+    problems = {f"{c}.{k}": int(diag[f"{c}.{k}"]) for c in sensors.cameras
+                for k in ("conversion_errors", "size_mismatch", "missing_camera_info", "stale", "missing_extrinsics")
+                if int(diag.get(f"{c}.{k}", "0")) > 0}
+    return {
+        "frames_sent": len(frames),
+        "incomplete_frames_sent": sum(not f.complete for f in frames),
+        "images_sent": sent,
+        "images_received": received,
+        "sync": sync,
+        "complete_sets": sync.get("emitted", 0) - sync.get("partial", 0) if sync else None,
+        "drops": dropped,
+        "input_problems": problems,
+    }
+
+
+def _expected_pairs(student, teacher) -> int:
+    """How many student answers have a teacher answer within the comparison's pairing slop (one-to-one)."""
+    slop = int(PAIR_SLOP_S * 1e9)
+    return len(match_to_keyframes([a.stamp_ns for a in student], [a.stamp_ns for a in teacher], slop))
+
+
+def _json_clean(value):
+    """NaN / inf -> None, numpy scalars -> Python, Paths -> str (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_clean(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _pictures(bag: Path, out: Path, ground_truth: BagGroundTruth, student: dict[str, Boxes3D],
+              config: BagEvalConfig) -> list[Path]:
+    """BEV pictures: LiDAR (ego frame), GT (solid) and student boxes (dashed) for a few keyframes."""
+    from x3kd_core import viz
+    from x3kd_ros.conversions import cloud_to_lidar_points
+
+    n = min(config.num_pictures, len(ground_truth.keyframes))
+    if n == 0:
+        return []
+    chosen = sorted({int(i) for i in np.linspace(0, len(ground_truth.keyframes) - 1, n).round()})
+    frames = [ground_truth.keyframes[i] for i in chosen]
+    msgtypes = bag_summary(bag).msgtypes
+    clouds: dict[int, np.ndarray] = {}
+    if topics.LIDAR_TOPIC in msgtypes and topics.TF_STATIC_TOPIC in msgtypes:
+        static: dict[str, np.ndarray] = {}
+        for msg in read_bag(bag, [topics.TF_STATIC_TOPIC]):
+            for tf in msg.message.transforms:
+                if tf.header.frame_id == topics.BASE_FRAME:
+                    static.setdefault(tf.child_frame_id, transform_to_matrix(tf.transform))
+        wanted = {k.stamp_ns for k in frames}
+        for msg in read_bag(bag, [topics.LIDAR_TOPIC]):
+            if msg.stamp_ns in wanted and msg.message.header.frame_id in static:
+                points = cloud_to_lidar_points(msg.message).points[:, :3].astype(np.float64)
+                clouds[msg.stamp_ns] = geometry.transform_points(static[msg.message.header.frame_id], points)
+    paths = []
+    for i, k in zip(chosen, frames):
+        pred = student.get(k.token, Boxes3D.empty())
+        pred = pred[pred.score >= config.picture_score_threshold]
+        paths.append(viz.plot_bev(
+            out / f"bev_{i:04d}_{k.token[:8]}.png", clouds.get(k.stamp_ns), gt=k.boxes, pred=pred,
+            title=f"keyframe {i} ({k.token[:8]}): GT solid, student dashed "
+                  f"(score >= {config.picture_score_threshold:g})"))
+    return paths
