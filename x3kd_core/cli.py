@@ -23,6 +23,7 @@ from x3kd_core.config import ConfigError, load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORLD = REPO_ROOT / "config" / "data" / "synthetic_tiny.yaml"
+DEMO_WORLD = REPO_ROOT / "config" / "data" / "synthetic_demo.yaml"
 
 
 class UserError(Exception):
@@ -101,7 +102,11 @@ def _cmd_train(args) -> int:
 def _cmd_demo(args) -> int:
     from x3kd_core.demo import run_demo
 
-    run_demo(args.out, args.world, seed=args.seed)
+    if args.quick:
+        run_demo(args.out, DEFAULT_WORLD, seed=args.seed, student_steps=2, lidar_steps=2, ros=not args.no_ros)
+    else:
+        run_demo(args.out, args.world, seed=args.seed, student_steps=args.student_steps,
+                 lidar_steps=args.lidar_steps, ros=not args.no_ros)
     return 0
 
 
@@ -233,8 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job end to end on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--world", default=str(DEFAULT_WORLD), help="SynthConfig YAML")
+    demo.add_argument("--world", default=str(DEMO_WORLD), help="SynthConfig YAML")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--student-steps", type=int, default=600, help="camera student training steps (0: no training)")
+    demo.add_argument("--lidar-steps", type=int, default=300, help="LiDAR teacher training steps")
+    demo.add_argument("--no-ros", action="store_true", help="skip the rosbag2 + live ROS 2 graph stage")
+    demo.add_argument("--quick", action="store_true", help="seconds-long smoke run: tiny world, 2 training steps")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
