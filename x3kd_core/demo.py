@@ -61,8 +61,8 @@ def perturb_boxes(
     )
 
 
-def run_demo(out_dir: str | Path, world_config: str | Path, seed: int = 0, student_steps: int = 600,
-             lidar_steps: int = 300, ros: bool = True) -> dict:
+def run_demo(out_dir: str | Path, world_config: str | Path, seed: int = 0, student_steps: int = 300,
+             lidar_steps: int = 150, ros: bool = True) -> dict:
     """Run the synthetic end-to-end job and return (and write) a JSON-friendly report.
 
     Args:

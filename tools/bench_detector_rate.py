@@ -1,0 +1,447 @@
+#!/usr/bin/env python3
+"""Drive the x3kd_detector node at a camera rate over loopback DDS and measure what comes out.
+
+    .venv/bin/python tools/bench_detector_rate.py                      # 12 Hz for 10 s, tiny model, cpu
+    .venv/bin/python tools/bench_detector_rate.py --rate 2             # keyframe rate
+    .venv/bin/python tools/bench_detector_rate.py --device cuda --checkpoint runs/<name>/last.pt
+
+What it does
+    1. Applies the ROS network rule (x3kd_ros.ros_env.apply_network_rule) with a private domain id
+       and a log folder under build/bench_detector_rate/, so nothing leaves the machine and
+       concurrent runs do not see each other.
+    2. Writes an untrained tiny student checkpoint (config/model/student_tiny.yaml, seeded), the
+       same way the node tests build theirs, unless ``--checkpoint`` names one.
+    3. Starts ``x3kd_detector --ros-args --params-file config/ros/detector.yaml -p checkpoint:=...``
+       as a child process (log: build/bench_detector_rate/detector.log) and stops it by its PID
+       (SIGINT, then SIGTERM / SIGKILL) however this script ends.
+    4. Publishes /tf_static once (transient local) and then, at ``--rate`` Hz, one set of 6 camera
+       images (``--width`` x ``--height`` rgb8 sensor_msgs/Image, one shared stamp per set) plus
+       their CameraInfo, with the default sensor-data QoS (best effort, keep last 5), for
+       ``--duration`` s after ``--warmup-sets`` untimed sets.
+    5. Counts, for the timed window only (node counters are differences of two /diagnostics reports):
+       sets published, Detection3DArray received, images the node received, sets the synchronizer
+       emitted / emitted partial / dropped, sets dropped because the model was busy
+       (``busy_drops``), end-to-end latency percentiles (receive time of the detections here minus
+       the time the last image of that set was published here, same monotonic clock), the node's
+       model time (``model_ms`` of /diagnostics) and node overhead = end-to-end - model time.
+
+Numbers depend on the machine's load: the publisher, the DDS transport (large images are
+fragmented over UDP on loopback; best effort loses fragments under load) and the model share the
+CPU. The load average is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from x3kd_ros.ros_env import apply_network_rule, pid_domain_id  # noqa: E402  (no rclpy import)
+
+WORK_DIR = REPO_ROOT / "build" / "bench_detector_rate"
+DETECTOR_YAML = REPO_ROOT / "config" / "ros" / "detector.yaml"
+NODE_NAME = "x3kd_detector_bench"
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rate", type=float, default=12.0, help="camera sets per second (Hz)")
+    p.add_argument("--duration", type=float, default=10.0, help="timed publishing window (s)")
+    p.add_argument("--warmup-sets", type=int, default=3, help="untimed sets first (model warm-up)")
+    p.add_argument("--device", default="cpu", help="detector device parameter: auto | cpu | cuda | cuda:N")
+    p.add_argument("--checkpoint", default="", help="camera-student checkpoint; empty = write a tiny untrained one")
+    p.add_argument("--model-config", default="config/model/student_tiny.yaml",
+                   help="model YAML of the untrained checkpoint (when --checkpoint is empty)")
+    p.add_argument("--width", type=int, default=1600, help="image width (px)")
+    p.add_argument("--height", type=int, default=900, help="image height (px)")
+    p.add_argument("--qos", choices=("sensor", "reliable"), default="sensor",
+                   help="sensor: publish with the default sensor-data QoS (best effort, depth 5) into the "
+                        "node's detector.yaml input QoS; reliable: reliable publishers and "
+                        "qos.input.reliability:=reliable on the node")
+    p.add_argument("--params-file", default=str(DETECTOR_YAML), help="detector parameter file")
+    p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                   help="extra detector parameter override (repeatable), e.g. sync.slop_s:=0.035")
+    p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: derived from the pid)")
+    p.add_argument("--start-timeout", type=float, default=120.0, help="max wait for the node to come up (s)")
+    p.add_argument("--drain-timeout", type=float, default=60.0, help="max wait for late detections (s)")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------- checkpoint
+def write_tiny_checkpoint(model_yaml: str, path: Path, seed: int = 0) -> Path:
+    """An untrained student checkpoint in ``last.pt`` format on the tiny student's BEV grid
+    (the approach of test/x3kd_ros/conftest.py)."""
+    import torch
+    import yaml
+
+    from x3kd_core.config import from_dict, to_dict
+    from x3kd_core.experiment import ExperimentConfig, build_task
+    from x3kd_core.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+
+    grid = yaml.safe_load((REPO_ROOT / "config/model/student_tiny.yaml").read_text())["grid"]
+    model = yaml.safe_load((REPO_ROOT / model_yaml).read_text())
+    exp = from_dict(ExperimentConfig, {"kind": "student", "model": model, "grid": grid, "train": {"max_steps": 1},
+                                       "name": "student_tiny_untrained"})
+    torch.manual_seed(seed)
+    task = build_task(exp)
+    state = {"format": CHECKPOINT_FORMAT, "kind": type(task).__name__, "config": to_dict(exp),
+             "model": task.state_dict()}
+    return save_checkpoint(path, state, keep_previous=False)
+
+
+# ---------------------------------------------------------------------------------------- child
+def start_detector(args: argparse.Namespace, checkpoint: Path, log_path: Path) -> subprocess.Popen:
+    exe = Path(sys.executable).parent / "x3kd_detector"
+    cmd = [str(exe) if exe.is_file() else "x3kd_detector", "--ros-args", "-r", f"__node:={NODE_NAME}",
+           "--params-file", args.params_file,
+           "-p", f"checkpoint:={checkpoint}", "-p", f"device:={args.device}",
+           # Extrinsics from our /tf_static only: a missing transform must show, not be filled in.
+           "-p", "extrinsics_source:=tf_static",
+           # Twice a second, so the before / after snapshots are close to the timed window.
+           "-p", "diagnostics_period_s:=0.5"]
+    if args.qos == "reliable":
+        cmd += ["-p", "qos.input.reliability:=reliable"]
+    for override in args.param:
+        cmd += ["-p", override]
+    print("detector:", " ".join(cmd), flush=True)
+    log = open(log_path, "w")
+    try:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    finally:
+        log.close()  # the child holds its own descriptor
+
+
+def stop_child(proc: subprocess.Popen, timeout_s: float = 10.0) -> Optional[int]:
+    """SIGINT (the node's clean shutdown), then SIGTERM, then SIGKILL, to this PID only."""
+    if proc.poll() is not None:
+        return proc.returncode
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.poll()
+
+
+# ---------------------------------------------------------------------------------------- bench node
+class Bench:
+    """Publisher of camera sets and collector of detections and diagnostics (one rclpy node)."""
+
+    def __init__(self, context, width: int, height: int, qos: str = "sensor") -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import CameraInfo, Image
+        from std_msgs.msg import Header
+        from tf2_msgs.msg import TFMessage
+        from vision_msgs.msg import Detection3DArray
+
+        from x3kd_core.data.synthetic.config import SynthConfig
+        from x3kd_core.data.synthetic.sensors import camera_specs
+        from x3kd_core.structures import CAMERA_NAMES
+        from x3kd_ros import topics
+        from x3kd_ros.conversions import intrinsics_to_camera_info, rgb_to_image
+        from x3kd_ros.node_utils import qos_profile, static_tf_qos
+
+        self.node = rclpy.create_node("x3kd_bench_cameras", context=context)
+        qos_in = qos_profile_sensor_data if qos == "sensor" else qos_profile("reliable", 5)
+        self.cameras = list(CAMERA_NAMES)
+        specs = {s.name: s for s in camera_specs(SynthConfig(image_width=width, image_height=height))}
+        self._specs = specs
+        self._topics = topics
+        self.image_pubs = {c: self.node.create_publisher(Image, topics.camera_image_topic(c), qos_in)
+                           for c in self.cameras}
+        self.info_pubs = {c: self.node.create_publisher(CameraInfo, topics.camera_info_topic(c),
+                                                        qos_in) for c in self.cameras}
+        self.tf_pub = self.node.create_publisher(TFMessage, topics.TF_STATIC_TOPIC, static_tf_qos())
+
+        # One message per camera, built once: per set only the stamp changes, so the publisher's
+        # own cost is the DDS serialisation, as for a driver handing over a ready buffer.
+        rng = np.random.default_rng(0)
+        self.images, self.infos = {}, {}
+        for cam in self.cameras:
+            header = Header(frame_id=topics.sensor_frame(cam))
+            self.images[cam] = rgb_to_image(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), header)
+            self.infos[cam] = intrinsics_to_camera_info(specs[cam].intrinsics, (height, width),
+                                                        Header(frame_id=topics.sensor_frame(cam)))
+
+        self.lock = threading.Lock()
+        self.published: dict[int, int] = {}        # set stamp (ns) -> monotonic ns after its last image
+        self.received: dict[int, int] = {}         # set stamp (ns) -> monotonic ns of its detections
+        self.unmatched = 0
+        self.diagnostics: list[tuple[int, dict[str, str]]] = []  # (monotonic ns, values)
+        self.node.create_subscription(Detection3DArray, topics.DETECTIONS_TOPIC, self._on_detections,
+                                      qos_profile("reliable", 10))
+        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS_TOPIC, self._on_diagnostics, 10)
+
+    def matched(self) -> bool:
+        return all(p.get_subscription_count() >= 1 for p in [*self.image_pubs.values(), *self.info_pubs.values()])
+
+    def publish_tf_static(self) -> None:
+        from geometry_msgs.msg import TransformStamped
+        from tf2_msgs.msg import TFMessage
+
+        from x3kd_core import geometry
+
+        transforms = []
+        for cam in self.cameras:
+            to_ego = self._specs[cam].to_ego
+            t = TransformStamped()
+            t.header.frame_id = self._topics.BASE_FRAME
+            t.child_frame_id = self._topics.sensor_frame(cam)
+            t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (float(v) for v in
+                                                                                               to_ego[:3, 3])
+            w, x, y, z = (float(v) for v in geometry.matrix_to_quaternion(to_ego[:3, :3]))
+            t.transform.rotation.w, t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z = w, x, y, z
+            transforms.append(t)
+        self.tf_pub.publish(TFMessage(transforms=transforms))
+
+    def publish_set(self, stamp_ns: int) -> None:
+        from x3kd_ros.conversions import ns_to_stamp
+
+        stamp = ns_to_stamp(stamp_ns)
+        for cam in self.cameras:
+            # CameraInfo first: a driver sends both, and the node needs K before the image.
+            self.infos[cam].header.stamp = stamp
+            self.info_pubs[cam].publish(self.infos[cam])
+            self.images[cam].header.stamp = stamp
+            self.image_pubs[cam].publish(self.images[cam])
+        done = time.monotonic_ns()
+        with self.lock:
+            self.published[stamp_ns] = done
+
+    def _on_detections(self, msg) -> None:
+        from x3kd_ros.conversions import stamp_to_ns
+
+        now = time.monotonic_ns()
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        with self.lock:
+            if stamp_ns in self.published and stamp_ns not in self.received:
+                self.received[stamp_ns] = now
+            else:
+                self.unmatched += 1
+
+    def _on_diagnostics(self, msg) -> None:
+        from x3kd_ros.node_utils import diagnostics_values
+
+        now = time.monotonic_ns()
+        for status in msg.status:
+            if status.name.startswith(NODE_NAME):
+                with self.lock:
+                    self.diagnostics.append((now, diagnostics_values(status)))
+
+    def last_diagnostics(self, after_ns: int = 0) -> Optional[tuple[int, dict[str, str]]]:
+        with self.lock:
+            for t, values in reversed(self.diagnostics):
+                if t > after_ns:
+                    return t, values
+        return None
+
+
+def spin_until(executor, condition, deadline_s: float) -> bool:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if condition():
+            return True
+        executor.spin_once(timeout_sec=0.02)
+    return condition()
+
+
+def publish_loop(bench: Bench, rate_hz: float, n_sets: int, base_stamp_ns: int, stop: threading.Event) -> list[int]:
+    """Publish ``n_sets`` sets at ``rate_hz`` on a fixed schedule (no drift); returns their stamps."""
+    period_ns = int(1e9 / rate_hz)
+    start = time.monotonic_ns()
+    stamps = []
+    for k in range(n_sets):
+        if stop.is_set():
+            break
+        due = start + k * period_ns
+        delay = (due - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            time.sleep(delay)
+        stamp = base_stamp_ns + k * period_ns
+        bench.publish_set(stamp)
+        stamps.append(stamp)
+    return stamps
+
+
+def _num(values: dict[str, str], key: str) -> float:
+    try:
+        return float(values.get(key, "nan"))
+    except ValueError:
+        return math.nan
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else math.nan
+
+
+# ---------------------------------------------------------------------------------------- main
+def run(args: argparse.Namespace) -> int:
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    env = apply_network_rule(args.domain_id if args.domain_id is not None else pid_domain_id(),
+                             str(WORK_DIR / "ros_log"))
+    print("network:", " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint).resolve()
+    else:
+        t0 = time.perf_counter()
+        checkpoint = write_tiny_checkpoint(args.model_config, WORK_DIR / "student_tiny.pt")
+        print(f"checkpoint: {checkpoint} (untrained, written in {time.perf_counter() - t0:.1f} s)", flush=True)
+
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+
+    proc = start_detector(args, checkpoint, WORK_DIR / "detector.log")
+    context = Context()
+    rclpy.init(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    stop = threading.Event()
+    bench = None
+    try:
+        bench = Bench(context, args.width, args.height, args.qos)
+        executor.add_node(bench.node)
+        t0 = time.monotonic()
+        up = spin_until(executor, lambda: proc.poll() is not None or (bench.matched() and bench.last_diagnostics()),
+                        args.start_timeout)
+        if proc.poll() is not None or not up:
+            print(f"detector did not come up (exit code {proc.poll()}); see {WORK_DIR / 'detector.log'}")
+            return 1
+        print(f"detector up after {time.monotonic() - t0:.1f} s (pid {proc.pid})", flush=True)
+        bench.publish_tf_static()
+        spin_until(executor, lambda: False, 0.5)  # let /tf_static and the first CameraInfo land
+
+        period_ns = int(1e9 / args.rate)
+        base_ns = time.time_ns()
+
+        def run_phase(n_sets: int, base: int) -> list[int]:
+            out: list[int] = []
+            thread = threading.Thread(target=lambda: out.extend(publish_loop(bench, args.rate, n_sets, base, stop)),
+                                      daemon=True)
+            thread.start()
+            while thread.is_alive():
+                executor.spin_once(timeout_sec=0.005)
+            return out
+
+        # Warm-up: untimed sets (first model calls are slow), then a fresh diagnostics snapshot.
+        warm = run_phase(args.warmup_sets, base_ns)
+        spin_until(executor, lambda: all(s in bench.received for s in warm), 60.0)
+        mark = time.monotonic_ns()
+        spin_until(executor, lambda: bench.last_diagnostics(mark) is not None, 5.0)
+        before = bench.last_diagnostics() or (0, {})
+        with bench.lock:
+            warm_received = sum(s in bench.received for s in warm)
+
+        # Timed window.
+        n_sets = max(1, int(round(args.duration * args.rate)))
+        timed_base = base_ns + (args.warmup_sets + 1) * period_ns
+        t_start = time.monotonic()
+        stamps = run_phase(n_sets, timed_base)
+        with bench.lock:
+            span_ns = bench.published[stamps[-1]] - bench.published[stamps[0]] if len(stamps) > 1 else 0
+        publish_s = time.monotonic() - t_start
+        pub_end = time.monotonic()
+
+        # Drain: wait for late sets (sync timeout, model queue) until nothing has come for a while.
+        def drained() -> bool:
+            with bench.lock:
+                got = [bench.received[s] for s in stamps if s in bench.received]
+            if len(got) == len(stamps):
+                return True
+            last = max(got) / 1e9 if got else pub_end
+            return time.monotonic() - max(last, pub_end) > 3.0
+        spin_until(executor, drained, args.drain_timeout)
+        mark = time.monotonic_ns()
+        spin_until(executor, lambda: bench.last_diagnostics(mark) is not None, 5.0)
+        after = bench.last_diagnostics() or (0, {})
+        in_window = [v for t, v in bench.diagnostics if before[0] < t <= after[0]]
+    finally:
+        stop.set()
+        code = stop_child(proc)
+        print(f"detector stopped (pid {proc.pid}, exit code {code})", flush=True)
+        executor.shutdown()
+        if bench is not None:
+            bench.node.destroy_node()
+        context.try_shutdown()
+
+    # ---------------------------------------------------------------- report
+    b, a = before[1], after[1]
+
+    def delta(key: str) -> float:
+        return _num(a, key) - _num(b, key)
+
+    with bench.lock:
+        lat_ms = [(bench.received[s] - bench.published[s]) / 1e6 for s in stamps if s in bench.received]
+        unmatched = bench.unmatched
+    cams = bench.cameras
+    received_imgs = sum(delta(f"{c}.received") for c in cams)
+    model_mean, model_max = _num(a, "model_ms.mean"), _num(a, "model_ms.max")
+    model_last = [_num(v, "model_ms.last") for v in in_window if not math.isnan(_num(v, "model_ms.last"))]
+    model_med = statistics.median(model_last) if model_last else model_mean
+    load = os.getloadavg()
+
+    print()
+    print(f"== detector at {args.rate:g} Hz for {args.duration:g} s: {len(cams)} cameras {args.width}x{args.height} "
+          f"rgb8, device {args.device}, checkpoint {checkpoint.name} ==")
+    print(f"load average            {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cpus)")
+    print(f"warm-up                 {warm_received}/{len(warm)} sets answered")
+    achieved = (len(stamps) - 1) / (span_ns / 1e9) if span_ns else math.nan
+    print(f"sets published          {len(stamps)} in {publish_s:.2f} s ({achieved:.2f} Hz achieved, first to last "
+          f"set; publisher QoS {args.qos})")
+    per_cam = " ".join(f"{c}={delta(f'{c}.received'):.0f}" for c in cams)
+    print(f"images received (node)  {received_imgs:.0f} / {len(stamps) * len(cams)} published ({per_cam})")
+    print(f"sync sets emitted       {delta('sync.emitted'):.0f} (partial {delta('sync.partial'):.0f}, "
+          f"dropped {delta('sync.dropped_sets'):.0f}, late {delta('sync.late'):.0f}, "
+          f"overflow {delta('sync.overflow'):.0f})")
+    print(f"busy drops              {delta('busy_drops'):.0f} (model busy; processing_queue_size full)")
+    print(f"other drops             sets_without_extrinsics {delta('sets_without_extrinsics'):.0f}, "
+          f"inference_errors {delta('inference_errors'):.0f}, missing_camera_info "
+          f"{sum(delta(f'{c}.missing_camera_info') for c in cams):.0f}")
+    print(f"node published          {delta('published'):.0f}")
+    print(f"Detection3DArray recvd  {len(lat_ms)} / {len(stamps)} sets ({len(stamps) - len(lat_ms)} without "
+          f"detections; {unmatched} unmatched or duplicate messages)")
+    if lat_ms:
+        p50, p90, p99 = (percentile(lat_ms, q) for q in (50, 90, 99))
+        print(f"end-to-end latency ms   p50 {p50:.1f}  p90 {p90:.1f}  p99 {p99:.1f}  max {max(lat_ms):.1f}  "
+              f"mean {statistics.fmean(lat_ms):.1f}  (detections received - last image of the set published)")
+    else:
+        p50 = p90 = math.nan
+        print("end-to-end latency ms   n/a (no detections received)")
+    print(f"node end_to_end_ms      mean {_num(a, 'end_to_end_ms.mean'):.1f}  max {_num(a, 'end_to_end_ms.max'):.1f}  "
+          f"(node: first image received -> published, last 100 sets)")
+    print(f"model time ms           mean {model_mean:.1f}  max {model_max:.1f}  (diagnostics model_ms, last 100 sets); "
+          f"median of per-report last {model_med:.1f} ({len(model_last)} reports)")
+    print(f"node overhead ms        p50 {p50 - model_med:.1f}  p90 {p90 - model_med:.1f}  "
+          f"(end-to-end percentile - median model time)")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.rate <= 0 or args.duration <= 0:
+        raise SystemExit("--rate and --duration must be > 0")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
