@@ -16,8 +16,9 @@ What it does
        (SIGINT, then SIGTERM / SIGKILL) however this script ends.
     4. Publishes /tf_static once (transient local) and then, at ``--rate`` Hz, one set of 6 camera
        images (``--width`` x ``--height`` rgb8 sensor_msgs/Image, one shared stamp per set) plus
-       their CameraInfo, with the default sensor-data QoS (best effort, keep last 5), for
-       ``--duration`` s after ``--warmup-sets`` untimed sets.
+       their CameraInfo, with the default sensor-data QoS (best effort, keep last 5; ``--qos
+       reliable`` makes publishers and the node's input reliable), for ``--duration`` s after
+       ``--warmup-sets`` untimed sets.
     5. Counts, for the timed window only (node counters are differences of two /diagnostics reports):
        sets published, Detection3DArray received, images the node received, sets the synchronizer
        emitted / emitted partial / dropped, sets dropped because the model was busy
@@ -27,7 +28,10 @@ What it does
 
 Numbers depend on the machine's load: the publisher, the DDS transport (large images are
 fragmented over UDP on loopback; best effort loses fragments under load) and the model share the
-CPU. The load average is printed with the results.
+CPU. The load average is printed with the results. Node counters are differences between the
+last /diagnostics report before the timed window and the first after the drain, so images of
+warm-up sets still in flight at the first snapshot can make "images received" exceed the
+published count.
 """
 
 from __future__ import annotations
@@ -185,6 +189,7 @@ class Bench:
 
         self.lock = threading.Lock()
         self.published: dict[int, int] = {}        # set stamp (ns) -> monotonic ns after its last image
+        self.publish_ms: dict[int, float] = {}     # set stamp (ns) -> time to publish its 6 images + infos
         self.received: dict[int, int] = {}         # set stamp (ns) -> monotonic ns of its detections
         self.unmatched = 0
         self.diagnostics: list[tuple[int, dict[str, str]]] = []  # (monotonic ns, values)
@@ -218,6 +223,7 @@ class Bench:
         from x3kd_ros.conversions import ns_to_stamp
 
         stamp = ns_to_stamp(stamp_ns)
+        begin = time.monotonic_ns()
         for cam in self.cameras:
             # CameraInfo first: a driver sends both, and the node needs K before the image.
             self.infos[cam].header.stamp = stamp
@@ -227,6 +233,7 @@ class Bench:
         done = time.monotonic_ns()
         with self.lock:
             self.published[stamp_ns] = done
+            self.publish_ms[stamp_ns] = (done - begin) / 1e6
 
     def _on_detections(self, msg) -> None:
         from x3kd_ros.conversions import stamp_to_ns
@@ -405,9 +412,12 @@ def run(args: argparse.Namespace) -> int:
           f"rgb8, device {args.device}, checkpoint {checkpoint.name} ==")
     print(f"load average            {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cpus)")
     print(f"warm-up                 {warm_received}/{len(warm)} sets answered")
+    pub_ms = [bench.publish_ms[s] for s in stamps]
     achieved = (len(stamps) - 1) / (span_ns / 1e9) if span_ns else math.nan
     print(f"sets published          {len(stamps)} in {publish_s:.2f} s ({achieved:.2f} Hz achieved, first to last "
           f"set; publisher QoS {args.qos})")
+    print(f"publish call per set ms p50 {percentile(pub_ms, 50):.1f}  max {max(pub_ms):.1f}  (6 x Image + CameraInfo, "
+          f"this process)")
     per_cam = " ".join(f"{c}={delta(f'{c}.received'):.0f}" for c in cams)
     print(f"images received (node)  {received_imgs:.0f} / {len(stamps) * len(cams)} published ({per_cam})")
     print(f"sync sets emitted       {delta('sync.emitted'):.0f} (partial {delta('sync.partial'):.0f}, "

@@ -220,6 +220,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from x3kd_ros.ros_env import apply_network_rule
 
     network = apply_network_rule()
+    profile_note = _apply_fastdds_profile()
     runner = GraphRunner(specs, log_dir=options.log_dir)
     if options.print:
         for key, cmd in runner.commands().items():
@@ -231,6 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    print(f"x3kd_run_graph: Fast DDS transport profile: {profile_note}", file=sys.stderr)
     print(f"x3kd_run_graph: ROS_DOMAIN_ID={network['ROS_DOMAIN_ID']}, localhost only; starting "
           f"{', '.join(s.name for s in specs)}", file=sys.stderr)
     code = 0
@@ -248,6 +250,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         codes = runner.stop()
         print(f"x3kd_run_graph: stopped, exit codes {codes}", file=sys.stderr)
     return code
+
+
+#: Shared-memory segment for the graph's processes: six 1600 x 900 rgb8 images (26 MB) plus a
+#: LiDAR cloud must fit, or Fast DDS falls back to slow resends (see BENCHMARKS.md: with the
+#: 512 KiB default only 7-28 % of 12 Hz camera images reached the detector; with this, 100 %).
+GRAPH_SHM_SEGMENT_BYTES = 64 << 20
+
+
+def _apply_fastdds_profile() -> str:
+    """Point this process (and so its children) at a Fast DDS profile with a large shared-memory
+    segment, unless the user already set a profile or uses another RMW. Discovery is untouched.
+
+    Processes publishing the cameras must load the same file (its path is printed) to get the
+    shared-memory path; without it they fall back to UDP on loopback.
+    """
+    from x3kd_ros.replay import fastdds_profile_xml
+
+    rmw = os.environ.get("RMW_IMPLEMENTATION", "") or "rmw_fastrtps_cpp"
+    if not rmw.startswith("rmw_fastrtps"):
+        return f"not used with {rmw}"
+    for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+        if os.environ.get(var):
+            return f"user's {os.environ[var]}"
+    path = Path(tempfile.gettempdir()) / f"x3kd_fastdds_{os.getpid()}.xml"
+    path.write_text(fastdds_profile_xml(GRAPH_SHM_SEGMENT_BYTES))
+    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(path)
+    return f"{path} (shared-memory segment {GRAPH_SHM_SEGMENT_BYTES >> 20} MiB)"
 
 
 if __name__ == "__main__":
