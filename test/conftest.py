@@ -49,7 +49,7 @@ def _data_conftest():
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset_root(tmp_path_factory):
+def tiny_dataset(tmp_path_factory):
     """(dataroot, version) of the tiny synthetic dataset, shared by every test folder (generated
     once per session into the same folder the data tests use)."""
     return _data_conftest().build_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny_dataset")

@@ -7,11 +7,14 @@ field name says otherwise. See :mod:`x3kd_core.geometry` for the conventions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from x3kd_core import geometry
+
+if TYPE_CHECKING:  # torch is only needed for Batch, which is built by the data loader
+    import torch
 
 #: The 10 nuScenes detection classes, in the order used for class ids everywhere in x3kd.
 DETECTION_CLASSES: tuple[str, ...] = (

@@ -1,9 +1,5 @@
 """The `x3kd` command: user errors exit 2 with the problem named; data/eval/demo commands work."""
 
-import json
-
-import pytest
-
 from x3kd_core.cli import main
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -23,8 +19,8 @@ def test_eval_missing_results_file_is_a_clear_error(tmp_path, capsys):
     assert "x3kd eval: error:" in capsys.readouterr().err
 
 
-def test_data_show_index_out_of_range(tiny_dataset_root, tmp_path, capsys):
-    dataroot, version = tiny_dataset_root
+def test_data_show_index_out_of_range(tiny_dataset, tmp_path, capsys):
+    dataroot, version = tiny_dataset
     code = main(["data", "show", "--dataroot", str(dataroot), "--version", version, "--index", "99",
                  "--out", str(tmp_path)])
     assert code == 2

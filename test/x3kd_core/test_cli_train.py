@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,17 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STUDENT_TINY = str(REPO_ROOT / "config" / "train" / "student_tiny.yaml")
 
 
-def _data_conftest():
-    path = REPO_ROOT / "test" / "x3kd_core" / "data" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("x3kd_test_data_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    return _data_conftest().build_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny_dataset")
 
 
 def test_train_student_tiny_end_to_end(tiny_dataset, tmp_path, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -20,17 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CONFIGS = REPO_ROOT / "config" / "train"
 
 
-def _data_conftest():
-    path = REPO_ROOT / "test" / "x3kd_core" / "data" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("x3kd_test_data_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    return _data_conftest().build_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny_dataset")
 
 
 @pytest.fixture(scope="module")

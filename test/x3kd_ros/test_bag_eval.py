@@ -13,7 +13,6 @@ devkit's DetectionEval scores the same submission on the dataset tables.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -48,18 +47,8 @@ SPLIT = "synth_val"
 E2E_TIMEOUT_S = 150
 
 
-def _load_data_conftest():
-    # Same shared, idempotent dataset folder as test_bag_io.py and the data/eval tests.
-    path = Path(__file__).resolve().parents[1] / "x3kd_core" / "data" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("x3kd_test_data_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    return _load_data_conftest().build_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny_dataset")
 
 
 @pytest.fixture(scope="module")

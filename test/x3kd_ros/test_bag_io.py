@@ -7,7 +7,6 @@ loader produces for the same samples.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -46,19 +45,8 @@ SPLIT = "synth_val"
 TF_MESSAGE_RIHS01 = "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087"
 
 
-def _load_data_conftest():
-    # The dataset builder lives in test/x3kd_core/data/conftest.py (idempotent, shared folder), so the
-    # dataset is generated once per session for every test folder that needs it.
-    path = Path(__file__).resolve().parents[1] / "x3kd_core" / "data" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("x3kd_test_data_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    return _load_data_conftest().build_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny_dataset")
 
 
 @pytest.fixture(scope="module")

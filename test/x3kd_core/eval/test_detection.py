@@ -7,7 +7,6 @@ tiny synthetic dataset (ground truth fed back, and a shifted copy of it).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -31,19 +30,8 @@ from x3kd_core.structures import DETECTION_CLASSES, Boxes3D
 SPLIT = "synth_val"
 
 
-def _load_data_conftest():
-    # The dataset fixture lives in test/x3kd_core/data/conftest.py; share its (idempotent) builder so
-    # the dataset is generated once per session for both test folders.
-    path = Path(__file__).resolve().parents[1] / "data" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("x3kd_test_data_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    return _load_data_conftest().build_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny_dataset")
 
 
 @pytest.fixture(scope="module")

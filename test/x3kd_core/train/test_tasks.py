@@ -3,7 +3,6 @@ experiment configs (one grid), and the instance-mask metric."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -24,18 +23,8 @@ TRAIN_CONFIGS = REPO_ROOT / "config" / "train"
 HEAD_TERMS = {"heatmap", "offset", "height", "size", "rot", "velocity"}
 
 
-def _data_conftest():
-    # The dataset builder lives in test/x3kd_core/data/conftest.py (idempotent, shared session folder).
-    path = REPO_ROOT / "test" / "x3kd_core" / "data" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("x3kd_test_data_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    return _data_conftest().build_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny_dataset")
 
 
 @pytest.fixture(scope="module")
