@@ -79,48 +79,46 @@ def _merge(losses: dict[str, Tensor], extra: Mapping[str, Tensor], source: str) 
 
 
 # ------------------------------------------------------------------------------------------ teachers
-class LidarTask(nn.Module):
+class _PointDetectorTask(nn.Module):
+    """Training of a BEV detector that reads one point field of the batch (``points_field``)."""
+
+    points_field: str
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    @property
+    def config(self):
+        return self.detector.config
+
+    def outputs(self, batch: Batch) -> BevDetectorOutputs:
+        return self.detector(getattr(batch, self.points_field))
+
+    def training_losses(self, batch: Batch) -> dict[str, Tensor]:
+        return self.detector.loss(self.outputs(batch), batch.boxes)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> list[Boxes3D]:
+        return self.detector.predict(self.outputs(batch.to(_device_of(self))))
+
+
+class LidarTask(_PointDetectorTask):
     """LiDAR teacher training: CenterPoint losses of ``LidarDetector`` on ``batch.lidar_points``."""
 
+    points_field = "lidar_points"
+
     def __init__(self, detector: LidarDetector) -> None:
-        super().__init__()
-        self.detector = detector
-
-    @property
-    def config(self):
-        return self.detector.config
-
-    def outputs(self, batch: Batch) -> BevDetectorOutputs:
-        return self.detector(batch.lidar_points)
-
-    def training_losses(self, batch: Batch) -> dict[str, Tensor]:
-        return self.detector.loss(self.outputs(batch), batch.boxes)
-
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> list[Boxes3D]:
-        return self.detector.predict(self.outputs(batch.to(_device_of(self))))
+        super().__init__(detector)
 
 
-class RadarTask(nn.Module):
+class RadarTask(_PointDetectorTask):
     """Radar-only detector training on ``batch.radar_points``."""
 
+    points_field = "radar_points"
+
     def __init__(self, detector: RadarDetector) -> None:
-        super().__init__()
-        self.detector = detector
-
-    @property
-    def config(self):
-        return self.detector.config
-
-    def outputs(self, batch: Batch) -> BevDetectorOutputs:
-        return self.detector(batch.radar_points)
-
-    def training_losses(self, batch: Batch) -> dict[str, Tensor]:
-        return self.detector.loss(self.outputs(batch), batch.boxes)
-
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> list[Boxes3D]:
-        return self.detector.predict(self.outputs(batch.to(_device_of(self))))
+        super().__init__(detector)
 
 
 # ---------------------------------------------------------------------------------------- students
