@@ -684,20 +684,11 @@ _META = {
 
 def _transport_environment(bag: Path, out: Path, enabled: bool) -> tuple[dict[str, str], str]:
     """Environment variables that load the replay's Fast DDS profile, and a note for the report."""
-    from x3kd_ros.replay import fastdds_profile_xml, shm_segment_bytes
+    from x3kd_ros.replay import fastdds_profile_environment, shm_segment_bytes
 
     if not enabled:
         return {}, "off"
-    rmw = os.environ.get("RMW_IMPLEMENTATION", "") or "rmw_fastrtps_cpp"
-    if not rmw.startswith("rmw_fastrtps"):
-        return {}, f"not used with {rmw}"
-    for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
-        if os.environ.get(var):
-            return {}, f"not used: {var} is set ({os.environ[var]})"
-    path = out / "fastdds_replay_profile.xml"
-    segment = shm_segment_bytes(bag)
-    path.write_text(fastdds_profile_xml(segment))
-    return {"FASTDDS_DEFAULT_PROFILES_FILE": str(path)}, f"{path} (shared-memory segment {segment >> 20} MiB)"
+    return fastdds_profile_environment(out / "fastdds_replay_profile.xml", shm_segment_bytes(bag))
 
 
 def _log_tail(runner, key: str, lines: int = 15) -> str:

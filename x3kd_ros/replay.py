@@ -71,6 +71,7 @@ Transport (Fast DDS, the default RMW)
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -132,6 +133,24 @@ def fastdds_profile_xml(segment_bytes: int, heartbeat_period_s: float = 0.02) ->
   </profiles>
 </dds>
 """
+
+
+def fastdds_profile_environment(path: str | Path, segment_bytes: int,
+                                environ: Optional[dict] = None) -> tuple[dict[str, str], str]:
+    """Write :func:`fastdds_profile_xml` to ``path`` and return the environment variables that load
+    it, plus a note for logs/reports. Nothing is written (empty dict) when the RMW is not Fast DDS or
+    the user already points Fast DDS at a profile file: theirs wins.
+    """
+    environ = os.environ if environ is None else environ
+    rmw = environ.get("RMW_IMPLEMENTATION", "") or "rmw_fastrtps_cpp"
+    if not rmw.startswith("rmw_fastrtps"):
+        return {}, f"not used with {rmw}"
+    for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+        if environ.get(var):
+            return {}, f"not used: {var} is set ({environ[var]})"
+    path = Path(path)
+    path.write_text(fastdds_profile_xml(segment_bytes))
+    return {"FASTDDS_DEFAULT_PROFILES_FILE": str(path)}, f"{path} (shared-memory segment {segment_bytes >> 20} MiB)"
 
 
 def shm_segment_bytes(bag: str | Path, min_bytes: int = 8 << 20, max_bytes: int = 512 << 20,

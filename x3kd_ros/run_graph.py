@@ -265,18 +265,12 @@ def _apply_fastdds_profile() -> str:
     Processes publishing the cameras must load the same file (its path is printed) to get the
     shared-memory path; without it they fall back to UDP on loopback.
     """
-    from x3kd_ros.replay import fastdds_profile_xml
+    from x3kd_ros.replay import fastdds_profile_environment
 
-    rmw = os.environ.get("RMW_IMPLEMENTATION", "") or "rmw_fastrtps_cpp"
-    if not rmw.startswith("rmw_fastrtps"):
-        return f"not used with {rmw}"
-    for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
-        if os.environ.get(var):
-            return f"user's {os.environ[var]}"
     path = Path(tempfile.gettempdir()) / f"x3kd_fastdds_{os.getpid()}.xml"
-    path.write_text(fastdds_profile_xml(GRAPH_SHM_SEGMENT_BYTES))
-    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(path)
-    return f"{path} (shared-memory segment {GRAPH_SHM_SEGMENT_BYTES >> 20} MiB)"
+    env, note = fastdds_profile_environment(path, GRAPH_SHM_SEGMENT_BYTES)
+    os.environ.update(env)
+    return note
 
 
 if __name__ == "__main__":
