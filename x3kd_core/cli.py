@@ -110,6 +110,42 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _csv(text: str | None, cast=str) -> list | None:
+    if not text:
+        return None
+    try:
+        return [cast(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise UserError(f"bad list {text!r}: {err}") from None
+
+
+def _cmd_ablate(args) -> int:
+    import logging
+
+    from x3kd_core.ablation import load_plan, pending_runs, run_plan, write_report
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # A child run (one variant, one seed) need not re-check every variant's experiment.
+    single = args.variants is not None and args.seeds is not None and "," not in args.variants + args.seeds
+    plan = load_plan(args.plan, check_experiments=not (single or args.report))
+    if args.report:
+        report = write_report(plan)
+        print((plan.results_path / "report.md").read_text())
+        print(f"wrote {plan.results_path / 'report.md'}, report.json, report.png; BENCHMARKS.md block "
+              f"'ablation:{plan.name}'")
+        return 0
+    variants, seeds = _csv(args.variants), _csv(args.seeds, int)
+    if args.list:
+        for variant, seed in pending_runs(plan, variants, seeds):
+            print(f"{variant} seed{seed}")
+        return 0
+    failed = run_plan(plan, variants=variants, seeds=seeds, jobs=args.jobs, device=args.device)
+    if failed:
+        print("failed runs: " + ", ".join(f"{v}/seed{s}" for v, s in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_bag_write(args) -> int:
     from x3kd_ros.bag_io import BagError, BagWriteConfig, write_bag
 
@@ -235,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if it exists")
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     train.set_defaults(func=_cmd_train)
+
+    ablate = sub.add_parser("ablate", help="train an ablation plan's variants over seeds; --report tabulates them")
+    ablate.add_argument("--plan", required=True, help="AblationPlan YAML (config/ablation/*.yaml)")
+    ablate.add_argument("--variants", default=None, help="comma-separated subset of the plan's variants")
+    ablate.add_argument("--seeds", default=None, help="comma-separated subset / other seeds (default: the plan's)")
+    ablate.add_argument("--jobs", type=int, default=1, help="runs at once (child processes sharing the cores)")
+    ablate.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    ablate.add_argument("--list", action="store_true", help="only print the runs that have no result file yet")
+    ablate.add_argument("--report", action="store_true",
+                        help="build report.{md,json,png} from the result files and update BENCHMARKS.md")
+    ablate.set_defaults(func=_cmd_ablate)
 
     demo = sub.add_parser("demo", help="the main job end to end on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo")

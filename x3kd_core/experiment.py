@@ -62,6 +62,7 @@ __all__ = [
     "evaluate_task",
     "train_experiment",
     "build_distillation",
+    "teacher_cache_key",
     "task_from_checkpoint",
     "ExperimentResult",
     "headline",
@@ -200,12 +201,20 @@ class TeachersConfig:
         that kind on the SAME grid as this experiment (checked when loading).
     bev_teacher: which BEV teacher feeds X-FD / X-AT / X-OD (``lidar``; ``radar`` for the paper's
         radar variant). The instance_seg teacher feeds X-IS.
+    cache: null = run the teachers every step; a folder = read their outputs from
+        ``<cache>/<teacher>/`` (:mod:`x3kd_core.distill.teacher_cache`), built there on first use
+        over ``data.train_split`` and reused while checkpoint, split and inputs match (a cache
+        built from anything else is an error, never overwritten). Cached outputs belong to the
+        un-augmented samples: with a cached BEV teacher ``augment.bev`` must be off, with a
+        cached instance_seg teacher ``augment.image`` must be off. Build it before launching
+        several processes on it (``x3kd ablate`` does).
     """
 
     lidar: Optional[str] = None
     radar: Optional[str] = None
     instance_seg: Optional[str] = None
     bev_teacher: Literal["lidar", "radar"] = "lidar"
+    cache: Optional[str] = None
 
     def required(self, distill: DistillConfig) -> dict[str, str]:
         """Teacher name -> why it is needed, for the enabled components."""
@@ -272,9 +281,17 @@ class ExperimentConfig:
         if self.distill is not None:
             if self.kind not in ("student", "camera_radar"):
                 raise ConfigError(f"distill: only camera students are distilled, not kind {self.kind}")
-            for name, why in self.teachers.required(self.distill).items():
+            required = self.teachers.required(self.distill)
+            for name, why in required.items():
                 if getattr(self.teachers, name) is None:
                     raise ConfigError(f"teachers.{name}: a checkpoint is required by {why}")
+            if self.teachers.cache is not None:
+                if self.teachers.bev_teacher in required and self.augment.bev.enabled:
+                    raise ConfigError("teachers.cache: cached BEV-teacher outputs belong to un-augmented samples, "
+                                      "but augment.bev is on (set augment.bev={} or teachers.cache=null)")
+                if "instance_seg" in required and self.augment.image.enabled:
+                    raise ConfigError("teachers.cache: cached instance-seg masks belong to un-augmented images, "
+                                      "but augment.image is on (set augment.image={} or teachers.cache=null)")
 
     @property
     def model_image_hw(self) -> Optional[tuple[int, int]]:
@@ -489,12 +506,20 @@ def build_distillation(exp: ExperimentConfig, student: nn.Module, device: str | 
 
     assert exp.distill is not None
     teachers: dict[str, nn.Module] = {}
+    bev_channels: dict[str, int] = {}
     for name in exp.teachers.required(exp.distill):
         path = _resolve_path(getattr(exp.teachers, name))
         task, texp = task_from_checkpoint(path, kinds=(name,))
         if texp.grid != exp.grid:
             raise ConfigError(f"teachers.{name}: {path} was trained with "
                               f"{grid_differences(texp.grid, exp.grid, 'grid', 'this experiment grid')}")
+        model = _teacher_model(task)
+        if hasattr(model, "bev_channels"):
+            bev_channels[name] = model.bev_channels
+        if exp.teachers.cache is not None:
+            # A cached teacher was run on its own inputs (its sweeps), so no sweeps check here.
+            teachers[name] = _cached_teacher(exp, name, path, model, texp, device)
+            continue
         # A teacher fed other inputs than it was trained on is silently worse: refuse.
         sweeps = {"lidar": "lidar_sweeps", "radar": "radar_sweeps"}.get(name)
         if sweeps and getattr(texp.data, sweeps) != getattr(exp.data, sweeps):
@@ -503,15 +528,14 @@ def build_distillation(exp: ExperimentConfig, student: nn.Module, device: str | 
         if name == "instance_seg" and tuple(texp.image_hw) != tuple(exp.image_hw):
             _LOG.warning("teachers.instance_seg was trained on %s images, the student sees %s",
                          texp.image_hw, exp.image_hw)
-        teachers[name] = freeze_teacher(_teacher_model(task))
+        teachers[name] = freeze_teacher(model)
     camera = student.camera if isinstance(student, CameraRadarStudent) else student
-    bev = teachers.get(exp.teachers.bev_teacher)
     losses = DistillationLosses(
         exp.distill,
         grid=exp.grid,
         image_channels=camera.neck.out_channels,
         student_bev_channels=camera.bev_encoder.out_channels,
-        teacher_bev_channels=bev.bev_channels if bev is not None else camera.bev_encoder.out_channels,
+        teacher_bev_channels=bev_channels.get(exp.teachers.bev_teacher, camera.bev_encoder.out_channels),
         num_classes=camera.head.config.num_classes,
     )
     distill = TaskDistillation(losses, bev_teacher=exp.teachers.bev_teacher, mask_teacher="instance_seg")
@@ -522,6 +546,57 @@ def build_distillation(exp: ExperimentConfig, student: nn.Module, device: str | 
         extra_steps.append(distill.discriminator_step(wrap_module=lambda m: wrap_ddp(m, init_distributed(device))))
     extra_steps.append(distill.stats_step())
     return distill, teachers, extra_steps
+
+
+def teacher_cache_key(exp: ExperimentConfig, name: str, checkpoint: Path, texp: ExperimentConfig):
+    """The :class:`~x3kd_core.distill.teacher_cache.CacheKey` of teacher ``name`` on ``exp``'s train split."""
+    from x3kd_core.distill.teacher_cache import CacheKey, file_sha256
+
+    images = name == "instance_seg"
+    return CacheKey(
+        teacher=name,
+        checkpoint_sha256=file_sha256(checkpoint),
+        dataroot=str(resolve_dataroot(exp.data.dataroot).resolve()),
+        version=exp.data.version,
+        split=exp.data.train_split,
+        image_hw=tuple(exp.image_hw) if images else (0, 0),
+        lidar_sweeps=0 if images else texp.data.lidar_sweeps,
+        radar_sweeps=0 if images else texp.data.radar_sweeps,
+        grid=to_dict(exp.grid),
+        resize_scale=exp.data.resize_scale if images else None,
+        crop_bottom_fraction=exp.data.crop_bottom_fraction if images else 0.0,
+    )
+
+
+def _cached_teacher(exp: ExperimentConfig, name: str, checkpoint: Path, model: nn.Module,
+                    texp: ExperimentConfig, device=None) -> nn.Module:
+    """The :class:`CachedTeacher` of ``name`` under ``teachers.cache`` (built first when absent)."""
+    from x3kd_core.data.nuscenes import LoaderConfig, NuScenesDataset, NuScenesSource, collate_samples
+    from x3kd_core.distill.teacher_cache import CachedTeacher, TeacherCacheError, build_teacher_cache
+
+    key = teacher_cache_key(exp, name, checkpoint, texp)
+    folder = Path(exp.teachers.cache) / name
+    if (folder / "meta.json").is_file():
+        try:
+            return CachedTeacher(folder, expect=key)
+        except TeacherCacheError as err:
+            raise ConfigError(f"teachers.cache: {err} (delete it or choose another teachers.cache)") from None
+    images = name == "instance_seg"
+    nusc = _nuscenes(exp)
+    config = LoaderConfig(
+        version=exp.data.version, split=exp.data.train_split, cameras=tuple(exp.data.cameras),
+        image_hw=tuple(exp.image_hw) if images else _UNUSED_IMAGE_HW,
+        resize_scale=exp.data.resize_scale if images else None,
+        crop_bottom_fraction=exp.data.crop_bottom_fraction if images else 0.0,
+        lidar_sweeps=texp.data.lidar_sweeps, radar_sweeps=texp.data.radar_sweeps, radar_filter=texp.data.radar_filter,
+        load_masks=False, load_depth=False,
+    )
+    source = NuScenesSource(nusc.dataroot, config, nusc=nusc)
+    loader = torch.utils.data.DataLoader(NuScenesDataset(source), batch_size=4, shuffle=False,
+                                         collate_fn=collate_samples)
+    _LOG.info("building the %s teacher cache in %s (%d samples)", name, folder, len(source))
+    build_teacher_cache(model, key, loader, folder, device=device or "cpu")
+    return CachedTeacher(folder, expect=key)
 
 
 # ------------------------------------------------------------------------------------ evaluation

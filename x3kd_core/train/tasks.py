@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from x3kd_core.distill.teacher_cache import CachedTeacher
 from x3kd_core.models.camera_radar import CameraRadarStudent
 from x3kd_core.models.student import CameraStudent, StudentOutputs
 from x3kd_core.models.teachers.instance_seg import (
@@ -128,12 +129,16 @@ def run_teachers(teachers: Mapping[str, nn.Module], batch: Batch) -> dict[str, A
 
     What each teacher type returns: ``LidarDetector`` -> :class:`BevDetectorOutputs` from the LiDAR
     points; ``RadarDetector`` -> the same from the radar points; ``InstanceSegmenter`` -> its
-    dense per-class masks ``(B, N_cam, 10, H, W)`` (:meth:`InstanceSegmenter.mask_targets`).
+    dense per-class masks ``(B, N_cam, 10, H, W)`` (:meth:`InstanceSegmenter.mask_targets`);
+    a :class:`~x3kd_core.distill.teacher_cache.CachedTeacher` -> the stored outputs of
+    ``batch.tokens`` (same types), without running anything.
     """
     out: dict[str, Any] = {}
     for name, teacher in teachers.items():
         teacher.eval()
-        if isinstance(teacher, LidarDetector):
+        if isinstance(teacher, CachedTeacher):
+            out[name] = teacher(batch.tokens, batch.images.device)
+        elif isinstance(teacher, LidarDetector):
             out[name] = teacher(batch.lidar_points)
         elif isinstance(teacher, RadarDetector):
             out[name] = teacher(batch.radar_points)

@@ -1,0 +1,453 @@
+"""``x3kd ablate``: train the variants of one experiment over several seeds and tabulate them.
+
+A *plan* (``config/ablation/*.yaml``) names one experiment file, the ``--set`` overrides shared by
+every run (``common``: the equal budget, the teacher cache, ...), the variants (each a list of
+further overrides: ``baseline: [distill=null]``, ``x_fd: [distill.x_is.enabled=false, ...]``)
+and the seeds. Every (variant, seed) run is an ordinary :func:`~x3kd_core.experiment.train_experiment`
+run with ``train.seed=<seed>``; its checkpoint and logs go to ``<runs_dir>/<variant>/seed<k>/``
+(not committed) and its result to ``<results_dir>/<variant>/seed<k>.json`` (committed: the table
+can be assembled from runs made on different days and machines; each file says which commit,
+machine and command made it). A run whose result file exists is not run again.
+
+``x3kd ablate --plan P --report`` reads every result file of the plan and writes
+``<results_dir>/report.{md,json,png}`` (mean +- sample standard deviation over seeds of mAP, NDS
+and the five TP errors; a bar chart with error bars) and puts the markdown table into
+BENCHMARKS.md between ``<!-- ablation:<name> -->`` markers.
+
+The bar of the plan: ``reference`` (full X3KD) must beat ``baseline`` on NDS by more than twice
+the larger of the two seed standard deviations; the report states whether it does.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from x3kd_core.config import ConfigError
+
+__all__ = [
+    "METRICS",
+    "AblationPlan",
+    "load_plan",
+    "result_path",
+    "pending_runs",
+    "run_one",
+    "prepare_teacher_caches",
+    "run_plan",
+    "VariantSummary",
+    "summarise",
+    "write_report",
+]
+
+_LOG = logging.getLogger("x3kd.ablation")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Metrics tabulated per variant (nuScenes detection: higher is better for mAP / NDS only).
+METRICS = ("mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE")
+
+
+@dataclass(frozen=True)
+class AblationPlan:
+    """One ablation (see the module docstring).
+
+    name: identifier (result folder, BENCHMARKS.md marker). title: one line for the report.
+    experiment: the ExperimentConfig YAML every run starts from. common: overrides of every run.
+    variants: variant name -> its overrides, in table order. seeds: ``train.seed`` values.
+    baseline / reference: the two variants the bar compares (reference must beat baseline).
+    results_dir / runs_dir: committed result JSON / uncommitted run folders (repo-relative).
+    notes: free text copied under the table.
+    """
+
+    name: str
+    experiment: str
+    variants: dict[str, tuple[str, ...]]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    common: tuple[str, ...] = ()
+    baseline: str = "baseline"
+    reference: str = "x3kd"
+    title: str = ""
+    results_dir: str = ""
+    runs_dir: str = ""
+    notes: str = ""
+    source: str = ""
+
+    def overrides(self, variant: str, seed: int) -> list[str]:
+        """All ``--set`` assignments of one run, in the order they are applied."""
+        return [*self.common, *self.variants[variant], f"train.seed={seed}"]
+
+    @property
+    def results_path(self) -> Path:
+        return _repo_path(self.results_dir or f"results/ablation/{self.name}")
+
+    @property
+    def runs_path(self) -> Path:
+        return _repo_path(self.runs_dir or f"runs/ablation/{self.name}")
+
+
+def _repo_path(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def _str_list(value, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of 'key.path=value' strings, got {value!r}")
+    return tuple(value)
+
+
+def load_plan(path: str | os.PathLike, *, check_experiments: bool = True) -> AblationPlan:
+    """Read and validate a plan YAML.
+
+    With ``check_experiments`` every variant's experiment is loaded (with seed 0) so that a bad
+    override fails here, naming ``variants.<name>``, not an hour into the ablation.
+
+    Raises:
+        ConfigError: with the key path of the problem.
+    """
+    import yaml
+
+    from x3kd_core.experiment import load_experiment
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"plan: file not found: {path}")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise ConfigError(f"plan: {path} must hold a mapping")
+    known = {"name", "title", "experiment", "common", "variants", "seeds", "baseline", "reference",
+             "results_dir", "runs_dir", "notes"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    for key in ("name", "experiment", "variants"):
+        if key not in raw:
+            raise ConfigError(f"{key}: required")
+    variants_raw = raw["variants"]
+    if not isinstance(variants_raw, dict) or not variants_raw:
+        raise ConfigError("variants: expected a non-empty mapping of name -> list of overrides")
+    variants = {str(k): _str_list(v, f"variants.{k}") for k, v in variants_raw.items()}
+    seeds = raw.get("seeds", [0, 1, 2])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"seeds: expected a non-empty list of integers, got {seeds!r}")
+    plan = AblationPlan(
+        name=str(raw["name"]), title=str(raw.get("title", "")), experiment=str(raw["experiment"]),
+        common=_str_list(raw.get("common"), "common"), variants=variants, seeds=tuple(seeds),
+        baseline=str(raw.get("baseline", "baseline")), reference=str(raw.get("reference", "x3kd")),
+        results_dir=str(raw.get("results_dir", "")), runs_dir=str(raw.get("runs_dir", "")),
+        notes=str(raw.get("notes", "")), source=str(path),
+    )
+    for key in ("baseline", "reference"):
+        if getattr(plan, key) not in variants:
+            raise ConfigError(f"{key}: {getattr(plan, key)!r} is not one of the variants {list(variants)}")
+    if check_experiments:
+        experiment = _repo_path(plan.experiment) if not Path(plan.experiment).is_file() else Path(plan.experiment)
+        for name in variants:
+            try:
+                load_experiment(experiment, plan.overrides(name, plan.seeds[0]))
+            except ConfigError as err:
+                raise ConfigError(f"variants.{name}: {err}") from None
+    return plan
+
+
+def result_path(plan: AblationPlan, variant: str, seed: int) -> Path:
+    """The committed result file of one run."""
+    return plan.results_path / variant / f"seed{seed}.json"
+
+
+def pending_runs(plan: AblationPlan, variants: Optional[Sequence[str]] = None,
+                 seeds: Optional[Sequence[int]] = None) -> list[tuple[str, int]]:
+    """(variant, seed) pairs without a result file, seed-major (every variant of the first seed
+    first, so an interrupted ablation still has complete rows to compare)."""
+    variants = list(variants or plan.variants)
+    for v in variants:
+        if v not in plan.variants:
+            raise ConfigError(f"--variants: {v!r} is not in the plan (variants: {', '.join(plan.variants)})")
+    seeds = list(plan.seeds if seeds is None else seeds)
+    return [(v, s) for s in seeds for v in variants if not result_path(plan, v, s).is_file()]
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_description() -> str:
+    """CPU / GPU and thread count, for result files (no host names)."""
+    import torch
+
+    accel = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.machine()} {os.cpu_count()} cores, {accel}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads)")
+
+
+def _experiment_path(plan: AblationPlan) -> Path:
+    p = Path(plan.experiment)
+    return p if p.is_file() else _repo_path(plan.experiment)
+
+
+def run_one(plan: AblationPlan, variant: str, seed: int, *, device: Optional[str] = None) -> dict:
+    """Train and evaluate one (variant, seed); write and return its result dict."""
+    from x3kd_core.experiment import load_experiment, train_experiment
+
+    overrides = plan.overrides(variant, seed)
+    exp = load_experiment(_experiment_path(plan), overrides)
+    out = plan.runs_path / variant / f"seed{seed}"
+    started = _dt.datetime.now(_dt.timezone.utc)
+    result = train_experiment(exp, out, device=device, source_path=plan.experiment)
+    if not result.finished:
+        raise RuntimeError(f"{plan.name}/{variant}/seed{seed}: training stopped at step {result.step}")
+    m = result.metrics
+    record = {
+        "plan": plan.name,
+        "variant": variant,
+        "seed": seed,
+        "experiment": plan.experiment,
+        "overrides": overrides,
+        "command": f"x3kd ablate --plan {plan.source or plan.name} --variants {variant} --seeds {seed}",
+        "distill": list(exp.distill.enabled_components) if exp.distill is not None else [],
+        "git_commit": _git_commit(),
+        "machine": machine_description(),
+        "started_utc": started.isoformat(timespec="seconds"),
+        "steps": result.step,
+        "batch_size": exp.train.batch_size,
+        "train_wall_s": result.train_wall_s,
+        "sec_per_step": result.train_wall_s / max(result.step, 1),
+        "eval_split": exp.data.val_split,
+        "eval_samples": m.get("num_samples"),
+        "metrics": {k: float(m[k]) for k in METRICS},
+        "ap_per_class": {k: float(v) for k, v in m.get("ap_per_class", {}).items()},
+        "last_losses": result.last_losses,
+    }
+    path = result_path(plan, variant, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return record
+
+
+def prepare_teacher_caches(plan: AblationPlan, variants: Sequence[str]) -> None:
+    """Build (or check) the teacher caches the variants use, once, before runs share them."""
+    from x3kd_core.experiment import build_distillation, build_model, load_experiment
+
+    seen: set[tuple] = set()
+    for variant in variants:
+        exp = load_experiment(_experiment_path(plan), plan.overrides(variant, plan.seeds[0]))
+        if exp.distill is None or exp.teachers.cache is None:
+            continue
+        needed = tuple(sorted(exp.teachers.required(exp.distill)))
+        if needed in seen:
+            continue
+        seen.add(needed)
+        build_distillation(exp, build_model(exp))
+
+
+def run_plan(plan: AblationPlan, *, variants: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
+             jobs: int = 1, device: Optional[str] = None) -> list[tuple[str, int]]:
+    """Run every pending (variant, seed); ``jobs`` > 1 runs that many child processes at once,
+    each with ``cores // jobs`` torch threads. Returns the pairs that failed (logged)."""
+    todo = pending_runs(plan, variants, seeds)
+    _LOG.info("%s: %d runs to do: %s", plan.name, len(todo), ", ".join(f"{v}/seed{s}" for v, s in todo))
+    if not todo:
+        return []
+    prepare_teacher_caches(plan, sorted({v for v, _ in todo}, key=list(plan.variants).index))
+    failed: list[tuple[str, int]] = []
+    if jobs <= 1:
+        for variant, seed in todo:
+            try:
+                rec = run_one(plan, variant, seed, device=device)
+                _LOG.info("%s/seed%d: NDS %.4f mAP %.4f", variant, seed, rec["metrics"]["NDS"], rec["metrics"]["mAP"])
+            except Exception:  # one failed run must not lose the others; the log has the traceback
+                _LOG.exception("%s/seed%d failed", variant, seed)
+                failed.append((variant, seed))
+        return failed
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    queue = list(todo)
+    running: dict[subprocess.Popen, tuple[str, int]] = {}
+    log_dir = plan.runs_path / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    while queue or running:
+        while queue and len(running) < jobs:
+            variant, seed = queue.pop(0)
+            cmd = [sys.executable, "-m", "x3kd_core.cli", "ablate", "--plan", plan.source, "--variants", variant,
+                   "--seeds", str(seed)]
+            if device:
+                cmd += ["--device", device]
+            log = open(log_dir / f"{variant}_seed{seed}.log", "w")
+            running[subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)] = (variant, seed)
+            log.close()
+        time.sleep(2.0)
+        for proc in [p for p in running if p.poll() is not None]:
+            variant, seed = running.pop(proc)
+            if proc.returncode != 0 or not result_path(plan, variant, seed).is_file():
+                _LOG.error("%s/seed%d failed (exit %s); see %s", variant, seed, proc.returncode,
+                           log_dir / f"{variant}_seed{seed}.log")
+                failed.append((variant, seed))
+            else:
+                rec = json.loads(result_path(plan, variant, seed).read_text())
+                _LOG.info("%s/seed%d: NDS %.4f mAP %.4f (%.0f s)", variant, seed, rec["metrics"]["NDS"],
+                          rec["metrics"]["mAP"], rec["train_wall_s"])
+    return failed
+
+
+# ------------------------------------------------------------------------------------------ report
+@dataclass
+class VariantSummary:
+    """Mean and sample standard deviation (ddof=1; 0 for one seed) of each metric over seeds."""
+
+    variant: str
+    distill: list[str]
+    seeds: list[int]
+    mean: dict[str, float]
+    std: dict[str, float]
+    sec_per_step: float
+    steps: int
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _load_results(plan: AblationPlan) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for variant in plan.variants:
+        folder = plan.results_path / variant
+        records = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))] if folder.is_dir() else []
+        if records:
+            out[variant] = sorted(records, key=lambda r: r["seed"])
+    return out
+
+
+def summarise(records: Sequence[dict]) -> VariantSummary:
+    """One variant's result records -> :class:`VariantSummary`."""
+    values = {k: [float(r["metrics"][k]) for r in records] for k in METRICS}
+    return VariantSummary(
+        variant=records[0]["variant"],
+        distill=list(records[0].get("distill", [])),
+        seeds=[int(r["seed"]) for r in records],
+        mean={k: float(np.mean(v)) for k, v in values.items()},
+        std={k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()},
+        sec_per_step=float(np.mean([r["sec_per_step"] for r in records])),
+        steps=int(records[0]["steps"]),
+        values=values,
+    )
+
+
+def _verdict(plan: AblationPlan, summaries: dict[str, VariantSummary]) -> dict:
+    base, ref = summaries.get(plan.baseline), summaries.get(plan.reference)
+    if base is None or ref is None:
+        return {"decided": False, "text": f"'{plan.reference}' vs '{plan.baseline}': not both run yet"}
+    margin = ref.mean["NDS"] - base.mean["NDS"]
+    two_sigma = 2.0 * max(ref.std["NDS"], base.std["NDS"])
+    enough_seeds = min(len(ref.seeds), len(base.seeds)) >= 3
+    passed = bool(margin > two_sigma and enough_seeds)
+    text = (f"NDS {plan.reference} - {plan.baseline} = {margin:+.4f}; 2 x max seed std = {two_sigma:.4f} "
+            f"({len(ref.seeds)} / {len(base.seeds)} seeds): "
+            + ("PASSES the bar" if passed else "does NOT pass the bar" + ("" if enough_seeds else " (fewer than 3 seeds)")))
+    return {"decided": enough_seeds, "passed": passed, "nds_margin": margin, "two_sigma": two_sigma, "text": text}
+
+
+def _markdown(plan: AblationPlan, summaries: dict[str, VariantSummary], verdict: dict, machine: str) -> str:
+    base = summaries.get(plan.baseline)
+    lines = [f"### Ablation `{plan.name}`" + (f": {plan.title}" if plan.title else ""), ""]
+    lines += [f"Command: `x3kd ablate --plan {plan.source} --jobs 2` then `x3kd ablate --plan {plan.source} --report`.",
+              f"Result files: `{plan.results_path.relative_to(REPO_ROOT) if plan.results_path.is_relative_to(REPO_ROOT) else plan.results_path}/<variant>/seed<k>.json`; "
+              f"machine of the runs: {machine}.", ""]
+    head = "| variant | components | seeds | NDS | ΔNDS | mAP | mATE | mASE | mAOE | mAVE | mAAE | s/step |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, s in summaries.items():
+        delta = f"{s.mean['NDS'] - base.mean['NDS']:+.4f}" if base is not None and name != plan.baseline else "-"
+        cells = [f"{s.mean[k]:.4f} ± {s.std[k]:.4f}" for k in ("NDS",)] + [delta] + [
+            f"{s.mean[k]:.4f} ± {s.std[k]:.4f}" for k in ("mAP", "mATE", "mASE", "mAOE", "mAVE", "mAAE")]
+        comps = ", ".join(c.replace("_", "-").upper() for c in s.distill) or "none"
+        lines.append(f"| {name} | {comps} | {len(s.seeds)} | " + " | ".join(cells) + f" | {s.sec_per_step:.2f} |")
+    lines += ["", f"Mean ± sample std over seeds; {next(iter(summaries.values())).steps} steps per run. "
+              "s/step is wall time per training step while two runs shared the machine (use it to compare rows, "
+              "not as a benchmark).", "", f"**Bar:** {verdict['text']}.", ""]
+    if plan.notes:
+        lines += [plan.notes.strip(), ""]
+    return "\n".join(lines)
+
+
+def _chart(plan: AblationPlan, summaries: dict[str, VariantSummary], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summaries)
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.3 * len(names) * 2), 3.6))
+    for ax, metric in zip(axes, ("NDS", "mAP")):
+        means = [summaries[n].mean[metric] for n in names]
+        stds = [summaries[n].std[metric] for n in names]
+        colors = ["0.6" if n == plan.baseline else ("tab:green" if n == plan.reference else "tab:blue") for n in names]
+        ax.bar(x, means, yerr=stds, capsize=4, color=colors)
+        for i, n in enumerate(names):
+            ax.scatter([i] * len(summaries[n].values[metric]), summaries[n].values[metric], s=8, color="k", zorder=3)
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set_ylabel(f"{metric} (mean ± std, dots: seeds)")
+        ax.set_title(metric)
+    fig.suptitle(plan.title or plan.name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _replace_block(text: str, marker: str, block: str) -> str:
+    start, end = f"<!-- ablation:{marker} -->", f"<!-- /ablation:{marker} -->"
+    new = f"{start}\n{block.rstrip()}\n{end}"
+    if start in text and end in text:
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        return head + new + tail
+    return text.rstrip() + "\n\n" + new + "\n"
+
+
+def write_report(plan: AblationPlan, benchmarks_md: Optional[Path] = REPO_ROOT / "BENCHMARKS.md") -> dict:
+    """Summarise every result file of the plan into ``report.{md,json,png}`` (and BENCHMARKS.md).
+
+    Raises:
+        FileNotFoundError: no result files yet.
+    """
+    records = _load_results(plan)
+    if not records:
+        raise FileNotFoundError(f"{plan.results_path}: no result files; run `x3kd ablate --plan {plan.source}` first")
+    summaries = {name: summarise(recs) for name, recs in records.items()}
+    verdict = _verdict(plan, summaries)
+    machines = sorted({r["machine"] for recs in records.values() for r in recs})
+    md = _markdown(plan, summaries, verdict, "; ".join(machines))
+    out = plan.results_path
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(md)
+    report = {"plan": plan.name, "title": plan.title, "baseline": plan.baseline, "reference": plan.reference,
+              "verdict": verdict, "machines": machines,
+              "variants": {name: s.to_dict() for name, s in summaries.items()}}
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    _chart(plan, summaries, out / "report.png")
+    if benchmarks_md is not None and benchmarks_md.is_file():
+        rel = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
+        block = md + f"\n![{plan.name}]({rel}/report.png)\n"
+        benchmarks_md.write_text(_replace_block(benchmarks_md.read_text(), plan.name, block))
+    return report
