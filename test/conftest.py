@@ -53,3 +53,19 @@ def tiny_dataset(tmp_path_factory):
     """(dataroot, version) of the tiny synthetic dataset, shared by every test folder (generated
     once per session into the same folder the data tests use)."""
     return _data_conftest().build_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny_dataset")
+
+
+@pytest.fixture(scope="session")
+def tiny_teachers(tiny_dataset, tmp_path_factory) -> dict:
+    """Checkpoints of a LiDAR and an instance-segmentation teacher on the tiny dataset (one
+    training step each: enough to be real checkpoints of the right kind and grid), by teacher name."""
+    from x3kd_core.experiment import load_experiment, train_experiment
+
+    dataroot, _ = tiny_dataset
+    out = tmp_path_factory.mktemp("tiny_teachers")
+    paths = {}
+    for name, extra in (("lidar", []), ("instance_seg", ["train.batch_size=1"])):
+        exp = load_experiment(REPO_ROOT / "config" / "train" / f"{name}_tiny.yaml",
+                              [f"data.dataroot={dataroot}", "train.max_steps=1", "train.epochs=null", *extra])
+        paths[name] = train_experiment(exp, out / name, device="cpu").checkpoint
+    return paths

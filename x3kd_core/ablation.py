@@ -446,8 +446,9 @@ def write_report(plan: AblationPlan, benchmarks_md: Optional[Path] = REPO_ROOT /
               "variants": {name: s.to_dict() for name, s in summaries.items()}}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     _chart(plan, summaries, out / "report.png")
-    if benchmarks_md is not None and benchmarks_md.is_file():
+    if benchmarks_md is not None:
         rel = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
         block = md + f"\n![{plan.name}]({rel}/report.png)\n"
-        benchmarks_md.write_text(_replace_block(benchmarks_md.read_text(), plan.name, block))
+        text = benchmarks_md.read_text() if benchmarks_md.is_file() else ""
+        benchmarks_md.write_text(_replace_block(text, plan.name, block))
     return report

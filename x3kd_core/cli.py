@@ -129,10 +129,11 @@ def _cmd_ablate(args) -> int:
     single = args.variants is not None and args.seeds is not None and "," not in args.variants + args.seeds
     plan = load_plan(args.plan, check_experiments=not (single or args.report))
     if args.report:
-        report = write_report(plan)
+        benchmarks = None if args.benchmarks == "none" else Path(args.benchmarks)
+        report = write_report(plan, benchmarks)
         print((plan.results_path / "report.md").read_text())
-        print(f"wrote {plan.results_path / 'report.md'}, report.json, report.png; BENCHMARKS.md block "
-              f"'ablation:{plan.name}'")
+        print(f"wrote {plan.results_path / 'report.md'}, report.json, report.png"
+              + (f"; block 'ablation:{plan.name}' of {benchmarks}" if benchmarks else ""))
         return 0
     variants, seeds = _csv(args.variants), _csv(args.seeds, int)
     if args.list:
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--list", action="store_true", help="only print the runs that have no result file yet")
     ablate.add_argument("--report", action="store_true",
                         help="build report.{md,json,png} from the result files and update BENCHMARKS.md")
+    ablate.add_argument("--benchmarks", default=str(REPO_ROOT / "BENCHMARKS.md"),
+                        help="markdown file whose ablation block --report replaces ('none': leave it)")
     ablate.set_defaults(func=_cmd_ablate)
 
     demo = sub.add_parser("demo", help="the main job end to end on built-in synthetic data")

@@ -1,0 +1,109 @@
+"""`x3kd ablate`: plan validation, runs written once as JSON, and the report's statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from x3kd_core.ablation import _verdict, load_plan, summarise
+from x3kd_core.cli import main
+from x3kd_core.config import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _plan_file(tmp_path: Path, tiny_dataset, tiny_teachers, **changes) -> Path:
+    dataroot, _ = tiny_dataset
+    plan = {
+        "name": "tiny",
+        "title": "tiny test plan",
+        "experiment": str(REPO_ROOT / "config" / "train" / "x3kd_tiny.yaml"),
+        "seeds": [0, 1],
+        "common": [f"data.dataroot={dataroot}", "train.max_steps=2", "augment.image={}", "augment.bev={}",
+                   f"teachers.lidar={tiny_teachers['lidar']}", "teachers.instance_seg=null",
+                   "distill.x_is.enabled=false", f"teachers.cache={tmp_path / 'cache'}"],
+        "variants": {"baseline": ["distill=null"], "x3kd": []},
+        "results_dir": str(tmp_path / "results"),
+        "runs_dir": str(tmp_path / "runs"),
+    }
+    plan.update(changes)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+def test_ablate_runs_each_pair_once_and_reports(tiny_dataset, tiny_teachers, tmp_path, capsys):
+    plan_path = _plan_file(tmp_path, tiny_dataset, tiny_teachers)
+    assert main(["ablate", "--plan", str(plan_path), "--list"]) == 0
+    assert capsys.readouterr().out.split("\n")[:4] == ["baseline seed0", "x3kd seed0", "baseline seed1", "x3kd seed1"]
+
+    assert main(["ablate", "--plan", str(plan_path)]) == 0
+    results = tmp_path / "results"
+    records = {(v, s): json.loads((results / v / f"seed{s}.json").read_text()) for v in ("baseline", "x3kd") for s in (0, 1)}
+    rec = records[("x3kd", 1)]
+    assert rec["seed"] == 1 and rec["steps"] == 2 and "train.seed=1" in rec["overrides"]
+    assert rec["distill"] == ["x_fd", "x_at", "x_od"] and records[("baseline", 0)]["distill"] == []
+    assert set(rec["metrics"]) == {"mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE"}
+    assert "x_fd/feature" in rec["last_losses"] and "x_fd/feature" not in records[("baseline", 0)]["last_losses"]
+    assert (tmp_path / "cache" / "lidar" / "meta.json").is_file()
+
+    # Nothing left to do: a second call trains nothing and leaves the files alone.
+    mtime = (results / "x3kd" / "seed1.json").stat().st_mtime_ns
+    assert main(["ablate", "--plan", str(plan_path), "--list"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["ablate", "--plan", str(plan_path)]) == 0
+    assert (results / "x3kd" / "seed1.json").stat().st_mtime_ns == mtime
+
+    bench = tmp_path / "BENCHMARKS.md"
+    bench.write_text("# Benchmarks\n\nbefore\n")
+    for _ in range(2):  # the block is replaced, not appended twice
+        assert main(["ablate", "--plan", str(plan_path), "--report", "--benchmarks", str(bench)]) == 0
+    text = bench.read_text()
+    assert text.startswith("# Benchmarks\n\nbefore\n") and text.count("<!-- ablation:tiny -->") == 1
+    report = json.loads((results / "report.json").read_text())
+    nds = [records[("x3kd", s)]["metrics"]["NDS"] for s in (0, 1)]
+    assert report["variants"]["x3kd"]["mean"]["NDS"] == pytest.approx(np.mean(nds))
+    assert report["variants"]["x3kd"]["std"]["NDS"] == pytest.approx(np.std(nds, ddof=1))
+    assert "fewer than 3 seeds" in report["verdict"]["text"] and report["verdict"]["passed"] is False
+    assert (results / "report.png").stat().st_size > 1000
+    assert "| x3kd | X-FD, X-AT, X-OD | 2 |" in (results / "report.md").read_text()
+
+
+def _records(variant: str, nds: list[float]) -> list[dict]:
+    metrics = lambda v: {k: v for k in ("mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE")}  # noqa: E731
+    return [{"variant": variant, "seed": i, "metrics": metrics(v), "sec_per_step": 1.0, "steps": 10, "distill": []}
+            for i, v in enumerate(nds)]
+
+
+def test_summary_statistics_and_the_bar():
+    base = summarise(_records("baseline", [0.1, 0.2, 0.3]))
+    assert base.mean["NDS"] == pytest.approx(0.2) and base.std["NDS"] == pytest.approx(0.1)
+    plan = load_plan(REPO_ROOT / "config" / "ablation" / "x3kd_small.yaml", check_experiments=False)
+    ref = summarise(_records("x3kd", [0.41, 0.41, 0.41]))
+    verdict = _verdict(plan, {"baseline": base, "x3kd": ref})
+    assert verdict["passed"] is True and verdict["nds_margin"] == pytest.approx(0.21)
+    assert verdict["two_sigma"] == pytest.approx(0.2)
+    ref = summarise(_records("x3kd", [0.39, 0.39, 0.39]))  # margin 0.19 < 2 sigma 0.2
+    assert _verdict(plan, {"baseline": base, "x3kd": ref})["passed"] is False
+    assert _verdict(plan, {"baseline": base})["decided"] is False
+
+
+def test_bad_plans_name_the_key(tiny_dataset, tiny_teachers, tmp_path):
+    with pytest.raises(ConfigError, match=r"^colour: unknown key"):
+        load_plan(_plan_file(tmp_path, tiny_dataset, tiny_teachers, colour="red"))
+    with pytest.raises(ConfigError, match=r"^reference: 'full' is not one of the variants"):
+        load_plan(_plan_file(tmp_path, tiny_dataset, tiny_teachers, reference="full"))
+    bad = {"baseline": ["distill=null"], "x3kd": ["train.lr=fast"]}
+    with pytest.raises(ConfigError, match=r"^variants\.x3kd: .*lr"):
+        load_plan(_plan_file(tmp_path, tiny_dataset, tiny_teachers, variants=bad))
+    assert main(["ablate", "--plan", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_the_shipped_plans_load():
+    for path in sorted((REPO_ROOT / "config" / "ablation").glob("*.yaml")):
+        plan = load_plan(path, check_experiments=False)
+        assert plan.baseline in plan.variants and plan.reference in plan.variants and len(plan.seeds) >= 3
