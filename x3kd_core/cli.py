@@ -77,7 +77,11 @@ def _cmd_train(args) -> int:
     from x3kd_core.experiment import headline, load_experiment, train_experiment
     from x3kd_core.train.checkpoint import CheckpointError
 
-    exp = load_experiment(args.experiment, args.set or ())
+    if (args.experiment is None) == (args.model is None):
+        raise UserError("give exactly one of --experiment FILE and --model KIND")
+    experiment = args.experiment or str(REPO_ROOT / "config" / "train" / f"{args.model}_small.yaml")
+    overrides = [*distill_overrides(args.distill), *teacher_overrides(args.teachers), *(args.set or ())]
+    exp = load_experiment(experiment, overrides)
     # The engine reports progress (steps, validation, checkpoints) through logging.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = args.out or exp.train.out_dir
@@ -97,6 +101,39 @@ def _cmd_train(args) -> int:
             print("AP per class:", ", ".join(f"{c}={result.metrics['ap_per_class'][c]:.3f}" for c in present))
     print(f"wrote {result.metrics_path}")
     return 0
+
+
+_COMPONENTS = ("x_is", "x_fd", "x_at", "x_od")
+
+
+def distill_overrides(text: str | None) -> list[str]:
+    """``--distill x-is,x-fd`` -> ``--set`` assignments enabling exactly those components
+    (``none``: no distillation; ``all``: the four). Names may use '-' or '_'."""
+    if text is None:
+        return []
+    if text.strip().lower() == "none":
+        return ["distill=null"]
+    names = list(_COMPONENTS) if text.strip().lower() == "all" else [
+        n.strip().lower().replace("-", "_") for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in _COMPONENTS]
+    if unknown or not names:
+        raise UserError(f"--distill: unknown component(s) {unknown or text!r}; use x-is, x-fd, x-at, x-od, all or none")
+    return [f"distill.{c}.enabled={'true' if c in names else 'false'}" for c in _COMPONENTS]
+
+
+def teacher_overrides(text: str | None) -> list[str]:
+    """``--teachers lidar=a.pt,instance_seg=b.pt[,cache=DIR]`` -> ``teachers.<name>=<value>``."""
+    if text is None:
+        return []
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in ("lidar", "radar", "instance_seg", "cache", "bev_teacher"):
+            raise UserError(f"--teachers: expected name=path with name in lidar, radar, instance_seg, cache, "
+                            f"bev_teacher; got {part!r}")
+        out.append(f"teachers.{name}={value.strip()}")
+    return out
 
 
 def _cmd_demo(args) -> int:
@@ -265,7 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     bag_eval.set_defaults(func=_cmd_bag_eval)
 
     train = sub.add_parser("train", help="train one experiment (config/train/*.yaml), then evaluate it")
-    train.add_argument("--experiment", required=True, help="ExperimentConfig YAML (config/train/*.yaml)")
+    train.add_argument("--experiment", default=None, help="ExperimentConfig YAML (config/train/*.yaml)")
+    train.add_argument("--model", default=None, choices=("lidar", "radar", "student", "camera_radar", "instance_seg"),
+                       help="instead of --experiment: config/train/<model>_small.yaml")
+    train.add_argument("--distill", default=None, metavar="x-is,x-fd,x-at,x-od",
+                       help="enable exactly these X3KD components (all, none); camera students only")
+    train.add_argument("--teachers", default=None, metavar="lidar=PT,instance_seg=PT[,cache=DIR]",
+                       help="teacher checkpoints (and teacher-output cache folder) for --distill")
     train.add_argument("--out", default=None, help="run folder (default: the experiment's train.out_dir)")
     train.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
                        help="override a config value, e.g. --set train.max_steps=100 (repeatable; YAML values)")

@@ -85,3 +85,31 @@ def test_validation_during_training_is_logged_and_reused_at_the_end(tiny_dataset
     report = json.loads((out / "metrics.json").read_text())
     assert float(rows[2].split(",")[2]) == pytest.approx(report["metrics"]["mAP"])
     assert float(rows[2].split(",")[3]) == pytest.approx(report["metrics"]["NDS"])
+
+
+def test_distill_and_teachers_flags_become_overrides():
+    from x3kd_core.cli import UserError, distill_overrides, teacher_overrides
+
+    assert distill_overrides("x-is,X_OD") == ["distill.x_is.enabled=true", "distill.x_fd.enabled=false",
+                                              "distill.x_at.enabled=false", "distill.x_od.enabled=true"]
+    assert distill_overrides("none") == ["distill=null"] and len(distill_overrides("all")) == 4
+    assert teacher_overrides("lidar=a.pt, instance-seg=b.pt,cache=c") == [
+        "teachers.lidar=a.pt", "teachers.instance_seg=b.pt", "teachers.cache=c"]
+    with pytest.raises(UserError, match="unknown component.*x_xx"):
+        distill_overrides("x-xx")
+    with pytest.raises(UserError, match="name=path"):
+        teacher_overrides("camera=a.pt")
+
+
+def test_train_model_student_with_distill_flags(tiny_dataset, tiny_teachers, tmp_path, capsys):
+    """`x3kd train --model student --distill x-od --teachers lidar=...`: the student distils X-OD only."""
+    dataroot, _ = tiny_dataset
+    args = ["train", "--experiment", str(REPO_ROOT / "config" / "train" / "student_tiny.yaml"), "--out", str(tmp_path / "r"),
+            "--distill", "x-od", "--teachers", f"lidar={tiny_teachers['lidar']}", "--device", "cpu",
+            "--set", f"data.dataroot={dataroot}", "--set", "train.max_steps=1", "--set", "data.lidar_sweeps=3"]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert report["distill"] == ["x_od"] and "x_od/heatmap" in report["last_losses"]
+    assert "x_fd/feature" not in report["last_losses"]
+    assert main(["train", "--model", "student", "--experiment", "x.yaml"]) == 2
+    assert "exactly one of --experiment" in capsys.readouterr().err
