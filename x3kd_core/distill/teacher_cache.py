@@ -132,9 +132,29 @@ def build_teacher_cache(
             rebuild never leaves a stale-but-valid-looking cache).
 
     Returns: ``out_dir``.
+
+    Raises:
+        TeacherCacheError: another process is building this cache (``build.lock`` exists). Two
+            builders would truncate each other's arrays; if no builder runs any more (it was
+            killed), delete the folder and build again.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    lock = out / "build.lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise TeacherCacheError(f"{out}: another process is building this cache ({lock} exists; if none is, "
+                                "delete the folder and build again)") from None
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return _build(teacher, key, loader, out, device)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _build(teacher: nn.Module, key: CacheKey, loader, out: Path, device) -> Path:
     (out / "meta.json").unlink(missing_ok=True)
     teacher = teacher.to(device).eval()
     n_total = len(loader.dataset)

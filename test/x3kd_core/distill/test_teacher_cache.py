@@ -123,3 +123,23 @@ def test_unfinished_cache_and_unknown_tokens(cached, tmp_path):
         CachedTeacher(tmp_path)
     with pytest.raises(KeyError, match="no outputs for sample"):
         teachers["lidar"](["not-a-token"])
+
+
+def test_a_second_builder_is_refused_while_one_builds(cached, tmp_path):
+    from x3kd_core.distill.teacher_cache import build_teacher_cache
+
+    exp, teachers, cache = cached
+    folder = tmp_path / "lidar"
+    folder.mkdir()
+    (folder / "build.lock").write_text("12345")
+    key = teacher_cache_key_of(cache)
+    with pytest.raises(TeacherCacheError, match="another process is building"):
+        build_teacher_cache(torch.nn.Identity(), key, [], folder)
+    assert not (folder / "meta.json").exists() and (folder / "build.lock").exists()
+
+
+def teacher_cache_key_of(cache: Path):
+    from x3kd_core.distill.teacher_cache import CacheKey
+
+    raw = json.loads((cache / "lidar" / "meta.json").read_text())["key"]
+    return CacheKey(**{**raw, "image_hw": tuple(raw["image_hw"])})

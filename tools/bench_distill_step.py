@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Training-step cost of X3KD distillation: the student alone, each component, all four; teachers
+run live every step or read from the teacher cache.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python tools/bench_distill_step.py \
+        --experiment config/train/x3kd_small.yaml --cache runs/teacher_cache/small --steps 8
+
+One step = forward of the student (and of the live teachers, or a cache read) + every loss +
+backward + AdamW step + the X-AT discriminator step when X-AT is on, on the same real batch of
+``data.train_split`` every time (data loading is left out: it is the same for every row). Median
+wall time over ``--steps`` after ``--warmup``. Needs the teacher checkpoints the experiment names
+and, for the cached rows, a built cache (``x3kd ablate`` builds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from x3kd_core.experiment import (  # noqa: E402
+    build_distillation,
+    build_model,
+    build_task,
+    build_train_dataset,
+    load_experiment,
+)
+
+COMPONENTS = ("x_is", "x_fd", "x_at", "x_od")
+ROWS = [("student", None), *[(c, (c,)) for c in COMPONENTS], ("x3kd", COMPONENTS)]
+
+
+def _overrides(components, cache: str | None) -> list[str]:
+    out = ["augment.image={}", "augment.bev={}", "train.epochs=null", "train.max_steps=1"]
+    if components is None:
+        return out + ["distill=null"]
+    out += [f"distill.{c}.enabled={'true' if c in components else 'false'}" for c in COMPONENTS]
+    if cache:
+        out += [f"teachers.cache={cache}", "data.lidar_sweeps=1"]
+    return out
+
+
+def time_row(experiment: str, components, cache: str | None, steps: int, warmup: int) -> float:
+    from x3kd_core.data.nuscenes import collate_samples
+
+    exp = load_experiment(experiment, _overrides(components, cache))
+    torch.manual_seed(0)
+    extra = []
+    if exp.distill is not None:
+        student = build_model(exp)
+        distill, teachers, extra = build_distillation(exp, student)
+        task = build_task(exp, student, distill=distill, teachers=teachers)
+    else:
+        task = build_task(exp)
+    dataset = build_train_dataset(exp)
+    batch = collate_samples([dataset[0], dataset[1]])
+    task.train()
+    optim = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-4)
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        losses = task.training_losses(batch)
+        optim.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optim.step()
+        for step in extra:
+            step(batch, i)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default=str(REPO_ROOT / "config" / "train" / "x3kd_small.yaml"))
+    parser.add_argument("--cache", default=str(REPO_ROOT / "runs" / "teacher_cache" / "small"))
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the numbers here")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    results = {}
+    base = None
+    print(f"{'row':10s} {'live teachers s/step':>22s} {'cached s/step':>15s}")
+    for name, components in ROWS:
+        live = time_row(args.experiment, components, None, args.steps, args.warmup)
+        if components is None:
+            cached = live
+        else:
+            # Never build a cache here (a second builder of a folder in use is refused anyway).
+            needed = ({"instance_seg"} if "x_is" in components else set()) | ({"lidar"} if set(components) - {"x_is"} else set())
+            missing = [n for n in sorted(needed) if not (Path(args.cache) / n / "meta.json").is_file()]
+            if missing:
+                raise SystemExit(f"no finished teacher cache for {missing} under {args.cache}; run x3kd ablate first")
+            cached = time_row(args.experiment, components, args.cache, args.steps, args.warmup)
+        base = base if base is not None else live
+        results[name] = {"live_s": live, "cached_s": cached}
+        print(f"{name:10s} {live:10.3f} ({live / base:4.2f}x) {cached:9.3f} ({cached / base:4.2f}x)", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
