@@ -212,6 +212,7 @@ def run_one(plan: AblationPlan, variant: str, seed: int, *, device: Optional[str
     exp = load_experiment(_experiment_path(plan), overrides)
     out = plan.runs_path / variant / f"seed{seed}"
     started = _dt.datetime.now(_dt.timezone.utc)
+    commit = _git_commit()  # the code this run starts with (the tree may change while it trains)
     result = train_experiment(exp, out, device=device, source_path=plan.experiment)
     if not result.finished:
         raise RuntimeError(f"{plan.name}/{variant}/seed{seed}: training stopped at step {result.step}")
@@ -224,7 +225,7 @@ def run_one(plan: AblationPlan, variant: str, seed: int, *, device: Optional[str
         "overrides": overrides,
         "command": f"x3kd ablate --plan {plan.source or plan.name} --variants {variant} --seeds {seed}",
         "distill": list(exp.distill.enabled_components) if exp.distill is not None else [],
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "machine": machine_description(),
         "started_utc": started.isoformat(timespec="seconds"),
         "steps": result.step,
