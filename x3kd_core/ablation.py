@@ -47,6 +47,7 @@ __all__ = [
     "run_plan",
     "VariantSummary",
     "summarise",
+    "paired_deltas",
     "write_report",
 ]
 
@@ -355,6 +356,20 @@ def summarise(records: Sequence[dict]) -> VariantSummary:
     )
 
 
+def paired_deltas(records: Sequence[dict], baseline: Sequence[dict]) -> dict[str, dict]:
+    """Per-seed differences to the baseline run of the SAME seed (same initialisation and data
+    order), for NDS and mAP: ``{"NDS": {"mean", "std", "n", "positive"}, "mAP": ...}`` over the
+    seeds both have (std: sample std, 0 for one seed; positive: how many seeds improved)."""
+    base = {r["seed"]: r["metrics"] for r in baseline}
+    out = {}
+    for metric in ("NDS", "mAP"):
+        d = [r["metrics"][metric] - base[r["seed"]][metric] for r in records if r["seed"] in base]
+        out[metric] = {"mean": float(np.mean(d)) if d else float("nan"),
+                       "std": float(np.std(d, ddof=1)) if len(d) > 1 else 0.0,
+                       "n": len(d), "positive": int(sum(x > 0 for x in d))}
+    return out
+
+
 def _verdict(plan: AblationPlan, summaries: dict[str, VariantSummary]) -> dict:
     base, ref = summaries.get(plan.baseline), summaries.get(plan.reference)
     if base is None or ref is None:
@@ -369,21 +384,32 @@ def _verdict(plan: AblationPlan, summaries: dict[str, VariantSummary]) -> dict:
     return {"decided": enough_seeds, "passed": passed, "nds_margin": margin, "two_sigma": two_sigma, "text": text}
 
 
-def _markdown(plan: AblationPlan, summaries: dict[str, VariantSummary], verdict: dict, machine: str) -> str:
+def _markdown(plan: AblationPlan, summaries: dict[str, VariantSummary], verdict: dict, machine: str,
+              paired: dict[str, dict]) -> str:
     base = summaries.get(plan.baseline)
     lines = [f"### Ablation `{plan.name}`" + (f": {plan.title}" if plan.title else ""), ""]
     lines += [f"Command: `x3kd ablate --plan {plan.source} --jobs 2` then `x3kd ablate --plan {plan.source} --report`.",
               f"Result files: `{plan.results_path.relative_to(REPO_ROOT) if plan.results_path.is_relative_to(REPO_ROOT) else plan.results_path}/<variant>/seed<k>.json`; "
               f"machine of the runs: {machine}.", ""]
-    head = "| variant | components | seeds | NDS | ΔNDS | mAP | mATE | mASE | mAOE | mAVE | mAAE | s/step |"
+    head = ("| variant | components | seeds | NDS | ΔNDS paired | mAP | ΔmAP paired | mATE | mASE | mAOE | mAVE | mAAE "
+            "| s/step |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def _delta(name: str, metric: str) -> str:
+        d = paired.get(name, {}).get(metric)
+        if name == plan.baseline or not d or not d["n"]:
+            return "-"
+        return f"{d['mean']:+.4f} ± {d['std']:.4f} ({d['positive']}/{d['n']} up)"
+
     for name, s in summaries.items():
-        delta = f"{s.mean['NDS'] - base.mean['NDS']:+.4f}" if base is not None and name != plan.baseline else "-"
-        cells = [f"{s.mean[k]:.4f} ± {s.std[k]:.4f}" for k in ("NDS",)] + [delta] + [
-            f"{s.mean[k]:.4f} ± {s.std[k]:.4f}" for k in ("mAP", "mATE", "mASE", "mAOE", "mAVE", "mAAE")]
+        cells = ([f"{s.mean['NDS']:.4f} ± {s.std['NDS']:.4f}", _delta(name, "NDS"),
+                  f"{s.mean['mAP']:.4f} ± {s.std['mAP']:.4f}", _delta(name, "mAP")]
+                 + [f"{s.mean[k]:.4f} ± {s.std[k]:.4f}" for k in ("mATE", "mASE", "mAOE", "mAVE", "mAAE")])
         comps = ", ".join(c.replace("_", "-").upper() for c in s.distill) or "none"
         lines.append(f"| {name} | {comps} | {len(s.seeds)} | " + " | ".join(cells) + f" | {s.sec_per_step:.2f} |")
     lines += ["", f"Mean ± sample std over seeds; {next(iter(summaries.values())).steps} steps per run. "
+              "Δ paired: the difference to the baseline run of the same seed (same initialisation and data "
+              "order), mean ± std over seeds, and on how many seeds it is positive. "
               "s/step is wall time per training step while two runs shared the machine (use it to compare rows, "
               "not as a benchmark).", "", f"**Bar:** {verdict['text']}.", ""]
     if plan.notes:
@@ -437,13 +463,15 @@ def write_report(plan: AblationPlan, benchmarks_md: Optional[Path] = REPO_ROOT /
         raise FileNotFoundError(f"{plan.results_path}: no result files; run `x3kd ablate --plan {plan.source}` first")
     summaries = {name: summarise(recs) for name, recs in records.items()}
     verdict = _verdict(plan, summaries)
+    paired = {name: paired_deltas(recs, records[plan.baseline]) for name, recs in records.items()
+              if plan.baseline in records and name != plan.baseline}
     machines = sorted({r["machine"] for recs in records.values() for r in recs})
-    md = _markdown(plan, summaries, verdict, "; ".join(machines))
+    md = _markdown(plan, summaries, verdict, "; ".join(machines), paired)
     out = plan.results_path
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(md)
     report = {"plan": plan.name, "title": plan.title, "baseline": plan.baseline, "reference": plan.reference,
-              "verdict": verdict, "machines": machines,
+              "verdict": verdict, "machines": machines, "paired_deltas": paired,
               "variants": {name: s.to_dict() for name, s in summaries.items()}}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     _chart(plan, summaries, out / "report.png")

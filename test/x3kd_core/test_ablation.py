@@ -71,6 +71,9 @@ def test_ablate_runs_each_pair_once_and_reports(tiny_dataset, tiny_teachers, tmp
     assert "fewer than 3 seeds" in report["verdict"]["text"] and report["verdict"]["passed"] is False
     assert (results / "report.png").stat().st_size > 1000
     assert "| x3kd | X-FD, X-AT, X-OD | 2 |" in (results / "report.md").read_text()
+    base_nds = [records[("baseline", s)]["metrics"]["NDS"] for s in (0, 1)]
+    paired = report["paired_deltas"]["x3kd"]["NDS"]
+    assert paired["n"] == 2 and paired["mean"] == pytest.approx(np.mean(np.subtract(nds, base_nds)))
 
 
 def _records(variant: str, nds: list[float]) -> list[dict]:
@@ -90,6 +93,17 @@ def test_summary_statistics_and_the_bar():
     ref = summarise(_records("x3kd", [0.39, 0.39, 0.39]))  # margin 0.19 < 2 sigma 0.2
     assert _verdict(plan, {"baseline": base, "x3kd": ref})["passed"] is False
     assert _verdict(plan, {"baseline": base})["decided"] is False
+
+
+def test_paired_deltas_use_the_same_seed():
+    from x3kd_core.ablation import paired_deltas
+
+    base = _records("baseline", [0.10, 0.30, 0.20])
+    ref = _records("x3kd", [0.12, 0.31, 0.19])
+    d = paired_deltas(ref, base)["NDS"]
+    assert d["mean"] == pytest.approx(np.mean([0.02, 0.01, -0.01])) and d["positive"] == 2 and d["n"] == 3
+    assert d["std"] == pytest.approx(np.std([0.02, 0.01, -0.01], ddof=1))
+    assert paired_deltas(ref[:1], base[1:])["NDS"]["n"] == 0  # no common seed
 
 
 def test_bad_plans_name_the_key(tiny_dataset, tiny_teachers, tmp_path):
