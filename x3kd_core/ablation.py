@@ -292,7 +292,8 @@ def run_plan(plan: AblationPlan, *, variants: Optional[Sequence[str]] = None, se
     while queue or running:
         while queue and len(running) < jobs:
             variant, seed = queue.pop(0)
-            cmd = [sys.executable, "-m", "x3kd_core.cli", "ablate", "--plan", plan.source, "--variants", variant,
+            cmd = [sys.executable, "-m", "x3kd_core.cli", "ablate", "--plan", str(Path(plan.source).resolve()),
+                   "--variants", variant,
                    "--seeds", str(seed)]
             if device:
                 cmd += ["--device", device]

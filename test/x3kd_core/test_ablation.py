@@ -121,3 +121,13 @@ def test_the_shipped_plans_load():
     for path in sorted((REPO_ROOT / "config" / "ablation").glob("*.yaml")):
         plan = load_plan(path, check_experiments=False)
         assert plan.baseline in plan.variants and plan.reference in plan.variants and len(plan.seeds) >= 3
+
+
+def test_jobs_run_child_processes(tiny_dataset, tiny_teachers, tmp_path, capsys):
+    """--jobs 2: each (variant, seed) in its own child process, results written by the children."""
+    plan_path = _plan_file(tmp_path, tiny_dataset, tiny_teachers, seeds=[3])
+    assert main(["ablate", "--plan", str(plan_path), "--jobs", "2"]) == 0
+    for variant in ("baseline", "x3kd"):
+        rec = json.loads((tmp_path / "results" / variant / "seed3.json").read_text())
+        assert rec["seed"] == 3 and rec["machine"].endswith("threads)")
+        assert (tmp_path / "runs" / "logs" / f"{variant}_seed3.log").is_file()
