@@ -426,7 +426,7 @@ def _chart(plan: AblationPlan, summaries: dict[str, VariantSummary], path: Path)
 
     names = list(summaries)
     x = np.arange(len(names))
-    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.3 * len(names) * 2), 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.5 * len(names)), 3.8))
     for ax, metric in zip(axes, ("NDS", "mAP")):
         means = [summaries[n].mean[metric] for n in names]
         stds = [summaries[n].std[metric] for n in names]
