@@ -27,40 +27,18 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from x3kd_core.experiment import (  # noqa: E402
-    build_distillation,
-    build_model,
-    build_task,
-    build_train_dataset,
-    load_experiment,
-)
+from distill_setup import component_experiment  # noqa: E402
+from x3kd_core.experiment import build_train_dataset, build_training_task  # noqa: E402
 
 COMPONENTS = ("x_is", "x_fd", "x_at", "x_od")
 ROWS = [("student", None), *[(c, (c,)) for c in COMPONENTS], ("x3kd", COMPONENTS)]
 
 
-def _overrides(components, cache: str | None) -> list[str]:
-    out = ["augment.image={}", "augment.bev={}", "train.epochs=null", "train.max_steps=1"]
-    if components is None:
-        return out + ["distill=null"]
-    out += [f"distill.{c}.enabled={'true' if c in components else 'false'}" for c in COMPONENTS]
-    if cache:
-        out += [f"teachers.cache={cache}", "data.lidar_sweeps=1"]
-    return out
-
-
-def time_row(experiment: str, components, cache: str | None, steps: int, warmup: int) -> float:
+def time_row(exp, steps: int, warmup: int) -> float:
     from x3kd_core.data.nuscenes import collate_samples
 
-    exp = load_experiment(experiment, _overrides(components, cache))
     torch.manual_seed(0)
-    extra = []
-    if exp.distill is not None:
-        student = build_model(exp)
-        distill, teachers, extra = build_distillation(exp, student)
-        task = build_task(exp, student, distill=distill, teachers=teachers)
-    else:
-        task = build_task(exp)
+    task, extra = build_training_task(exp)
     dataset = build_train_dataset(exp)
     batch = collate_samples([dataset[0], dataset[1]])
     task.train()
@@ -93,16 +71,17 @@ def main() -> int:
     base = None
     print(f"{'row':10s} {'live teachers s/step':>22s} {'cached s/step':>15s}")
     for name, components in ROWS:
-        live = time_row(args.experiment, components, None, args.steps, args.warmup)
+        live = time_row(component_experiment(components, None, args.experiment), args.steps, args.warmup)
         if components is None:
             cached = live
         else:
+            exp = component_experiment(components, args.cache, args.experiment)
             # Never build a cache here (a second builder of a folder in use is refused anyway).
-            needed = ({"instance_seg"} if "x_is" in components else set()) | ({"lidar"} if set(components) - {"x_is"} else set())
-            missing = [n for n in sorted(needed) if not (Path(args.cache) / n / "meta.json").is_file()]
+            missing = [n for n in sorted(exp.teachers.required(exp.distill))
+                       if not (Path(args.cache) / n / "meta.json").is_file()]
             if missing:
                 raise SystemExit(f"no finished teacher cache for {missing} under {args.cache}; run x3kd ablate first")
-            cached = time_row(args.experiment, components, args.cache, args.steps, args.warmup)
+            cached = time_row(exp, args.steps, args.warmup)
         base = base if base is not None else live
         results[name] = {"live_s": live, "cached_s": cached}
         print(f"{name:10s} {live:10.3f} ({live / base:4.2f}x) {cached:9.3f} ({cached / base:4.2f}x)", flush=True)

@@ -23,13 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from x3kd_core.data.nuscenes import collate_samples  # noqa: E402
-from x3kd_core.experiment import (  # noqa: E402
-    build_distillation,
-    build_model,
-    build_task,
-    build_train_dataset,
-    load_experiment,
-)
+from distill_setup import component_experiment, trained_task  # noqa: E402
+from x3kd_core.experiment import build_train_dataset  # noqa: E402
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -43,22 +38,14 @@ def main() -> int:
     parser.add_argument("--cache", default="runs/teacher_cache/small")
     parser.add_argument("--samples", type=int, default=8)
     args = parser.parse_args()
-    overrides = ["train.epochs=null", "train.max_steps=1", "augment.image={}", "augment.bev={}", "data.lidar_sweeps=1",
-                 f"teachers.cache={args.cache}", "distill.x_is.enabled=false", "distill.x_at.enabled=false",
-                 "distill.x_fd.enabled=false"]
-    exp = load_experiment(REPO_ROOT / "config" / "train" / "x3kd_small.yaml", overrides)
-    student = build_model(exp)
-    distill, teachers, _ = build_distillation(exp, student)
-    task = build_task(exp, student, distill=distill, teachers=teachers)
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["model"]
-    task.load_state_dict({k: v for k, v in state.items() if k.startswith("student.")}, strict=False)
-    task.eval()
+    exp = component_experiment(["x_od"], args.cache)
+    task = trained_task(exp, args.checkpoint, student_only=True)
     dataset = build_train_dataset(exp)
     batch = collate_samples([dataset[i] for i in range(args.samples)])
     with torch.no_grad():
         s = task.outputs(batch).head.heatmap.sigmoid().amax(1)
-        t = teachers["lidar"](batch.tokens).head.heatmap.sigmoid().amax(1)
-        g = student.head.get_targets(batch.boxes).heatmap.amax(1)
+        t = task.teachers["lidar"](batch.tokens).head.heatmap.sigmoid().amax(1)
+        g = task.student.head.get_targets(batch.boxes).heatmap.amax(1)
     moves = {"unchanged": lambda x: x, "transposed": lambda x: x.transpose(-1, -2),
              "mirrored in x": lambda x: x.flip(-2), "mirrored in y": lambda x: x.flip(-1)}
     print(f"{'one side':14s} {'teacher~GT':>10s} {'student~GT':>10s} {'student~teacher':>15s}")

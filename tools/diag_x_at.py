@@ -27,27 +27,15 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from x3kd_core.data.nuscenes import collate_samples  # noqa: E402
 from x3kd_core.distill.x_at import BevDiscriminator  # noqa: E402
-from x3kd_core.experiment import (  # noqa: E402
-    build_distillation,
-    build_model,
-    build_task,
-    build_train_dataset,
-    load_experiment,
-)
+from distill_setup import component_experiment, trained_task  # noqa: E402
+from x3kd_core.experiment import build_train_dataset  # noqa: E402
 
 
 def features(checkpoint: str, cache: str, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(adapted student, teacher) BEV features, each (samples, C_t, N_x, N_y)."""
-    overrides = ["train.epochs=null", "train.max_steps=1", "augment.image={}", "augment.bev={}",
-                 "data.lidar_sweeps=1", f"teachers.cache={cache}", "distill.x_is.enabled=false",
-                 "distill.x_at.enabled=false", "distill.x_od.enabled=false"]
-    exp = load_experiment(REPO_ROOT / "config" / "train" / "x3kd_small.yaml", overrides)
-    student = build_model(exp)
-    distill, teachers, _ = build_distillation(exp, student)
-    task = build_task(exp, student, distill=distill, teachers=teachers)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    task.load_state_dict(state["model"], strict=True)
-    task.eval()
+    exp = component_experiment(["x_fd"], cache)
+    task = trained_task(exp, checkpoint)
+    distill, teachers = task.distill, task.teachers
     dataset = build_train_dataset(exp)
     s, t = [], []
     with torch.no_grad():

@@ -96,6 +96,11 @@ class AblationPlan:
         return _repo_path(self.runs_dir or f"runs/ablation/{self.name}")
 
 
+def _display_path(path: Path) -> Path:
+    """``path`` relative to the repository when inside it (as written in reports), else as is."""
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
 def _repo_path(path: str) -> Path:
     p = Path(path)
     return p if p.is_absolute() else REPO_ROOT / p
@@ -154,10 +159,9 @@ def load_plan(path: str | os.PathLike, *, check_experiments: bool = True) -> Abl
         if getattr(plan, key) not in variants:
             raise ConfigError(f"{key}: {getattr(plan, key)!r} is not one of the variants {list(variants)}")
     if check_experiments:
-        experiment = _repo_path(plan.experiment) if not Path(plan.experiment).is_file() else Path(plan.experiment)
         for name in variants:
             try:
-                load_experiment(experiment, plan.overrides(name, plan.seeds[0]))
+                load_experiment(_experiment_path(plan), plan.overrides(name, plan.seeds[0]))
             except ConfigError as err:
                 raise ConfigError(f"variants.{name}: {err}") from None
     return plan
@@ -249,7 +253,7 @@ def run_one(plan: AblationPlan, variant: str, seed: int, *, device: Optional[str
 
 def prepare_teacher_caches(plan: AblationPlan, variants: Sequence[str]) -> None:
     """Build (or check) the teacher caches the variants use, once, before runs share them."""
-    from x3kd_core.experiment import build_distillation, build_model, load_experiment
+    from x3kd_core.experiment import build_training_task, load_experiment
 
     seen: set[tuple] = set()
     for variant in variants:
@@ -260,7 +264,7 @@ def prepare_teacher_caches(plan: AblationPlan, variants: Sequence[str]) -> None:
         if needed in seen:
             continue
         seen.add(needed)
-        build_distillation(exp, build_model(exp))
+        build_training_task(exp)
 
 
 def run_plan(plan: AblationPlan, *, variants: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
@@ -271,9 +275,8 @@ def run_plan(plan: AblationPlan, *, variants: Optional[Sequence[str]] = None, se
     _LOG.info("%s: %d runs to do: %s", plan.name, len(todo), ", ".join(f"{v}/seed{s}" for v, s in todo))
     if not todo:
         return []
-    prepare_teacher_caches(plan, sorted({v for v, _ in todo}, key=list(plan.variants).index))
     failed: list[tuple[str, int]] = []
-    if jobs <= 1:
+    if jobs <= 1:  # in one process a missing cache is simply built by the first run that needs it
         for variant, seed in todo:
             try:
                 rec = run_one(plan, variant, seed, device=device)
@@ -282,6 +285,8 @@ def run_plan(plan: AblationPlan, *, variants: Optional[Sequence[str]] = None, se
                 _LOG.exception("%s/seed%d failed", variant, seed)
                 failed.append((variant, seed))
         return failed
+    # Child processes must not build one cache folder at once: build what they need first.
+    prepare_teacher_caches(plan, sorted({v for v, _ in todo}, key=list(plan.variants).index))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -390,7 +395,7 @@ def _markdown(plan: AblationPlan, summaries: dict[str, VariantSummary], verdict:
     base = summaries.get(plan.baseline)
     lines = [f"### Ablation `{plan.name}`" + (f": {plan.title}" if plan.title else ""), ""]
     lines += [f"Command: `x3kd ablate --plan {plan.source} --jobs 2` then `x3kd ablate --plan {plan.source} --report`.",
-              f"Result files: `{plan.results_path.relative_to(REPO_ROOT) if plan.results_path.is_relative_to(REPO_ROOT) else plan.results_path}/<variant>/seed<k>.json`; "
+              f"Result files: `{_display_path(plan.results_path)}/<variant>/seed<k>.json`; "
               f"machine of the runs: {machine}.", ""]
     head = ("| variant | components | seeds | NDS | ΔNDS paired | mAP | ΔmAP paired | mATE | mASE | mAOE | mAVE | mAAE "
             "| s/step |")
@@ -477,8 +482,7 @@ def write_report(plan: AblationPlan, benchmarks_md: Optional[Path] = REPO_ROOT /
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     _chart(plan, summaries, out / "report.png")
     if benchmarks_md is not None:
-        rel = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
-        block = md + f"\n![{plan.name}]({rel}/report.png)\n"
+        block = md + f"\n![{plan.name}]({_display_path(out)}/report.png)\n"
         text = benchmarks_md.read_text() if benchmarks_md.is_file() else ""
         benchmarks_md.write_text(_replace_block(text, plan.name, block))
     return report

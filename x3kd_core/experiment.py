@@ -62,6 +62,7 @@ __all__ = [
     "evaluate_task",
     "train_experiment",
     "build_distillation",
+    "build_training_task",
     "teacher_cache_key",
     "task_from_checkpoint",
     "ExperimentResult",
@@ -599,6 +600,21 @@ def _cached_teacher(exp: ExperimentConfig, name: str, checkpoint: Path, model: n
     return CachedTeacher(folder, expect=key)
 
 
+def build_training_task(exp: ExperimentConfig, device: str | torch.device | None = None) -> tuple[nn.Module, list]:
+    """The task :func:`train_experiment` trains, and the engine ``extra_steps`` it needs.
+
+    Without ``exp.distill``: :func:`build_task` and no extra steps. With it: a fresh student, its
+    frozen (or cached) teachers and distillation module from :func:`build_distillation`, the
+    task around them (reach them as ``task.teachers`` / ``task.distill``) and the distillation's
+    extra steps (X-AT discriminator update, diagnostics).
+    """
+    if exp.distill is None:
+        return build_task(exp), []
+    student = build_model(exp)
+    distill, teachers, extra_steps = build_distillation(exp, student, device)
+    return build_task(exp, student, distill=distill, teachers=teachers), extra_steps
+
+
 # ------------------------------------------------------------------------------------ evaluation
 def _val_loader(exp: ExperimentConfig, nusc):
     from x3kd_core.data.nuscenes import NuScenesDataset, NuScenesSource, collate_samples
@@ -702,13 +718,7 @@ def train_experiment(
     exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, out_dir=str(out)))
     seed_everything(exp.train.seed)  # the model's initialisation is part of the run's seed
     nusc = _nuscenes(exp)
-    extra_steps: list = []
-    if exp.distill is not None:
-        student = build_model(exp)
-        distill, teachers, extra_steps = build_distillation(exp, student, device)
-        task = build_task(exp, student, distill=distill, teachers=teachers)
-    else:
-        task = build_task(exp)
+    task, extra_steps = build_training_task(exp, device)
     dataset = build_train_dataset(exp, nusc)
     cached: dict[str, Any] = {}
 
