@@ -263,15 +263,6 @@ class Bench:
         return None
 
 
-def spin_until(executor, condition, deadline_s: float) -> bool:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if condition():
-            return True
-        executor.spin_once(timeout_sec=0.02)
-    return condition()
-
-
 def publish_loop(bench: Bench, rate_hz: float, n_sets: int, base_stamp_ns: int, stop: threading.Event) -> list[int]:
     """Publish ``n_sets`` sets at ``rate_hz`` on a fixed schedule (no drift); returns their stamps."""
     period_ns = int(1e9 / rate_hz)
@@ -318,6 +309,8 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
+
+    from x3kd_ros.node_utils import spin_until
 
     proc = start_detector(args, checkpoint, WORK_DIR / "detector.log")
     context = Context()

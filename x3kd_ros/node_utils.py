@@ -82,6 +82,7 @@ __all__ = [
     "ExtrinsicsProvider",
     "tf_message_type",
     "spin_node",
+    "spin_until",
 ]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -619,6 +620,18 @@ class ExtrinsicsProvider:
 
 # ----------------------------------------------------------------------------------------------
 # main()
+
+
+def spin_until(executor, condition: Callable[[], bool], deadline_s: float, step_s: float = 0.02) -> bool:
+    """Spin ``executor`` (``spin_once`` with ``step_s`` timeouts) until ``condition()`` holds or
+    ``deadline_s`` seconds pass; returns the final ``condition()`` (for tests and benchmarks that
+    drive their own executor)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if condition():
+            return True
+        executor.spin_once(timeout_sec=step_s)
+    return condition()
 
 
 def spin_node(factory: Callable[[], Any], args: Optional[Sequence[str]] = None) -> int:

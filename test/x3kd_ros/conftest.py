@@ -18,6 +18,8 @@ import torch
 import yaml
 from rclpy.context import Context
 
+from x3kd_ros.node_utils import spin_until as _node_spin_until
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPIN_DEADLINE_S = 20.0
 
@@ -35,12 +37,7 @@ def ros_context(ros_network):
 
 def _spin_until(executor, condition: Callable[[], bool], deadline_s: float = SPIN_DEADLINE_S) -> bool:
     """Spin ``executor`` until ``condition()`` holds or ``deadline_s`` passes; returns the condition."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if condition():
-            return True
-        executor.spin_once(timeout_sec=0.02)
-    return condition()
+    return _node_spin_until(executor, condition, deadline_s)
 
 
 def _spin_for(executor, seconds: float) -> None:

@@ -7,8 +7,6 @@ detections.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import rclpy
@@ -18,6 +16,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from vision_msgs import msg as vm
 from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesisWithPose
+from x3kd_ros.node_utils import spin_until
 
 # Hash of vision_msgs/msg/Detection3DArray from upstream ros-perception/vision_msgs 4.1.1
 # (prefix 793f5eab recorded in /work/shared/ENVIRONMENT.md; full value identical to the one
@@ -89,12 +88,7 @@ def ros_context(ros_network):
 
 
 def _spin_until(executor, condition, deadline_s: float) -> bool:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if condition():
-            return True
-        executor.spin_once(timeout_sec=0.05)
-    return condition()
+    return spin_until(executor, condition, deadline_s, step_s=0.05)
 
 
 def _detection(class_id: str, score: float, center_xyz, size_lwh, yaw_rad: float, track_id: str):
