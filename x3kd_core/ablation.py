@@ -43,6 +43,8 @@ __all__ = [
     "result_path",
     "pending_runs",
     "run_one",
+    "result_record",
+    "write_record",
     "prepare_teacher_caches",
     "run_plan",
     "VariantSummary",
@@ -209,6 +211,51 @@ def _experiment_path(plan: AblationPlan) -> Path:
     return p if p.is_file() else _repo_path(plan.experiment)
 
 
+def result_record(exp, result, *, command: str, commit: Optional[str], started: _dt.datetime) -> dict:
+    """The committed JSON record of one finished training run (ablation runs, results/models/*.json).
+
+    Besides the metrics it names what is needed to reproduce and compare the number: the
+    command, the commit the run started from, the machine and torch thread count (CPU training is
+    bit-reproducible only at the same thread count), and the fingerprint of the dataset
+    (:func:`x3kd_core.data.fingerprint.dataset_fingerprint`).
+    """
+    import torch
+
+    from x3kd_core.data.fingerprint import dataset_fingerprint
+    from x3kd_core.experiment import resolve_dataroot
+
+    m = result.metrics
+    return {
+        "experiment_name": exp.name,
+        "kind": exp.kind,
+        "command": command,
+        "distill": list(exp.distill.enabled_components) if getattr(exp, "distill", None) is not None else [],
+        "git_commit": commit,
+        "machine": machine_description(),
+        "torch_threads": torch.get_num_threads(),
+        "dataset": {"dataroot": str(exp.data.dataroot), "version": exp.data.version,
+                    **dataset_fingerprint(resolve_dataroot(exp.data.dataroot), exp.data.version)},
+        "started_utc": started.isoformat(timespec="seconds"),
+        "steps": result.step,
+        "batch_size": exp.train.batch_size,
+        "train_wall_s": result.train_wall_s,
+        "sec_per_step": result.train_wall_s / max(result.step, 1),
+        "eval_split": exp.data.val_split,
+        "eval_samples": m.get("num_samples"),
+        "metrics": {k: float(m[k]) for k in METRICS},
+        "ap_per_class": {k: float(v) for k, v in m.get("ap_per_class", {}).items()},
+        "last_losses": result.last_losses,
+    }
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Write ``record`` as JSON atomically (a crash never leaves half a result file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
 def run_one(plan: AblationPlan, variant: str, seed: int, *, device: Optional[str] = None) -> dict:
     """Train and evaluate one (variant, seed); write and return its result dict."""
     from x3kd_core.experiment import load_experiment, train_experiment
@@ -221,33 +268,16 @@ def run_one(plan: AblationPlan, variant: str, seed: int, *, device: Optional[str
     result = train_experiment(exp, out, device=device, source_path=plan.experiment)
     if not result.finished:
         raise RuntimeError(f"{plan.name}/{variant}/seed{seed}: training stopped at step {result.step}")
-    m = result.metrics
     record = {
         "plan": plan.name,
         "variant": variant,
         "seed": seed,
         "experiment": plan.experiment,
         "overrides": overrides,
-        "command": f"x3kd ablate --plan {plan.source or plan.name} --variants {variant} --seeds {seed}",
-        "distill": list(exp.distill.enabled_components) if exp.distill is not None else [],
-        "git_commit": commit,
-        "machine": machine_description(),
-        "started_utc": started.isoformat(timespec="seconds"),
-        "steps": result.step,
-        "batch_size": exp.train.batch_size,
-        "train_wall_s": result.train_wall_s,
-        "sec_per_step": result.train_wall_s / max(result.step, 1),
-        "eval_split": exp.data.val_split,
-        "eval_samples": m.get("num_samples"),
-        "metrics": {k: float(m[k]) for k in METRICS},
-        "ap_per_class": {k: float(v) for k, v in m.get("ap_per_class", {}).items()},
-        "last_losses": result.last_losses,
+        **result_record(exp, result, started=started, commit=commit,
+                        command=f"x3kd ablate --plan {plan.source or plan.name} --variants {variant} --seeds {seed}"),
     }
-    path = result_path(plan, variant, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_record(result_path(plan, variant, seed), record)
     return record
 
 

@@ -85,10 +85,26 @@ def _cmd_train(args) -> int:
     # The engine reports progress (steps, validation, checkpoints) through logging.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = args.out or exp.train.out_dir
+    if args.result is not None:
+        import datetime as dt
+
+        from x3kd_core.ablation import _git_commit
+
+        started, commit = dt.datetime.now(dt.timezone.utc), _git_commit()
     try:
         result = train_experiment(exp, out, resume=args.resume, device=args.device, source_path=str(args.experiment))
     except CheckpointError as err:
         raise UserError(str(err)) from err
+    if args.result is not None and result.finished and result.metrics:
+        import shlex
+
+        from x3kd_core.ablation import result_record, write_record
+
+        record = result_record(exp, result, started=started, commit=commit,
+                               command="x3kd " + shlex.join(args.argv))
+        record["overrides"] = overrides
+        write_record(Path(args.result), record)
+        print(f"result written to {args.result}")
     state = "finished" if result.finished else "stopped"
     print(f"{exp.name} ({exp.kind}): {state} at step {result.step}/{result.total_steps} in {result.train_wall_s:.1f} s; "
           f"checkpoint {result.checkpoint}")
@@ -313,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
                        help="override a config value, e.g. --set train.max_steps=100 (repeatable; YAML values)")
     train.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if it exists")
+    train.add_argument("--result", default=None, metavar="JSON",
+                       help="when training finishes, write its metrics, command, commit, machine, thread count "
+                            "and dataset fingerprint here (the schema of the ablation result files)")
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     train.set_defaults(func=_cmd_train)
 
@@ -343,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in result files
     from x3kd_core.data.nuscenes import DatasetError
     from x3kd_core.eval.detection import EvaluationError
 

@@ -1,8 +1,11 @@
-"""Image backbone (torchvision ResNet) and a two-level neck to a single stride-16 feature map.
+"""Image backbone (torchvision ResNet) and a neck that fuses its stages into one feature map.
 
 The student's view transform lifts one feature map per camera. Like BEVDepth we take it at
 stride 16 and let it see stride-32 context by fusing the two deepest ResNet stages: the stride-32
-map is upsampled x2 and concatenated with the stride-16 map before a 3x3 fusion conv.
+map is upsampled x2 and concatenated with the stride-16 map before a 3x3 fusion conv. At small
+input sizes (64 x 176 on the CPU benchmark) stride 16 leaves 4 x 11 rays per camera, too few to
+cover the BEV grid, so the neck can also output stride 8: then ResNet stage 2 (stride 8) is
+fused too, with stages 3 and 4 upsampled onto it.
 
 Weights: optional ImageNet initialisation from a local state-dict file, or from torchvision's
 weights API when the checkpoint is already in the torch hub cache. Nothing is downloaded at run
@@ -25,6 +28,7 @@ from x3kd_core.config import ConfigError
 __all__ = [
     "BackboneConfig",
     "NeckConfig",
+    "NECK_STRIDES",
     "ResNetBackbone",
     "BackboneFeatures",
     "FusionNeck",
@@ -59,15 +63,23 @@ class BackboneConfig:
     frozen_bn: bool = False
 
 
+#: Output strides the neck supports (pixels per feature cell).
+NECK_STRIDES = (8, 16)
+
+
 @dataclass(frozen=True)
 class NeckConfig:
-    """Fuses the stride-16 and stride-32 backbone stages into one stride-16 map of ``out_channels``."""
+    """Fuses the backbone stages from ``out_stride`` to 32 into one map of ``out_channels`` at
+    ``out_stride`` (8: stages 2, 3, 4; 16: stages 3, 4)."""
 
     out_channels: int = 256
+    out_stride: int = 16
 
     def __post_init__(self) -> None:
         if self.out_channels <= 0:
             raise ConfigError(f"out_channels must be > 0, got {self.out_channels}")
+        if self.out_stride not in NECK_STRIDES:
+            raise ConfigError(f"out_stride must be one of {NECK_STRIDES}, got {self.out_stride}")
 
 
 @dataclass
@@ -75,10 +87,12 @@ class BackboneFeatures:
     """Backbone outputs for a batch of images (N_img = B * N_cam).
 
     Fields:
+        stride8: (N_img, C8, H/8, W/8) output of ResNet stage 2.
         stride16: (N_img, C16, H/16, W/16) output of ResNet stage 3.
         stride32: (N_img, C32, H/32, W/32) output of ResNet stage 4.
     """
 
+    stride8: torch.Tensor
     stride16: torch.Tensor
     stride32: torch.Tensor
 
@@ -95,7 +109,7 @@ def _cached_torchvision_state_dict(name: str) -> dict:
 
 
 class ResNetBackbone(nn.Module):
-    """torchvision ResNet up to stage 4 (no pooling / fc), returning stages 3 and 4."""
+    """torchvision ResNet up to stage 4 (no pooling / fc), returning stages 2, 3 and 4."""
 
     def __init__(self, resnet: torchvision.models.ResNet) -> None:
         super().__init__()
@@ -104,6 +118,7 @@ class ResNetBackbone(nn.Module):
         self.layer2 = resnet.layer2
         self.layer3 = resnet.layer3
         self.layer4 = resnet.layer4
+        self.channels_stride8 = _stage_channels(resnet.layer2)
         self.channels_stride16 = _stage_channels(resnet.layer3)
         self.channels_stride32 = _stage_channels(resnet.layer4)
 
@@ -134,10 +149,10 @@ class ResNetBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> BackboneFeatures:
         """images: (N_img, 3, H, W) normalised RGB -> :class:`BackboneFeatures`."""
         x = self.stem(images)
-        x = self.layer2(self.layer1(x))
-        c16 = self.layer3(x)
+        c8 = self.layer2(self.layer1(x))
+        c16 = self.layer3(c8)
         c32 = self.layer4(c16)
-        return BackboneFeatures(stride16=c16, stride32=c32)
+        return BackboneFeatures(stride8=c8, stride16=c16, stride32=c32)
 
 
 def _stage_channels(stage: nn.Sequential) -> int:
@@ -155,27 +170,47 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
 
 
 class FusionNeck(nn.Module):
-    """Stride-16 + upsampled stride-32 features -> one stride-16 map.
+    """Backbone stages from ``out_stride`` to 32 -> one map at ``out_stride``.
 
-    Each input gets a 1x1 lateral projection to ``out_channels``; the concatenation is fused by a
-    3x3 conv. Odd input sizes are handled by upsampling to the stride-16 map's exact size.
+    Each input gets a 1x1 lateral projection to ``out_channels``; the coarser ones are upsampled
+    (bilinear) to the finest map's exact size (odd sizes included) and the concatenation is fused
+    by a 3x3 conv. Parameter names for stride 16 (``lateral16``, ``lateral32``, ``fuse``) are the
+    same whether or not stride 8 is used; stride 8 adds ``lateral8``.
     """
 
-    def __init__(self, in_channels_stride16: int, in_channels_stride32: int, out_channels: int) -> None:
+    def __init__(
+        self,
+        in_channels_stride16: int,
+        in_channels_stride32: int,
+        out_channels: int,
+        in_channels_stride8: int | None = None,
+    ) -> None:
+        """``in_channels_stride8``: channels of ResNet stage 2; when given, the output is at stride 8."""
         super().__init__()
         self.out_channels = out_channels
+        self.out_stride = 16 if in_channels_stride8 is None else 8
+        self.lateral8 = None if in_channels_stride8 is None else _conv_bn_relu(in_channels_stride8, out_channels, 1)
         self.lateral16 = _conv_bn_relu(in_channels_stride16, out_channels, 1)
         self.lateral32 = _conv_bn_relu(in_channels_stride32, out_channels, 1)
-        self.fuse = _conv_bn_relu(2 * out_channels, out_channels, 3)
+        num_levels = 2 if in_channels_stride8 is None else 3
+        self.fuse = _conv_bn_relu(num_levels * out_channels, out_channels, 3)
 
     @classmethod
     def from_config(cls, config: NeckConfig, backbone: ResNetBackbone) -> "FusionNeck":
-        return cls(backbone.channels_stride16, backbone.channels_stride32, config.out_channels)
+        return cls(
+            backbone.channels_stride16,
+            backbone.channels_stride32,
+            config.out_channels,
+            in_channels_stride8=backbone.channels_stride8 if config.out_stride == 8 else None,
+        )
 
     def forward(self, features: BackboneFeatures) -> torch.Tensor:
-        """-> (N_img, out_channels, H/16, W/16)."""
-        c16 = self.lateral16(features.stride16)
-        c32 = nn.functional.interpolate(
-            self.lateral32(features.stride32), size=c16.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return self.fuse(torch.cat([c16, c32], dim=1))
+        """-> (N_img, out_channels, H/out_stride, W/out_stride)."""
+        levels = [self.lateral16(features.stride16), self.lateral32(features.stride32)]
+        if self.lateral8 is not None:
+            levels.insert(0, self.lateral8(features.stride8))
+        size = levels[0].shape[-2:]
+        levels = [levels[0]] + [
+            nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in levels[1:]
+        ]
+        return self.fuse(torch.cat(levels, dim=1))

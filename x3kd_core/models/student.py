@@ -1,14 +1,15 @@
 """The camera-only BEV student of X3KD (BEVDepth / Lift-Splat style).
 
     images (B, N_cam, 3, H, W)
-      -> ResNet (stages 3, 4) -> FusionNeck          image_features (B, N_cam, C, H/16, W/16)   [X-IS]
-      -> CameraAwareDepthNet -> lift -> BEV sum pool  depth_probs (B, N_cam, D, H/16, W/16)
+      -> ResNet (stages 2/3, 4) -> FusionNeck        image_features (B, N_cam, C, H/s, W/s)     [X-IS]
+      -> CameraAwareDepthNet -> lift -> BEV sum pool  depth_probs (B, N_cam, D, H/s, W/s)
       -> BevEncoder                                   bev_features (B, C_bev, N_x, N_y)          [X-FD, X-AT]
       -> CenterHead                                   head outputs                               [X-OD]
 
 Built from a typed :class:`StudentConfig` by :meth:`CameraStudent.from_config`, or from explicit
 parts with :meth:`CameraStudent.__init__`. ``forward`` returns named fields so that each
-distillation loss picks the stage it needs.
+distillation loss picks the stage it needs. ``s`` is the neck's output stride
+(``neck.out_stride``: 16 as in BEVDepth, or 8 for small inputs).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 from x3kd_core.config import BevGridConfig, ConfigError
 from x3kd_core.models.backbones import BackboneConfig, FusionNeck, NeckConfig, ResNetBackbone
 from x3kd_core.models.bev_encoder import BevEncoder, BevEncoderConfig
-from x3kd_core.models.depth_loss import depth_loss, lidar_depth_targets
+from x3kd_core.models.depth_loss import DepthTargetConfig, depth_loss, lidar_depth_targets
 from x3kd_core.models.heads.center_head import CenterHead, CenterHeadConfig, HeadOutputs
 from x3kd_core.models.view_transform import (
     CameraAwareDepthNet,
@@ -33,7 +34,7 @@ from x3kd_core.structures import Batch, Boxes3D
 
 __all__ = ["FEATURE_STRIDE", "StudentConfig", "StudentOutputs", "CameraStudent"]
 
-#: Pixels per cell of the image features that are lifted (ResNet stage 3).
+#: Input sizes must be multiples of this (pixels), whatever the neck's output stride.
 FEATURE_STRIDE = 16
 
 
@@ -47,6 +48,8 @@ class StudentConfig:
     image_hw: (H, W) network input per camera (pixels); both must be multiples of 16.
     depth_loss_weight: weight of the LiDAR depth cross-entropy in :meth:`CameraStudent.loss`.
     use_depth_supervision: add that term at all (BEVDepth) or not (plain LSS).
+    depth_target: how LiDAR returns become the per-cell depth target (nearest return or the
+        distribution of all returns; which sweeps).
     """
 
     image_hw: tuple[int, int]
@@ -59,6 +62,7 @@ class StudentConfig:
     grid: BevGridConfig
     depth_loss_weight: float = 3.0
     use_depth_supervision: bool = True
+    depth_target: DepthTargetConfig = DepthTargetConfig()
 
     def __post_init__(self) -> None:
         H, W = self.image_hw
@@ -68,14 +72,19 @@ class StudentConfig:
             raise ConfigError(f"depth_loss_weight must be >= 0, got {self.depth_loss_weight}")
 
     @property
+    def feature_stride(self) -> int:
+        """Pixels per cell of the lifted image features (the neck's output stride)."""
+        return self.neck.out_stride
+
+    @property
     def feature_hw(self) -> tuple[int, int]:
         """(h, w) of the lifted image features."""
-        return (self.image_hw[0] // FEATURE_STRIDE, self.image_hw[1] // FEATURE_STRIDE)
+        return (self.image_hw[0] // self.feature_stride, self.image_hw[1] // self.feature_stride)
 
 
 @dataclass
 class StudentOutputs:
-    """Fields (h, w = H/16, W/16; D depth bins; N_x, N_y the BEV grid):
+    """Fields (h, w = H/s, W/s at the neck's stride s; D depth bins; N_x, N_y the BEV grid):
     image_features: (B, N_cam, C_neck, h, w) perspective-view features (input of X-IS).
     depth_logits: (B, N_cam, D, h, w) unnormalised depth scores (for the depth loss).
     depth_probs: (B, N_cam, D, h, w) softmax of depth_logits over D.
@@ -103,6 +112,7 @@ class CameraStudent(nn.Module):
         head: CenterHead,
         depth_loss_weight: float,
         use_depth_supervision: bool,
+        depth_target: DepthTargetConfig = DepthTargetConfig(),
         config: StudentConfig | None = None,
     ) -> None:
         """Assemble a student from built parts. ``config`` is only recorded (checkpoints store
@@ -116,13 +126,14 @@ class CameraStudent(nn.Module):
         self.head = head
         self.depth_loss_weight = depth_loss_weight
         self.use_depth_supervision = use_depth_supervision
+        self.depth_target = depth_target
 
     @classmethod
     def from_config(cls, config: StudentConfig) -> "CameraStudent":
         backbone = ResNetBackbone.from_config(config.backbone)
         neck = FusionNeck.from_config(config.neck, backbone)
         depth_net = CameraAwareDepthNet.from_config(config.depth_net, neck.out_channels, config.depth_bins)
-        view_transform = LiftSplat(depth_net, config.depth_bins, config.grid, FEATURE_STRIDE)
+        view_transform = LiftSplat(depth_net, config.depth_bins, config.grid, config.feature_stride)
         bev_encoder = BevEncoder.from_config(config.bev_encoder, view_transform.out_channels)
         head = CenterHead(config.head, bev_encoder.out_channels, config.grid)
         return cls(
@@ -133,6 +144,7 @@ class CameraStudent(nn.Module):
             head=head,
             depth_loss_weight=config.depth_loss_weight,
             use_depth_supervision=config.use_depth_supervision,
+            depth_target=config.depth_target,
             config=config,
         )
 
@@ -166,8 +178,8 @@ class CameraStudent(nn.Module):
         )
 
     def depth_targets(self, outputs: StudentOutputs, batch: Batch) -> torch.Tensor:
-        """(B, N_cam, h, w) LiDAR depth-bin targets for ``outputs`` (-1 = no return), see
-        :func:`x3kd_core.models.depth_loss.lidar_depth_targets`."""
+        """LiDAR depth targets for ``outputs``: (B, N_cam, h, w) bins (-1 = no return) or
+        (B, N_cam, D, h, w) distributions, see :func:`x3kd_core.models.depth_loss.lidar_depth_targets`."""
         h, w = outputs.depth_logits.shape[-2:]
         return lidar_depth_targets(
             batch.lidar_points,
@@ -176,6 +188,7 @@ class CameraStudent(nn.Module):
             (h, w),
             self.view_transform.stride,
             self.view_transform.bins,
+            self.depth_target,
         )
 
     def loss(self, outputs: StudentOutputs, batch: Batch) -> dict[str, torch.Tensor]:

@@ -97,7 +97,8 @@ class TrainConfig:
     the CPU the run is float32 and a log line says so). ``grad_clip_norm``: clip the global L2
     gradient norm (logged as ``grad_norm``). ``deterministic``: deterministic kernels where PyTorch
     has them (warn-only where it has not). ``ckpt_every_steps``: 0 = only at the end / on stop.
-    ``eval_every_epochs``: 0 = only at the end (if a ``val_fn`` is given). ``log_every``: one
+    ``eval_every_epochs``: 0 = only at the end (if a ``val_fn`` is given); ``eval_every_steps``:
+    also every this many optimiser steps (0 = never; a learning curve). ``log_every``: one
     train.csv row (the mean over the steps since the previous row) every this many steps and at
     every checkpoint.
     """
@@ -124,6 +125,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every_steps: int = 0
     eval_every_epochs: int = 1
+    eval_every_steps: int = 0
     find_unused_parameters: bool = False
     tensorboard: bool = True
 
@@ -134,7 +136,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
-        for name in ("warmup_steps", "num_workers", "ckpt_every_steps", "eval_every_epochs"):
+        for name in ("warmup_steps", "num_workers", "ckpt_every_steps", "eval_every_epochs", "eval_every_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -663,6 +665,7 @@ class Trainer:
         window_steps, window_t0 = 0, time.perf_counter()
         last: dict[str, float] = {}
         saved_at = -1
+        progress_t = time.perf_counter()
         try:
             while self.step < end:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
@@ -691,14 +694,20 @@ class Trainer:
                     # the same rows as the uninterrupted run.
                     if self.step % cfg.log_every == 0 or ckpt_due:
                         last = self._log(sums, window_steps, time.perf_counter() - window_t0)
-                        if bar is not None:
+                        if show_bar and bar is not None:
                             bar.set_postfix(loss=f"{last['loss']:.4g}", lr=f"{last['lr']:.3g}")
+                        elif self.ctx.is_main and (time.perf_counter() - progress_t >= PROGRESS_EVERY_S
+                                                   or self.step >= end):
+                            _LOG.info("%s", progress_line(self.step, self.total_steps, last, cfg.batch_size,
+                                                          self.ctx.world_size))
+                            progress_t = time.perf_counter()
                         sums, window_steps, window_t0 = {}, 0, time.perf_counter()
 
                     if self.val_fn is not None:
                         epochs_done = self.epoch + int(self._epoch_done())
                         due = (self._epoch_done() and cfg.eval_every_epochs > 0
                                and epochs_done % cfg.eval_every_epochs == 0)
+                        due = due or (cfg.eval_every_steps > 0 and self.step % cfg.eval_every_steps == 0)
                         if due or self.step == self.total_steps:
                             self._validate(epochs_done)
                     if ckpt_due:
@@ -733,6 +742,25 @@ class Trainer:
         assert self.logger is not None
         self.logger.log_train(self.step, self.epoch, row)
         return row
+
+
+#: Seconds between progress lines in the log when no progress bar is shown (not a TTY, or CI).
+PROGRESS_EVERY_S = 30.0
+
+
+def progress_line(step: int, total_steps: int, row: dict[str, float], batch_size: int, world_size: int = 1) -> str:
+    """One human-readable progress line: step, share done, loss, lr, samples/s and ETA.
+
+    ``row`` is a logged row (``loss``, ``lr``, ``sec_per_step`` of the last log window); the ETA
+    assumes the remaining steps cost what the last window's did.
+    """
+    sec = float(row.get("sec_per_step", float("nan")))
+    rate = batch_size * world_size / sec if sec > 0 else float("nan")
+    eta_s = max(total_steps - step, 0) * sec if sec > 0 else float("nan")
+    eta = "?" if eta_s != eta_s else f"{int(eta_s // 60)}m{int(eta_s % 60):02d}s"
+    return (f"step {step}/{total_steps} ({100.0 * step / max(total_steps, 1):.0f}%) "
+            f"loss {row.get('loss', float('nan')):.4g} lr {row.get('lr', float('nan')):.3g} "
+            f"{rate:.2f} samples/s ETA {eta}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import torch
 
 from x3kd_core.config import ConfigError, from_dict, load_yaml, to_dict
 from x3kd_core.geometry import invert_transform, project_points, transform_points
-from x3kd_core.models.depth_loss import depth_loss, lidar_depth_targets
+from x3kd_core.models.backbones import NeckConfig
+from x3kd_core.models.depth_loss import DepthTargetConfig, depth_loss, lidar_depth_targets
 from x3kd_core.models.student import FEATURE_STRIDE, CameraStudent, StudentConfig
 from x3kd_core.models.view_transform import DepthBinsConfig, unproject_frustum
 from x3kd_core.structures import CAMERA_NAMES, DETECTION_CLASSES, Batch, Boxes3D
@@ -256,6 +257,67 @@ def test_depth_loss_is_log_num_bins_for_uniform_logits_and_ignores_unsupervised_
     assert depth_loss(logits, target).item() == pytest.approx(math.log1p(15 * math.exp(-5.0)), rel=1e-5)
     none = torch.full_like(target, -1)
     assert depth_loss(logits.requires_grad_(), none).item() == 0.0
+
+
+def test_distribution_depth_target_keeps_every_return_of_the_cell_and_the_chosen_sweeps():
+    image_hw = (48, 128)
+    K, T = nuscenes_like_rig(image_hw)
+    bins = DepthBinsConfig(min_m=1.0, max_m=33.0, step_m=2.0)
+    fx, cx, cy = K[FRONT, 0, 0], K[FRONT, 0, 2], K[FRONT, 1, 2]
+
+    def ego(depth, u, v):
+        p_cam = np.array([(u - cx) / fx * depth, (v - cy) / fx * depth, depth])
+        return T[FRONT, :3, :3] @ p_cam + T[FRONT, :3, 3]
+
+    # Cell (row 1, col 6): an object return at 10.3 m (bin 4) and two ground returns at 6.5 m
+    # (bin 2) in front of it; a return of an earlier sweep (lag 0.1 s) at 20.5 m (bin 9).
+    rows = [[*ego(10.3, 100.2, 30.9), 0.5, 0.0], [*ego(6.5, 98.0, 20.0), 0.5, 0.0],
+            [*ego(6.5, 105.0, 25.0), 0.5, 0.0], [*ego(20.5, 101.0, 22.0), 0.5, 0.1]]
+    points = torch.tensor(rows, dtype=torch.float32)
+    args = ([points], torch.from_numpy(K)[None].float(), torch.from_numpy(T)[None].float(), (3, 8), 16, bins)
+    nearest = lidar_depth_targets(*args)
+    assert nearest[0, FRONT, 1, 6].item() == 2  # the ground in front wins the nearest rule
+    dist = lidar_depth_targets(*args, DepthTargetConfig(kind="distribution"))
+    assert dist.shape == (1, 6, 16, 3, 8) and dist.dtype == torch.float32
+    cell = dist[0, FRONT, :, 1, 6]
+    assert cell[2].item() == pytest.approx(2 / 3) and cell[4].item() == pytest.approx(1 / 3)
+    assert float(dist.sum()) == pytest.approx(1.0)  # one supervised cell in all
+    swept = lidar_depth_targets(*args, DepthTargetConfig(kind="distribution", max_time_lag_s=0.15))
+    assert swept[0, FRONT, 9, 1, 6].item() == pytest.approx(1 / 4)
+    with pytest.raises(ConfigError, match="max_time_lag_s"):
+        DepthTargetConfig(max_time_lag_s=-1.0)
+
+
+def test_soft_depth_loss_equals_cross_entropy_for_one_hot_and_mixes_for_two_modes():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 2, 16, 3, 8)
+    hard = torch.full((1, 2, 3, 8), -1, dtype=torch.long)
+    hard[0, 1, 2, 5] = 7
+    soft = torch.zeros(1, 2, 16, 3, 8)
+    soft[0, 1, 7, 2, 5] = 1.0
+    assert depth_loss(logits, soft).item() == pytest.approx(depth_loss(logits, hard).item(), rel=1e-6)
+    soft[0, 1, 7, 2, 5], soft[0, 1, 3, 2, 5] = 0.25, 0.75
+    log_q = torch.log_softmax(logits[0, 1, :, 2, 5], dim=0)
+    expected = -(0.25 * log_q[7] + 0.75 * log_q[3]).item()
+    assert depth_loss(logits, soft).item() == pytest.approx(expected, rel=1e-6)
+    assert depth_loss(logits.requires_grad_(), torch.zeros_like(soft)).item() == 0.0
+
+
+def test_stride_8_neck_doubles_the_rays_and_keeps_stride_16_parameter_names():
+    cfg = tiny_config()
+    cfg8 = dataclasses.replace(cfg, neck=NeckConfig(out_channels=cfg.neck.out_channels, out_stride=8))
+    assert cfg8.feature_hw == (2 * cfg.feature_hw[0], 2 * cfg.feature_hw[1])
+    torch.manual_seed(0)
+    student = CameraStudent.from_config(cfg8)
+    batch = synthetic_batch(cfg8, batch_size=1, seed=0)
+    out = student(batch.images, batch.intrinsics, batch.cam_to_ego)
+    assert out.depth_logits.shape[-2:] == cfg8.feature_hw
+    assert student.view_transform.stride == 8
+    names16 = set(CameraStudent.from_config(cfg).state_dict())
+    names8 = set(student.state_dict())
+    assert names16 - names8 == set() and all(n.startswith("neck.lateral8.") for n in names8 - names16)
+    with pytest.raises(ConfigError, match="out_stride"):
+        NeckConfig(out_stride=4)
 
 
 # --- the model -------------------------------------------------------------------------------------

@@ -329,6 +329,34 @@ def test_validation_schedule_and_log(tmp_path):
     assert [(r["step"], r["val_mse"]) for r in rows] == [("8", "1.0"), ("12", "1.5")]
 
 
+def test_validation_every_n_steps_gives_a_learning_curve(tmp_path):
+    seen = []
+
+    def val_fn(model, epochs_done):
+        seen.append(epochs_done)
+        return {"val_mse": float(len(seen))}
+
+    seed_everything(0)
+    cfg = make_config(tmp_path, max_steps=10, epochs=None, eval_every_epochs=0, eval_every_steps=3)
+    Trainer(TinyNet(), NoisyRegression(), None, cfg, val_fn=val_fn).fit()
+    rows = read_rows(tmp_path / "val.csv")
+    assert [r["step"] for r in rows] == ["3", "6", "9", "10"]  # every 3rd step, and at the end
+
+
+def test_progress_line_names_step_loss_lr_rate_and_eta(tmp_path, caplog, monkeypatch):
+    from x3kd_core.train import engine
+
+    line = engine.progress_line(150, 600, {"loss": 3.21, "lr": 1e-3, "sec_per_step": 0.5}, batch_size=2)
+    assert line == "step 150/600 (25%) loss 3.21 lr 0.001 4.00 samples/s ETA 3m45s"
+    # Not a TTY (pytest captures stderr): progress goes to the log, at the end at least.
+    monkeypatch.setattr(engine, "PROGRESS_EVERY_S", 0.0)
+    trainer, _, _ = make_trainer(tmp_path, max_steps=4, log_every=2)
+    with caplog.at_level(logging.INFO, logger="x3kd.train"):
+        trainer.fit()
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [m.split(" (")[0] for m in progress] == ["step 2/4", "step 4/4"] and "ETA 0m00s" in progress[-1]
+
+
 def test_csv_only_when_tensorboard_missing(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
     trainer, _, _ = make_trainer(tmp_path, max_steps=2, tensorboard=True)

@@ -24,6 +24,7 @@ GLASS = np.array([0.10, 0.13, 0.17])
 TIRE = np.array([0.05, 0.05, 0.05])
 DARK = np.array([0.18, 0.18, 0.19])
 WHITE = np.array([0.92, 0.92, 0.90])
+TAIL_LAMP = np.array([0.80, 0.06, 0.05])
 
 #: Mean radar cross-section (dBsm) and expected radar returns per keyframe at short range.
 RADAR_RCS_DBSM = {
@@ -146,10 +147,20 @@ def object_parts(obj: WorldObject) -> LocalParts:
     name = obj.class_name
     with_rider = obj.attribute == "cycle.with_rider"
     if name == "car":
+        # A front and a back that both sensors can tell apart (a symmetric body makes heading
+        # ambiguous by pi): a hood lower than the trunk deck, a windscreen set back further than
+        # the rear window, white headlamps at the front face and red tail lamps at the back
+        # (retro-reflective, so LiDAR intensity marks them too).
         r = min(0.36, 0.2 * b.h)
-        b.add(b.fx(-0.5, 0.5), b.fy(-0.5, 0.5), (r * 0.8, 0.56 * b.h), VEHICLE_BODY, c[0], refl=0.5)
-        front = 0.18 if obj.variant % 2 == 0 else 0.25  # sedan / hatchback cabin
-        b.add(b.fx(-0.33, front), b.fy(-0.45, 0.45), (0.56 * b.h, b.h), CABIN, GLASS, c[0], refl=0.15)
+        lamp = 0.02  # lamp depth (fraction of the length) in front of / behind the body
+        b.add(b.fx(-0.5 + lamp, 0.22), b.fy(-0.5, 0.5), (r * 0.8, 0.58 * b.h), VEHICLE_BODY, c[0], refl=0.5)
+        b.add(b.fx(0.22, 0.5 - lamp), b.fy(-0.5, 0.5), (r * 0.8, 0.46 * b.h), VEHICLE_BODY, c[0], refl=0.5)  # hood
+        front = 0.12 if obj.variant % 2 == 0 else 0.2  # sedan / hatchback cabin
+        b.add(b.fx(-0.36, front), b.fy(-0.45, 0.45), (0.58 * b.h, b.h), CABIN, GLASS, c[0], refl=0.15)
+        for side in (-1.0, 1.0):
+            y = (min(side * 0.22, side * 0.45) * b.w, max(side * 0.22, side * 0.45) * b.w)
+            b.add(b.fx(0.5 - lamp, 0.5), y, (0.3 * b.h, 0.42 * b.h), PLAIN, WHITE, refl=0.95)
+            b.add(b.fx(-0.5, -0.5 + lamp), y, (0.38 * b.h, 0.52 * b.h), PLAIN, TAIL_LAMP, refl=0.9)
         b.wheels((0.31 * b.l, -0.31 * b.l), r, 0.22)
     elif name == "truck":
         b.add(b.fx(-0.5, 0.5), b.fy(-0.38, 0.38), b.fz(0.09, 0.2), PLAIN, DARK, refl=0.2)
@@ -158,7 +169,10 @@ def object_parts(obj: WorldObject) -> LocalParts:
         r = 0.17 * b.h
         b.wheels((0.38 * b.l, -0.18 * b.l, -0.36 * b.l), min(r, 0.5), 0.3)
     elif name == "bus":
-        b.add(b.fx(-0.5, 0.5), b.fy(-0.5, 0.5), b.fz(0.1, 1.0), BUS, c[0], GLASS, refl=0.5)
+        # Front: a tall windscreen proud of the body; back: an engine deck with tail lamps.
+        b.add(b.fx(-0.49, 0.49), b.fy(-0.5, 0.5), b.fz(0.1, 1.0), BUS, c[0], GLASS, refl=0.5)
+        b.add(b.fx(0.49, 0.5), b.fy(-0.45, 0.45), b.fz(0.35, 0.92), PLAIN, GLASS, refl=0.1)
+        b.add(b.fx(-0.5, -0.49), b.fy(-0.45, 0.45), b.fz(0.12, 0.3), PLAIN, TAIL_LAMP, refl=0.9)
         b.wheels((0.33 * b.l, -0.28 * b.l), 0.5, 0.3)
     elif name == "trailer":
         b.add(b.fx(-0.5, 0.5), b.fy(-0.5, 0.5), b.fz(0.3, 1.0), PANEL, c[0], refl=0.45)

@@ -12,8 +12,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from x3kd_core import geometry
+from x3kd_core.config import to_dict
+from x3kd_core.data.fingerprint import GENERATOR_CONFIG_FILENAME
 from x3kd_core.data.synthetic import appearance as app
 from x3kd_core.data.synthetic import writer
 from x3kd_core.data.synthetic.config import SynthConfig
@@ -336,4 +339,7 @@ def generate_dataset(config: SynthConfig, dataroot: str | Path) -> Path:
     splits = {"synth_train": names[: len(names) - n_val], "synth_val": names[len(names) - n_val:]}
     with open(table_dir / "splits.json", "w") as fh:
         json.dump(splits, fh, indent=1)
+    # The config this world came from, part of its fingerprint (x3kd_core.data.fingerprint).
+    with open(root / GENERATOR_CONFIG_FILENAME, "w") as fh:
+        yaml.safe_dump(to_dict(config), fh, sort_keys=True)
     return root
