@@ -50,6 +50,10 @@ def test_ablate_runs_each_pair_once_and_reports(tiny_dataset, tiny_teachers, tmp
     assert set(rec["metrics"]) == {"mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE"}
     assert "x_fd/feature" in rec["last_losses"] and "x_fd/feature" not in records[("baseline", 0)]["last_losses"]
     assert (tmp_path / "cache" / "lidar" / "meta.json").is_file()
+    # Every record names the data it ran on and the thread count (reproducibility).
+    fingerprints = {r["dataset"]["sha256_16"] for r in records.values()}
+    assert len(fingerprints) == 1 and len(fingerprints.pop()) == 16
+    assert all(r["torch_threads"] >= 1 and r["dataset"]["version"] == "v1.0-synth" for r in records.values())
 
     # Nothing left to do: a second call trains nothing and leaves the files alone.
     mtime = (results / "x3kd" / "seed1.json").stat().st_mtime_ns
