@@ -25,6 +25,7 @@ from x3kd_core.models.bev_encoder import BevEncoder, BevEncoderConfig
 from x3kd_core.models.depth_loss import DepthTargetConfig, depth_loss, lidar_depth_targets
 from x3kd_core.models.heads.center_head import CenterHead, CenterHeadConfig, HeadOutputs
 from x3kd_core.models.view_transform import (
+    BevPoolMode,
     CameraAwareDepthNet,
     DepthBinsConfig,
     DepthNetConfig,
@@ -50,6 +51,9 @@ class StudentConfig:
     use_depth_supervision: add that term at all (BEVDepth) or not (plain LSS).
     depth_target: how LiDAR returns become the per-cell depth target (nearest return or the
         distribution of all returns; which sweeps).
+    bev_pool: how the view transform pools into BEV: "depth_context" (default; never forms the depth
+        x context outer product; ~25x faster pooling on CPU at the paper's scale) or "outer_product"
+        (the original path); equal to float rounding, see :mod:`x3kd_core.models.view_transform`.
     """
 
     image_hw: tuple[int, int]
@@ -63,6 +67,7 @@ class StudentConfig:
     depth_loss_weight: float = 3.0
     use_depth_supervision: bool = True
     depth_target: DepthTargetConfig = DepthTargetConfig()
+    bev_pool: BevPoolMode = "depth_context"
 
     def __post_init__(self) -> None:
         H, W = self.image_hw
@@ -133,7 +138,9 @@ class CameraStudent(nn.Module):
         backbone = ResNetBackbone.from_config(config.backbone)
         neck = FusionNeck.from_config(config.neck, backbone)
         depth_net = CameraAwareDepthNet.from_config(config.depth_net, neck.out_channels, config.depth_bins)
-        view_transform = LiftSplat(depth_net, config.depth_bins, config.grid, config.feature_stride)
+        view_transform = LiftSplat(
+            depth_net, config.depth_bins, config.grid, config.feature_stride, bev_pool=config.bev_pool
+        )
         bev_encoder = BevEncoder.from_config(config.bev_encoder, view_transform.out_channels)
         head = CenterHead(config.head, bev_encoder.out_channels, config.grid)
         return cls(

@@ -3,7 +3,11 @@
 For every camera feature map at stride ``s`` (16 here) the depth net predicts a categorical
 distribution over ``D`` depth bins and a context vector per feature cell. The *lift* takes their
 outer product, one feature per frustum point (cell centre ray x bin depth); the *splat* sums those
-into the BEV grid (:mod:`x3kd_core.ops.bev_pool`).
+into the BEV grid (:mod:`x3kd_core.ops.bev_pool`). ``LiftSplat(bev_pool=...)`` picks how:
+``"depth_context"`` (default) pools depth and context without forming their outer product
+(:func:`~x3kd_core.ops.bev_pool.bev_pool_depth_context`, ~25x faster forward + backward at the paper's
+scale on CPU); ``"outer_product"`` forms it and scatters it with
+:func:`~x3kd_core.ops.bev_pool.bev_pool` (the reference; equal to float rounding).
 
 Frustum geometry (pixel convention of OpenCV / nuScenes: integer pixel coordinates are pixel
 centres, pixel ``i`` covers ``[i - 0.5, i + 0.5)``): feature cell ``(r, c)`` covers pixels
@@ -20,12 +24,18 @@ camera-to-ego pose produces per-channel gates for the depth and context branches
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from x3kd_core.config import BevGridConfig, ConfigError
-from x3kd_core.ops.bev_pool import bev_pool, precompute_bev_geometry
+from x3kd_core.ops.bev_pool import (
+    bev_pool,
+    bev_pool_depth_context,
+    precompute_bev_geometry,
+    precompute_depth_context_geometry,
+)
 
 __all__ = [
     "DepthBinsConfig",
@@ -38,7 +48,11 @@ __all__ = [
     "camera_parameters",
     "frustum_pixel_centers",
     "unproject_frustum",
+    "BevPoolMode",
 ]
+
+#: How :class:`LiftSplat` pools lifted features into BEV (see the module docstring).
+BevPoolMode = Literal["outer_product", "depth_context"]
 
 
 @dataclass(frozen=True)
@@ -296,12 +310,26 @@ class ViewTransformOutputs:
 
 
 class LiftSplat(nn.Module):
-    """Depth net + lift (depth probs x context on the frustum) + splat (BEV sum pooling)."""
+    """Depth net + lift (depth probs x context on the frustum) + splat (BEV sum pooling).
 
-    def __init__(self, depth_net: CameraAwareDepthNet, bins: DepthBinsConfig, grid: BevGridConfig, stride: int) -> None:
+    ``bev_pool``: ``"depth_context"`` (default) or ``"outer_product"``, see the module docstring;
+    both give the same BEV map and gradients to float rounding.
+    """
+
+    def __init__(
+        self,
+        depth_net: CameraAwareDepthNet,
+        bins: DepthBinsConfig,
+        grid: BevGridConfig,
+        stride: int,
+        bev_pool: BevPoolMode = "depth_context",
+    ) -> None:
         super().__init__()
         if depth_net.num_depth_bins != bins.num_bins:
             raise ValueError(f"depth net predicts {depth_net.num_depth_bins} bins, config has {bins.num_bins}")
+        if bev_pool not in get_args(BevPoolMode):
+            raise ValueError(f"bev_pool must be one of {list(get_args(BevPoolMode))}, got {bev_pool!r}")
+        self.bev_pool = bev_pool
         self.depth_net = depth_net
         self.bins = bins
         self.grid = grid
@@ -337,7 +365,12 @@ class LiftSplat(nn.Module):
                 intrinsics, cam_to_ego, self.bins.centers(intrinsics.device, geom_dtype), (h, w), self.stride
             )
             geometry = precompute_bev_geometry(points, self.grid)
-        # (B, N, D, h, w, 1) * (B, N, 1, h, w, C) -> (B, N, D, h, w, C)
-        lifted = depth_probs.unsqueeze(-1) * context.permute(0, 1, 3, 4, 2).unsqueeze(2)
-        bev = bev_pool(lifted, geometry)
+            if self.bev_pool == "depth_context":
+                pool_geometry = precompute_depth_context_geometry(geometry)
+        if self.bev_pool == "depth_context":
+            bev = bev_pool_depth_context(depth_probs, context, pool_geometry)
+        else:
+            # (B, N, D, h, w, 1) * (B, N, 1, h, w, C) -> (B, N, D, h, w, C)
+            lifted = depth_probs.unsqueeze(-1) * context.permute(0, 1, 3, 4, 2).unsqueeze(2)
+            bev = bev_pool(lifted, geometry)
         return ViewTransformOutputs(depth_logits=depth_logits, depth_probs=depth_probs, context=context, bev=bev)
