@@ -315,6 +315,44 @@ def test_multi_sweep_points_and_time_lags(tiny_dataset, val_source, val_samples)
     assert np.linalg.norm(moved) > 1.0
 
 
+def _points_in_footprint(points: np.ndarray, center: np.ndarray, size_lwh: np.ndarray, yaw: float) -> int:
+    """Points (P, >=3) inside a box footprint and above the ground (ground returns have z < 0)."""
+    d = points[:, :2] - center[:2]
+    c, s = np.cos(yaw), np.sin(yaw)
+    qx, qy = c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]
+    return int(((np.abs(qx) <= size_lwh[0] / 2) & (np.abs(qy) <= size_lwh[1] / 2) & (points[:, 2] > 0.0)).sum())
+
+
+def test_multi_sweep_motion_agrees_with_box_velocity(tiny_dataset, val_source):
+    """A moving object's points of a sweep time_lag_s older sit at centre - velocity * time_lag_s
+    (keyframe ego frame; velocity absolute, ego axes), also after a BEV augmentation. This ties the
+    sign and frame of the velocity targets to the motion the LiDAR teacher sees in its input."""
+    from x3kd_core.data.augment import augment_bev, bev_aug_matrix
+
+    dataroot, _ = tiny_dataset
+    cfg = replace(val_source.config, lidar_sweeps=3, load_masks=False, load_depth=False)
+    src = NuScenesSource(dataroot, cfg, nusc=val_source.nusc)
+    for transform in (np.eye(4), bev_aug_matrix(rotation_rad=0.4, scale=1.05, flip_x=True, flip_y=True)):
+        behind = ahead = 0  # point counts in the box moved back / forward along its velocity
+        wins, pairs = 0, 0
+        for token in src.sample_tokens:
+            s = augment_bev(src.load_sample(token), transform)
+            pts, b = s.lidar_points, s.boxes
+            for lag in np.unique(np.round(pts[:, 4], 4))[1:]:
+                sweep = pts[np.abs(pts[:, 4] - lag) < 1e-3]
+                for i in np.flatnonzero(np.hypot(*b.velocity.T) > 2.0):
+                    shift = np.r_[b.velocity[i] * lag, 0.0]
+                    n = [_points_in_footprint(sweep, b.center[i] + k * shift, b.size_lwh[i], b.yaw[i]) for k in (-1, 0, 1)]
+                    if max(n) < 5:
+                        continue
+                    pairs += 1
+                    wins += n[0] == max(n)
+                    behind, ahead = behind + n[0], ahead + n[2]
+        assert pairs >= 10, "the tiny dataset should have moving objects seen in older sweeps"
+        assert wins >= 0.8 * pairs, (wins, pairs)
+        assert behind > 2 * ahead, (behind, ahead)
+
+
 def test_real_nuscenes_layout_without_masks_and_depth(tiny_dataset, val_source, tmp_path):
     # Real nuScenes has no masks/ or depth/ folders: the same config then yields None for both.
     import os
