@@ -153,7 +153,14 @@ def teacher_overrides(text: str | None) -> list[str]:
 
 
 def _cmd_demo(args) -> int:
+    import logging
+
     from x3kd_core.demo import run_demo
+
+    # Training progress (step, loss, lr, samples/s, ETA) while the demo trains its models; the
+    # rest of the library stays at WARNING so the demo's own stage lines remain readable.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("x3kd.train").setLevel(logging.INFO)
 
     if args.quick:
         run_demo(args.out, DEFAULT_WORLD, seed=args.seed, student_steps=2, lidar_steps=2, ros=not args.no_ros)
