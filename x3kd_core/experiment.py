@@ -709,7 +709,8 @@ def train_experiment(
 
     ``out_dir`` (default ``exp.train.out_dir``) receives ``last.pt``, the engine's logs, the
     evaluation files and ``metrics.json``. Validation during training runs every
-    ``train.eval_every_epochs`` epochs (0: none); the final evaluation always runs (on rank 0).
+    ``train.eval_every_epochs`` epochs and every ``train.eval_every_steps`` steps (0: none; rows in
+    ``val.csv``); the final evaluation always runs (on rank 0).
     """
     from x3kd_core.data.nuscenes import collate_samples
     from x3kd_core.train.engine import run_training, seed_everything
@@ -727,7 +728,7 @@ def train_experiment(
         cached["metrics"] = metrics
         return headline(exp.kind, metrics)
 
-    use_val = exp.train.eval_every_epochs > 0
+    use_val = exp.train.eval_every_epochs > 0 or exp.train.eval_every_steps > 0
     result = run_training(
         task, dataset, collate_samples, exp.train, device=device, val_fn=val_fn if use_val else None,
         extra_steps=extra_steps,

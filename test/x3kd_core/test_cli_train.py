@@ -70,14 +70,17 @@ def test_missing_experiment_file_and_dataroot_exit_2(tmp_path, capsys):
     assert "data.dataroot" in capsys.readouterr().err
 
 
-def test_validation_during_training_is_logged_and_reused_at_the_end(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("schedule", [["train.eval_every_epochs=1"],
+                                      ["train.eval_every_epochs=0", "train.eval_every_steps=1"]])
+def test_validation_during_training_is_logged_and_reused_at_the_end(tiny_dataset, tmp_path, schedule):
     dataroot, _ = tiny_dataset
     out = tmp_path / "run"
     # 3 train samples in batches of 2 (last partial batch dropped): one step per epoch, so there
-    # is a validation after each step and the one at step 2 is the final one.
+    # is a validation after each step and the one at step 2 is the final one (by epochs or by
+    # steps: the learning-curve option must reach the experiment's validation too).
+    sets = [a for item in schedule for a in ("--set", item)]
     assert main(["train", "--experiment", STUDENT_TINY, "--out", str(out), "--device", "cpu",
-                 "--set", f"data.dataroot={dataroot}", "--set", "train.max_steps=2",
-                 "--set", "train.eval_every_epochs=1"]) == 0
+                 "--set", f"data.dataroot={dataroot}", "--set", "train.max_steps=2", *sets]) == 0
     rows = (out / "val.csv").read_text().splitlines()
     assert rows[0].startswith("step,epoch,mAP,NDS") and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
     assert (out / "eval" / "epoch_002" / "metrics_summary.json").is_file()
