@@ -7,6 +7,9 @@ comparison::
     ros2 launch x3kd_ros detector.launch.py checkpoint:=runs/student/last.pt use_teachers:=true \
         lidar_checkpoint:=runs/lidar/last.pt radar_checkpoint:=runs/radar/last.pt
 
+A teacher whose checkpoint argument is empty is not started (nor its comparison node); the launch
+log names it. In a venv made by tools/setup.sh, ``source tools/ros_env.sh`` first.
+
 The nodes, their parameters and remappings come from ONE description, config/ros/graph.yaml, read
 by x3kd_ros.graph; ``x3kd_run_graph`` starts the same graph as plain processes where launch_ros is
 not installed (a test checks both give the same command lines). launch / launch_ros are imported
@@ -16,7 +19,7 @@ inside generate_launch_description() only, so this file imports anywhere.
 
 def generate_launch_description():
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
     from launch_ros.parameter_descriptions import ParameterValue
@@ -25,8 +28,11 @@ def generate_launch_description():
 
     def nodes(context, *args, **kwargs):
         values = {a.name: LaunchConfiguration(a.name).perform(context) for a in graph.LAUNCH_ARGUMENTS}
-        actions = []
-        for spec in graph.load_graph(values):
+        skipped = []
+        specs = graph.load_graph(values, skipped=skipped)
+        # A teacher without its checkpoint is left out (graph.yaml `requires`), and the log says so.
+        actions = [LogInfo(msg=reason) for _, reason in skipped]
+        for spec in specs:
             kwargs = graph.launch_node_kwargs(spec)
             # Typed values: launch_ros would otherwise re-read strings as YAML ('' -> null).
             kwargs["parameters"] = [

@@ -57,8 +57,9 @@ from x3kd_ros.node_utils import (
     qos_param_specs,
     qos_profile,
     spin_node,
+    steady_timer,
 )
-from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet
+from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet, TimeJump
 
 __all__ = ["ComparisonNode", "comparison_param_specs", "main"]
 
@@ -129,7 +130,9 @@ class ComparisonNode(Node):
             SyncConfig(slop_ns=int(params["pair.slop_s"] * 1e9), queue_size=params["pair.queue_size"],
                        timeout_ns=int(params["pair.timeout_s"] * 1e9), policy="drop"),
             ["student", "teacher"],
+            on_time_jump=self._on_time_jump,
         )
+        self._jumps_reported = 0
         self.counts: collections.Counter = collections.Counter()
         self.last_result: Optional[dict] = None
         self._last_report: dict[str, int] = {}
@@ -150,8 +153,12 @@ class ComparisonNode(Node):
             self.subscriptions_in.append(sub)
             self.get_logger().info(f"{side}: {sub.topic_name} (QoS {describe_qos(sub.qos_profile)})")
         self.get_logger().info(f"publishing {self.agreement_pub.topic_name} (std_msgs/String JSON)")
-        self.create_timer(_POLL_PERIOD_S, self._poll)
-        self.create_timer(params["diagnostics_period_s"], self.publish_diagnostics)
+        steady_timer(self, _POLL_PERIOD_S, self._poll)
+        steady_timer(self, params["diagnostics_period_s"], self.publish_diagnostics)
+
+    def _on_time_jump(self, jump: TimeJump) -> None:
+        self.get_logger().warning(f"time jumped back {jump.back_s:.3f} s on the {jump.stream} detections "
+                                  "(looped bag, simulator reset?): pairing reset")
 
     def _on_detections(self, side: str, msg) -> None:
         now_ns = time.monotonic_ns()
@@ -198,6 +205,7 @@ class ComparisonNode(Node):
             "pairs": self.counts["pairs"],
             "unpaired": stats.dropped_sets + stats.late + stats.overflow,
             "frame_mismatch": self.counts["frame_mismatch"],
+            "time_jumps": stats.time_jumps,
         }
         for side in ("student", "teacher"):
             for kind in ("received", "conversion_errors"):
@@ -213,8 +221,13 @@ class ComparisonNode(Node):
         last = self._last_report
         growing = [f"{k} +{v - last.get(k, 0)}" for k, v in values.items()
                    if k.rsplit(".", 1)[-1] in ("conversion_errors", "frame_mismatch") and v > last.get(k, 0)]
-        if growing:
-            level, message = DiagnosticStatus.WARN, "input problems: " + ", ".join(growing)
+        problems = ["input problems: " + ", ".join(growing)] if growing else []
+        if self.sync.stats.time_jumps > self._jumps_reported and self.sync.last_jump is not None:
+            jump = self.sync.last_jump
+            problems.insert(0, f"time jumped back {jump.back_s:.3f} s on the {jump.stream} detections: pairing reset")
+            self._jumps_reported = self.sync.stats.time_jumps
+        if problems:
+            level, message = DiagnosticStatus.WARN, "; ".join(problems)
         elif values["pairs"] == 0:
             level, message = DiagnosticStatus.STALE, "no student-teacher pairs yet"
         else:

@@ -27,15 +27,27 @@ Exactly one Detection3DArray is published per synchronized set that reached the 
 array means "looked, found nothing"). A set none of whose cameras has known extrinsics is not
 published (``sets_without_extrinsics``).
 
+Images that arrive before their camera's first valid CameraInfo (the first frame of a bag: an
+image and its CameraInfo share a stamp and the image comes first) are held, at most
+``camera_info_wait_s`` and ``sync.queue_size`` per camera, and go on when the CameraInfo comes.
+
 Malformed input never stops the node: it is dropped, logged (throttled per camera and kind) and
 counted in the diagnostics under ``<camera>.<kind>``:
 ``conversion_errors`` (bad encoding, data size, undecodable jpeg), ``size_mismatch`` (image size
-differs from its CameraInfo), ``missing_camera_info`` (no valid CameraInfo yet), ``stale``
+differs from its CameraInfo), ``missing_camera_info`` (no valid CameraInfo within
+``camera_info_wait_s``), ``stale``
 (stamp older than ``max_input_age_s`` on the node clock), ``camera_info_errors`` (zero / NaN K),
 ``missing_extrinsics``. The synchronizer's counters (``sync.partial``, ``sync.dropped_sets``,
 ``sync.late``, ``sync.duplicates``, ``sync.overflow``) say how sets were formed; latencies are
 ``model_ms`` (Predictor.predict) and ``end_to_end_ms`` (first image of the set received ->
 detections published, i.e. sync wait + queue + model + conversion).
+
+The diagnostics status names what is wrong: WARN with "CAM_BACK silent for 3.2 s" for a camera
+without images for ``silent_after_periods`` expected frame periods (OK again when it is back;
+``<camera>.silent_s`` holds the seconds since its last image), "time jumped back 1.00 s on
+CAM_FRONT" after stamps went backwards (a looped bag, a simulator reset: the synchronizer is reset,
+see :mod:`x3kd_ros.sync`, and one WARN line is logged per jump), and the counters above that grew.
+Timers run on the steady clock, so ``use_sim_time:=true`` with a bag's ``/clock`` works.
 
 Parameters: see :func:`detector_param_specs` (each is declared with a description; ``ros2 param
 describe`` shows it); defaults for a deployment are in ``config/ros/detector.yaml``.
@@ -92,9 +104,12 @@ from x3kd_ros.node_utils import (
     qos_profile,
     resolve_device,
     same_length,
+    silence_param_specs,
     spin_node,
+    steady_timer,
+    StreamWatch,
 )
-from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet
+from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet, TimeJump
 
 __all__ = ["DetectorNode", "detector_param_specs", "main"]
 
@@ -112,6 +127,13 @@ _CAMERA_COUNTERS = ("received", "conversion_errors", "size_mismatch", "missing_c
 _WARN_COUNTERS = ("conversion_errors", "size_mismatch", "missing_camera_info", "stale", "camera_info_errors",
                   "missing_extrinsics")
 _WARN_GLOBAL = ("busy_drops", "sync.dropped_sets", "sets_without_extrinsics")
+
+
+def describe_jump(jump: TimeJump) -> str:
+    """One line about a backwards time jump (log and diagnostics)."""
+    flushed = (f"; {jump.flushed_sets} pending set(s) of the old timeline flushed" if jump.flushed_sets else "")
+    return (f"time jumped back {jump.back_s:.3f} s on {jump.stream} (stamp {jump.from_ns / 1e9:.3f} -> "
+            f"{jump.to_ns / 1e9:.3f}: looped bag, simulator reset?): synchronizer reset{flushed}")
 
 
 def detector_param_specs(stage: int, cameras: Optional[list[str]] = None, transport: str = "raw",
@@ -147,6 +169,11 @@ def detector_param_specs(stage: int, cameras: Optional[list[str]] = None, transp
             ParamSpec("sync.min_cameras", 1, "with policy partial: fewest cameras a set needs", ">= 1", in_range(1)),
             ParamSpec("sync.queue_size", 10, "images queued per camera for synchronization", "1..1000",
                       in_range(1, 1000)),
+            ParamSpec("sync.time_jump_s", 0.0, "a camera's stamp going back by more than this resets the "
+                      "synchronizer (looped bag, simulator reset; s; 0 = sync.slop_s)", ">= 0", in_range(0.0)),
+            ParamSpec("camera_info_wait_s", 1.0, "how long an image that came before its camera's first valid "
+                      "CameraInfo is held for it (s; 0 = drop it at once)", ">= 0", in_range(0.0)),
+            *silence_param_specs("camera"),
             ParamSpec("max_input_age_s", 0.0, "drop images whose stamp is older than this on the node clock "
                       "(s; 0 = off; use with live sensors or use_sim_time)", ">= 0", in_range(0.0)),
             ParamSpec("processing_queue_size", 2, "synchronized sets waiting for the model; beyond it the oldest "
@@ -246,8 +273,10 @@ class DetectorNode(Node):
                 policy=params["sync.policy"],
                 min_streams=params["sync.min_cameras"],
                 offsets_ns={c: int(o * 1e9) for c, o in zip(self.cameras, params["sync.offsets_s"])},
+                jump_ns=int(params["sync.time_jump_s"] * 1e9) or None,
             ),
             self.cameras,
+            on_time_jump=self._on_time_jump,
         )
         self.extrinsics = ExtrinsicsProvider(self, self._base_frame, params["extrinsics_source"],
                                              params["calibration_file"])
@@ -255,7 +284,12 @@ class DetectorNode(Node):
         # Counters: per camera (executor thread) and of the worker (under the lock).
         self.camera_counts = {cam: collections.Counter() for cam in self.cameras}
         self._input_rates = {cam: RateMeter() for cam in self.cameras}
+        self._watch = StreamWatch(self.cameras, params["silent_after_periods"], params["silent_after_min_s"])
         self._intrinsics: dict[str, Any] = {}
+        # Images waiting for their camera's first valid CameraInfo: (message, receive time ns).
+        self._held: dict[str, collections.deque] = {cam: collections.deque() for cam in self.cameras}
+        self._hold_ns = int(params["camera_info_wait_s"] * 1e9)
+        self._jumps_reported = 0
         self._lock = threading.Lock()
         self.counts: collections.Counter = collections.Counter()
         self._output_rate = RateMeter()
@@ -289,8 +323,8 @@ class DetectorNode(Node):
             f"slop {params['sync.slop_s']} s timeout {params['sync.timeout_s']} s; publishing "
             f"{self.detections_pub.topic_name} (QoS {describe_qos(qos_out)})")
 
-        self.create_timer(_SYNC_POLL_PERIOD_S, self._poll_sync)
-        self.create_timer(params["diagnostics_period_s"], self.publish_diagnostics)
+        steady_timer(self, _SYNC_POLL_PERIOD_S, self._poll_sync)
+        steady_timer(self, params["diagnostics_period_s"], self.publish_diagnostics)
         self.worker = BoundedWorker(self.process, params["processing_queue_size"], f"{self.get_name()}_model",
                                     self.get_logger())
 
@@ -320,11 +354,21 @@ class DetectorNode(Node):
             self._intrinsics[cam] = camera_info_to_intrinsics(msg)
         except ConversionError as err:
             self._count(cam, "camera_info_errors", f"CameraInfo ignored: {err}")
+            return
+        held = self._held[cam]
+        while held:  # images that came first, in their order
+            image, received_ns = held.popleft()
+            self._use_image(cam, image, received_ns, self._intrinsics[cam])
+
+    def _on_time_jump(self, jump: TimeJump) -> None:
+        # The synchronizer has reset itself; this node keeps no other per-stamp state per camera.
+        self.get_logger().warning(describe_jump(jump))
 
     def _on_image(self, cam: str, msg) -> None:
         now_ns = time.monotonic_ns()
         self.camera_counts[cam]["received"] += 1
         self._input_rates[cam].tick(now_ns)
+        self._watch.tick(cam, now_ns)
         stamp_ns = stamp_to_ns(msg.header.stamp)
         if self._max_age_ns > 0:
             age_ns = self.get_clock().now().nanoseconds - stamp_ns
@@ -334,8 +378,28 @@ class DetectorNode(Node):
                 return
         intrinsics = self._intrinsics.get(cam)
         if intrinsics is None:
-            self._count(cam, "missing_camera_info", "image dropped: no valid CameraInfo received yet")
+            if self._hold_ns <= 0:
+                self._count(cam, "missing_camera_info", "image dropped: no valid CameraInfo received yet")
+                return
+            held = self._held[cam]
+            held.append((msg, now_ns))
+            if len(held) > self.sync.config.queue_size:
+                held.popleft()
+                self._count(cam, "missing_camera_info", "image dropped: too many images waiting for the first "
+                            "valid CameraInfo")
             return
+        self._use_image(cam, msg, now_ns, intrinsics)
+
+    def _expire_held(self, now_ns: int) -> None:
+        for cam, held in self._held.items():
+            while held and now_ns - held[0][1] > self._hold_ns:
+                held.popleft()
+                self._count(cam, "missing_camera_info", f"image dropped: no valid CameraInfo within "
+                            f"camera_info_wait_s = {self._hold_ns / 1e9:g} s")
+
+    def _use_image(self, cam: str, msg, now_ns: int, intrinsics) -> None:
+        """Decode, check against the CameraInfo and hand to the synchronizer (``now_ns``: receive time)."""
+        stamp_ns = stamp_to_ns(msg.header.stamp)
         try:
             rgb = compressed_to_rgb(msg) if self._compressed else image_to_rgb(msg)
         except ConversionError as err:
@@ -345,10 +409,13 @@ class DetectorNode(Node):
             self._count(cam, "size_mismatch", f"image dropped: it is {rgb.shape[0]} x {rgb.shape[1]} but its "
                         f"CameraInfo is for {intrinsics.image_hw[0]} x {intrinsics.image_hw[1]}")
             return
-        self._enqueue(self.sync.add(cam, stamp_ns, _CameraFrame(rgb, intrinsics.k, now_ns), now_ns))
+        self._enqueue(self.sync.add(cam, stamp_ns, _CameraFrame(rgb, intrinsics.k, now_ns), time.monotonic_ns()))
 
     def _poll_sync(self) -> None:
-        self._enqueue(self.sync.poll(time.monotonic_ns()))
+        now_ns = time.monotonic_ns()
+        if self._hold_ns > 0:
+            self._expire_held(now_ns)
+        self._enqueue(self.sync.poll(now_ns))
 
     def _enqueue(self, sets: list[SyncedSet]) -> None:
         for synced in sets:
@@ -412,9 +479,11 @@ class DetectorNode(Node):
         stats = self.sync.stats
         values.update({"sync.emitted": stats.emitted, "sync.partial": stats.partial,
                        "sync.dropped_sets": stats.dropped_sets, "sync.late": stats.late,
-                       "sync.duplicates": stats.duplicates, "sync.overflow": stats.overflow})
+                       "sync.duplicates": stats.duplicates, "sync.overflow": stats.overflow,
+                       "sync.time_jumps": stats.time_jumps})
         for cam in self.cameras:
             values[f"{cam}.rate_hz"] = self._input_rates[cam].rate_hz(now_ns)
+            values[f"{cam}.silent_s"] = self._watch.seconds_since(cam, now_ns)
             for kind in _CAMERA_COUNTERS:
                 values[f"{cam}.{kind}"] = self.camera_counts[cam][kind]
         return values
@@ -427,11 +496,21 @@ class DetectorNode(Node):
             for key, value in values.items()
             if (key.rsplit(".", 1)[-1] in _WARN_COUNTERS or key in _WARN_GLOBAL) and value > last.get(key, 0)
         ]
+        problems = []
+        if self.sync.stats.time_jumps > self._jumps_reported and self.sync.last_jump is not None:
+            jumps = self.sync.stats.time_jumps - self._jumps_reported
+            problems.append(describe_jump(self.sync.last_jump) + (f" ({jumps} jumps)" if jumps > 1 else ""))
+            self._jumps_reported = self.sync.stats.time_jumps
+        silent = self._watch.silent(time.monotonic_ns())
+        if silent:
+            problems.append(self._watch.describe(silent, "camera"))
+        if growing:
+            problems.append("input problems: " + ", ".join(growing))
         errors = values["inference_errors"] > last.get("inference_errors", 0)
         if errors:
-            level, message = DiagnosticStatus.ERROR, "model errors (see the log)"
-        elif growing:
-            level, message = DiagnosticStatus.WARN, "input problems: " + ", ".join(growing)
+            level, message = DiagnosticStatus.ERROR, "; ".join(["model errors (see the log)"] + problems)
+        elif problems:
+            level, message = DiagnosticStatus.WARN, "; ".join(problems)
         elif not any(self.camera_counts[c]["received"] for c in self.cameras):
             level, message = DiagnosticStatus.STALE, "no images received yet"
         else:

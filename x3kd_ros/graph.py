@@ -18,12 +18,18 @@ Graph file format (``config/ros/graph.yaml``)::
         entry_point: x3kd_ros.detector_node:main
         name: x3kd_detector               # ROS node name
         enabled: true                     # or "${use_teachers}"; false = not started
+        requires: [checkpoint]            # launch arguments that must be non-empty, else not started
         params_files: [detector.yaml]     # relative to the graph file's folder
         parameters: {checkpoint: "${checkpoint}"}   # applied after the files (they win)
         remappings: {}                    # from: to
 
 ``${name}`` in any string is replaced by the launch argument ``name`` (:data:`LAUNCH_ARGUMENTS`,
 the arguments ``detector.launch.py`` declares); an unknown name is an error.
+
+A node that is enabled but ``requires`` a launch argument left empty (a teacher without its
+checkpoint) is not started: :func:`load_graph` leaves it out and, when given a ``skipped`` list,
+says why there, and the launch file and ``x3kd_run_graph`` log that reason instead of starting a
+process that could only exit with a FATAL error.
 """
 
 from __future__ import annotations
@@ -169,16 +175,21 @@ def _namespace(text: str) -> str:
     return "/" + text
 
 
-_NODE_KEYS = {"key", "executable", "entry_point", "name", "enabled", "params_files", "parameters", "remappings"}
+_NODE_KEYS = {"key", "executable", "entry_point", "name", "enabled", "requires", "params_files", "parameters",
+              "remappings"}
 _REQUIRED_KEYS = {"key", "executable", "entry_point", "name"}
 
 
-def load_graph(arguments: Mapping[str, Any] = (), include_disabled: bool = False) -> list[NodeSpec]:
+def load_graph(arguments: Mapping[str, Any] = (), include_disabled: bool = False,
+               skipped: Optional[list[tuple[str, str]]] = None) -> list[NodeSpec]:
     """The nodes to start for the given launch arguments (defaults for the rest).
 
     Args:
         arguments: launch argument name -> value (strings as ``ros2 launch`` gives them).
-        include_disabled: also return nodes whose ``enabled`` is false (to inspect the graph).
+        include_disabled: also return nodes whose ``enabled`` is false or whose ``requires`` are
+            not met (to inspect the graph).
+        skipped: if given, ``(key, reason)`` is appended for every enabled node left out because a
+            launch argument it ``requires`` is empty.
 
     Raises:
         GraphError: bad arguments, an unreadable graph file, unknown/missing keys, a missing params
@@ -212,6 +223,16 @@ def load_graph(arguments: Mapping[str, Any] = (), include_disabled: bool = False
         if ":" not in entry["entry_point"]:
             raise GraphError(f"{where}: entry_point must be 'module:function', got {entry['entry_point']!r}")
         if not _as_bool(entry.get("enabled", True), f"{where}.enabled") and not include_disabled:
+            continue
+        requires = entry.get("requires") or []
+        if not isinstance(requires, list) or any(name not in args for name in requires):
+            raise GraphError(f"{where}.requires: expected a list of launch arguments ({', '.join(args)}), "
+                             f"got {requires!r}")
+        empty = [name for name in requires if not args[name].strip()]
+        if empty and not include_disabled:
+            if skipped is not None:
+                skipped.append((str(entry["key"]), f"node {entry['name']} not started: launch argument "
+                                f"{' and '.join(empty)} is empty"))
             continue
         files = []
         for name in entry.get("params_files") or []:

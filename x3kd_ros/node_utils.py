@@ -22,7 +22,10 @@ QoS
 
 Diagnostics
     :class:`RateMeter`, :class:`LatencyWindow`, :class:`ThrottledLog` and :func:`make_status`
-    build the ``diagnostic_msgs/DiagnosticArray`` each node publishes on ``/diagnostics``.
+    build the ``diagnostic_msgs/DiagnosticArray`` each node publishes on ``/diagnostics``;
+    :class:`StreamWatch` names input streams that went silent. Timers that drive diagnostics and
+    synchronizer timeouts run on the steady clock (:func:`steady_timer`), so they keep running
+    with ``use_sim_time`` when ``/clock`` pauses or jumps back.
 
 Extrinsics
     :class:`ExtrinsicsProvider` serves ``base_link <- sensor`` matrices from ``/tf_static``
@@ -72,6 +75,9 @@ __all__ = [
     "static_tf_qos",
     "describe_qos",
     "RateMeter",
+    "StreamWatch",
+    "silence_param_specs",
+    "steady_timer",
     "LatencyWindow",
     "ThrottledLog",
     "BoundedWorker",
@@ -371,6 +377,87 @@ class RateMeter:
         return (len(self._times) - 1) * 1e9 / (self._times[-1] - self._times[0])
 
 
+class StreamWatch:
+    """Which input streams went silent: no message for longer than ``periods`` x the expected period.
+
+    The expected period is the median over streams of each stream's median interval between its
+    last messages (so a 12 Hz rig expects 83 ms, a 2 Hz bag 0.5 s); it is kept when every stream
+    stops. The silence threshold is ``max(periods x period, min_silent_s)``. Until some stream has
+    delivered two messages nothing is reported (the nodes report STALE then). Times are monotonic ns.
+    """
+
+    def __init__(self, streams: Sequence[str], periods: float = 5.0, min_silent_s: float = 1.0,
+                 now_ns: Optional[int] = None) -> None:
+        self.streams = list(streams)
+        self.periods = float(periods)
+        self.min_silent_ns = int(min_silent_s * 1e9)
+        self._start_ns = time.monotonic_ns() if now_ns is None else int(now_ns)
+        self._last: dict[str, Optional[int]] = {s: None for s in self.streams}
+        self._intervals: dict[str, collections.deque] = {s: collections.deque(maxlen=10) for s in self.streams}
+
+    def tick(self, stream: str, now_ns: int) -> None:
+        last = self._last[stream]
+        if last is not None and now_ns > last:
+            self._intervals[stream].append(int(now_ns) - last)
+        self._last[stream] = int(now_ns)
+
+    def period_ns(self) -> Optional[int]:
+        """The expected period (ns), or None before any stream has delivered two messages."""
+        per_stream = [sorted(d)[len(d) // 2] for d in self._intervals.values() if d]
+        if not per_stream:
+            return None
+        return sorted(per_stream)[len(per_stream) // 2]
+
+    def threshold_ns(self) -> Optional[int]:
+        period = self.period_ns()
+        return None if period is None else max(int(self.periods * period), self.min_silent_ns)
+
+    def silent(self, now_ns: int) -> dict[str, float]:
+        """stream -> seconds since its last message (since start if none), for the silent ones."""
+        threshold = self.threshold_ns()
+        if threshold is None:
+            return {}
+        out = {}
+        for stream in self.streams:
+            since = self._last[stream] if self._last[stream] is not None else self._start_ns
+            if now_ns - since > threshold:
+                out[stream] = (now_ns - since) / 1e9
+        return out
+
+    def seconds_since(self, stream: str, now_ns: int) -> float:
+        """Seconds since ``stream``'s last message (nan if none yet)."""
+        last = self._last[stream]
+        return math.nan if last is None else (now_ns - last) / 1e9
+
+    def describe(self, silent: Mapping[str, float], what: str = "input") -> str:
+        """``"CAM_BACK silent for 3.2 s"`` / ``"all 6 cameras silent for 4.0 s"`` (threshold in words)."""
+        period, threshold = self.period_ns(), self.threshold_ns()
+        rule = f"> {threshold / 1e9:.1f} s = max({self.periods:g} periods of {period / 1e9:.2f} s, " \
+               f"{self.min_silent_ns / 1e9:g} s)"
+        if len(silent) == len(self.streams) and len(self.streams) > 1:
+            return f"all {len(self.streams)} {what}s silent for {min(silent.values()):.1f} s ({rule})"
+        return ", ".join(f"{name} silent for {secs:.1f} s" for name, secs in silent.items()) + f" ({rule})"
+
+
+def silence_param_specs(what: str) -> list[ParamSpec]:
+    """``silent_after_periods`` / ``silent_after_min_s``: when an input counts as silent (StreamWatch)."""
+    return [
+        ParamSpec("silent_after_periods", 5.0, f"a {what} without a message for this many expected periods is "
+                  "reported by name in /diagnostics (WARN; OK again when it is back)", "> 0",
+                  in_range(0.0, low_open=True)),
+        ParamSpec("silent_after_min_s", 1.0, f"a {what} counts as silent only after at least this long (s)", ">= 0",
+                  in_range(0.0)),
+    ]
+
+
+def steady_timer(node, period_s: float, callback: Callable[[], Any]):
+    """A node timer on the steady clock: it fires on wall time even with ``use_sim_time`` (a paused
+    or restarted ``/clock`` must not stop timeouts and diagnostics)."""
+    from rclpy.clock import Clock, ClockType
+
+    return node.create_timer(period_s, callback, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+
 class LatencyWindow:
     """Last ``size`` latencies (ms): last, mean, max."""
 
@@ -468,13 +555,27 @@ class BoundedWorker:
                 with self._wake:
                     self._busy = False
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop after the item in progress (waiting items are discarded)."""
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """Stop after the item in progress (waiting items are discarded); wait at most ``timeout_s``.
+
+        A second call does not wait again (the node's ``destroy_node`` after :func:`spin_node` has
+        already waited its bounded time).
+
+        Returns:
+            True when the thread has ended; False when it is still busy with its item.
+        """
         with self._wake:
+            again = self._stopping
             self._stopping = True
+            self._queue.clear()
             self._wake.notify_all()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+        if self._thread.is_alive() and threading.current_thread() is not self._thread and not again:
             self._thread.join(timeout=timeout_s)
+        return not self._thread.is_alive()
+
+    def alive(self) -> bool:
+        """The worker thread is still running (e.g. a model call that :meth:`stop` did not wait out)."""
+        return self._thread.is_alive()
 
 
 def _format_value(value: Any) -> str:
@@ -634,11 +735,47 @@ def spin_until(executor, condition: Callable[[], bool], deadline_s: float, step_
     return condition()
 
 
+#: How long a node's model thread may finish the item in progress at shutdown (s). ``ros2 launch``
+#: escalates to SIGTERM 5 s after SIGINT; the rest of the clean-up needs well under a second.
+SHUTDOWN_WORKER_WAIT_S = 2.0
+
+
+def _install_stop_handlers() -> threading.Event:
+    """SIGINT / SIGTERM handlers for a node process; returns the event they set.
+
+    The first signal raises KeyboardInterrupt in the main thread (ending the spin, or a model load
+    in progress); every later one does nothing. A Ctrl-C in the terminal of ``ros2 launch`` /
+    ``ros2 run`` reaches every node twice (the terminal signals the whole process group, then launch
+    signals each child): the second one must not interrupt the clean-up the first one started (it
+    did: exit code -2 with a KeyboardInterrupt traceback). rclpy installs its own handlers on top at
+    ``rclpy.init`` (they wake the executor and shut the context down) and chains to these; when
+    rclpy shuts down it restores these, so they also cover the interpreter's exit.
+    """
+    import signal
+
+    stopping = threading.Event()
+
+    def on_stop_signal(signum, frame) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_stop_signal)
+    return stopping
+
+
 def spin_node(factory: Callable[[], Any], args: Optional[Sequence[str]] = None) -> int:
     """``main()`` of every node: network rule, ``rclpy.init``, spin until Ctrl-C / shutdown, clean up.
 
-    Returns the process exit code: 0 after a normal stop, 2 for invalid parameters (the message
-    names them), 1 for another start-up error.
+    Shutdown: the first SIGINT or SIGTERM ends the spin; later ones are ignored while the node
+    cleans up (:func:`_install_stop_handlers`); the model thread gets :data:`SHUTDOWN_WORKER_WAIT_S` to finish its
+    item. If it is still inside a model call after that, the process ends with ``os._exit`` (after
+    flushing its output) rather than tearing the interpreter down under a running torch call.
+
+    Returns the process exit code: 0 after a normal stop (Ctrl-C, SIGTERM, shutdown), 2 for invalid
+    parameters (the message names them), 1 for another start-up error.
     """
     from x3kd_ros.ros_env import apply_network_rule
 
@@ -646,10 +783,11 @@ def spin_node(factory: Callable[[], Any], args: Optional[Sequence[str]] = None) 
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    rclpy.init(args=list(args) if args is not None else sys.argv)
+    stopping = _install_stop_handlers()
     node = None
     code = 0
     try:
+        rclpy.init(args=list(args) if args is not None else sys.argv)
         node = factory()
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -658,7 +796,15 @@ def spin_node(factory: Callable[[], Any], args: Optional[Sequence[str]] = None) 
         rclpy.logging.get_logger("x3kd").fatal(str(err))
         code = 2
     finally:
+        stopping.set()  # from here on SIGINT / SIGTERM do nothing: the clean-up is under way
+        worker = getattr(node, "worker", None)
+        if worker is not None:
+            worker.stop(timeout_s=SHUTDOWN_WORKER_WAIT_S)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    if worker is not None and worker.alive():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code

@@ -543,6 +543,9 @@ class BagPlayer:
              progress: Optional[Callable[[int, int], None]] = None) -> ReplayResult:
         """Replay the whole bag (call :meth:`wait_until_ready` first); see the module docstring.
 
+        It may be called again to replay the bag once more (``--loop``: the stamps then jump back
+        to the bag's start); each result holds only its own run's frames and answers.
+
         Args:
             abort: as for :meth:`wait_until_ready`; checked while waiting.
             progress: called as ``progress(messages_sent, messages_total)`` every 100 messages.
@@ -552,6 +555,9 @@ class BagPlayer:
         """
         config = self.config
         groupers = {name: FrameCutter(g) for name, g in self.groups.items()}
+        # play() may run again (a looped replay): answers of earlier runs are not this run's.
+        with self._lock:
+            base = {name: len(items) for name, items in self.answers.items()}
         published = {t: 0 for t in self.topics}
         timeouts = {name: 0 for name in self.groups}
         total = sum(self.message_counts.values())
@@ -569,7 +575,7 @@ class BagPlayer:
                 grouper = groupers[name]
                 # The open frame (if any) closes with this message: it counts as sent now.
                 needed = grouper.sent + (grouper.open is not None) - (config.max_outstanding - 1)
-                if needed > 0 and not self._wait_answers({name: needed}, config.ack_timeout_s, abort):
+                if needed > 0 and not self._wait_answers({name: base[name] + needed}, config.ack_timeout_s, abort):
                     timeouts[name] += 1
                     self.node.get_logger().warning(
                         f"{name}: no answer on {self.groups[name].output_topic} for frame {needed - 1} within "
@@ -584,10 +590,10 @@ class BagPlayer:
                 progress(sent, total)
         for grouper in groupers.values():
             grouper.close()
-        drained = self._wait_answers({n: g.sent for n, g in groupers.items()}, config.drain_timeout_s, abort)
+        drained = self._wait_answers({n: base[n] + g.sent for n, g in groupers.items()}, config.drain_timeout_s, abort)
         wall = time.monotonic() - start_wall
         with self._lock:
-            answers = {name: list(items) for name, items in self.answers.items()}
+            answers = {name: list(items[base[name]:]) for name, items in self.answers.items()}
         return ReplayResult(
             frames={n: g.frames for n, g in groupers.items()},
             answers=answers,
@@ -606,3 +612,132 @@ class BagPlayer:
         for sub in self._subscriptions.values():
             self.node.destroy_subscription(sub)
         self.publishers, self._subscriptions = {}, {}
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m x3kd_ros.replay",
+        description="Replay a rosbag2 folder into a running ROS 2 graph (stands in for `ros2 bag play`, "
+                    "which needs rosbag2_py): waits until the graph has subscribed, then publishes the "
+                    "recorded messages, flow-controlled on the detector's answers (--rate 0) or at a fixed "
+                    "rate. Prints one JSON line per loop: frames sent, answers received, their stamps.")
+    parser.add_argument("bag", help="rosbag2 folder (mcap or sqlite3)")
+    parser.add_argument("--loop", type=int, default=1, metavar="N",
+                        help="play the bag N times in a row (stamps jump back to the start each time, as "
+                             "`ros2 bag play --loop`)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="0: as fast as the detector answers (needs --answer-topic); R > 0: R x real time")
+    parser.add_argument("--answer-topic", default=topic_names.DETECTIONS_TOPIC,
+                        help="the detector's output (one answer per camera frame); '' = do not wait for answers")
+    parser.add_argument("--span-s", type=float, default=0.06, help="stamp spread of one camera frame (s)")
+    parser.add_argument("--no-prime", action="store_true",
+                        help="send CameraInfo only in its turn in the bag (as `ros2 bag play`), not before")
+    parser.add_argument("--exclude", nargs="*", default=[], metavar="TOPIC", help="topics not to replay")
+    parser.add_argument("--ready-timeout-s", type=float, default=120.0)
+    parser.add_argument("--ack-timeout-s", type=float, default=30.0)
+    parser.add_argument("--drain-timeout-s", type=float, default=30.0)
+    parser.add_argument("--settle-s", type=float, default=0.5)
+    parser.add_argument("--no-fastdds-profile", action="store_true",
+                        help="do not load the large shared-memory Fast DDS profile (see the module docstring)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m x3kd_ros.replay BAG [--loop N] [--rate R] ...`` (see :func:`_parser`)."""
+    import json
+    import sys
+    import tempfile
+
+    options = _parser().parse_args(argv)
+    if options.loop < 1:
+        print("replay: --loop must be >= 1", file=sys.stderr)
+        return 2
+    if options.rate <= 0 and not options.answer_topic:
+        print("replay: --rate 0 (flow control) needs --answer-topic", file=sys.stderr)
+        return 2
+    from x3kd_ros.ros_env import apply_network_rule
+
+    apply_network_rule()
+    bag = Path(options.bag)
+    try:
+        summary = bag_summary(bag)
+    except Exception as err:  # noqa: BLE001 - any unreadable bag is a usage error here
+        print(f"replay: cannot read {bag}: {err}", file=sys.stderr)
+        return 2
+    if not options.no_fastdds_profile:
+        env, _ = fastdds_profile_environment(Path(tempfile.gettempdir()) / f"x3kd_replay_{os.getpid()}.xml",
+                                             shm_segment_bytes(bag))
+        os.environ.update(env)  # before the first participant of this process
+
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+
+    images = sorted(t for t, kind in summary.msgtypes.items()
+                    if kind in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage") and t not in options.exclude)
+    groups = []
+    if options.answer_topic:
+        if not images:
+            print(f"replay: {bag} has no image topic to count frames on", file=sys.stderr)
+            return 2
+        groups = [FrameGroup("detector", tuple(images), options.answer_topic, span_s=options.span_s)]
+    config = ReplayConfig(rate=options.rate, ack_timeout_s=options.ack_timeout_s,
+                          ready_timeout_s=options.ready_timeout_s, drain_timeout_s=options.drain_timeout_s,
+                          settle_s=options.settle_s, exclude_topics=tuple(options.exclude),
+                          prime_topics=() if options.no_prime else None)
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("x3kd_replay", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set() and context.ok():
+            executor.spin_once(timeout_sec=_POLL_S)
+
+    thread = threading.Thread(target=spin, name="x3kd_replay_spin", daemon=True)
+    thread.start()
+    player = None
+    code = 0
+    try:
+        player = BagPlayer(node, bag, groups, config)
+        waited = player.wait_until_ready()
+        print(f"replay: graph ready after {waited:.1f} s; playing {bag} {options.loop} time(s)", file=sys.stderr)
+        for loop in range(options.loop):
+            result = player.play()
+            line = {"loop": loop, "published": sum(result.published.values()), "wall_s": round(result.wall_s, 3),
+                    "drained": result.drained}
+            if groups:
+                frames = result.frames["detector"]
+                line.update({"frames": len(frames), "complete_frames": sum(f.complete for f in frames),
+                             "answers": len(result.answers["detector"]),
+                             "answer_stamps_ns": [a.stamp_ns for a in result.answers["detector"]],
+                             "frame_stamps_ns": [f.first_stamp_ns for f in frames],
+                             "ack_timeouts": result.ack_timeouts["detector"]})
+            print(json.dumps(line), flush=True)
+    except KeyboardInterrupt:
+        code = 130
+    except (ReplayError, ValueError) as err:
+        print(f"replay: {err}", file=sys.stderr)
+        code = 1
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)
+        if player is not None:
+            player.destroy()
+        executor.shutdown()
+        node.destroy_node()
+        context.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -213,7 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         values = parse_cli_assignments(options.assignments)
         values.update({a.name: getattr(options, f"arg_{a.name}") for a in LAUNCH_ARGUMENTS
                        if getattr(options, f"arg_{a.name}") is not None})
-        specs = load_graph(values)
+        skipped: list[tuple[str, str]] = []
+        specs = load_graph(values, skipped=skipped)
     except GraphError as err:
         print(f"x3kd_run_graph: {err}", file=sys.stderr)
         return 2
@@ -232,6 +233,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    for _, reason in skipped:
+        print(f"x3kd_run_graph: {reason}", file=sys.stderr)
     print(f"x3kd_run_graph: Fast DDS transport profile: {profile_note}", file=sys.stderr)
     print(f"x3kd_run_graph: ROS_DOMAIN_ID={network['ROS_DOMAIN_ID']}, localhost only; starting "
           f"{', '.join(s.name for s in specs)}", file=sys.stderr)

@@ -39,21 +39,30 @@ Behaviour (all times are integer nanoseconds):
   first copy wins.
 * **Bounded queues.** Each stream keeps at most ``queue_size`` items; adding one more discards
   that stream's oldest item (:attr:`SyncStats.overflow`).
+* **Time that jumps back.** A stream whose stamp goes back by more than ``jump_ns`` (default:
+  ``slop_ns``) from that stream's previous stamp means the clock restarted: a looped bag, a
+  simulator reset, ``use_sim_time`` restarting. Without care every later item would be "late"
+  until the stamps passed the old maximum. Instead the synchronizer flushes what it holds (each
+  pending set is decided as on timeout, so nothing of the old timeline is silently lost), forgets
+  every stream's stamps and starts afresh with the new item; :attr:`SyncStats.time_jumps` counts
+  it, :attr:`ApproximateTimeSync.last_jump` describes it and ``on_time_jump`` (if given) is called
+  before the reset, so a node can reset its own per-stream state and log it once.
 * ``now_ns`` is the receive time on any monotonic clock (it need not be the stamps' clock, so bag
   replay works); it only drives timeouts.
 
 Counters (:class:`SyncStats`): ``emitted`` counts every set returned (complete and partial),
 ``partial`` those of them with missing streams, ``dropped_sets`` sets discarded by the policy,
-and ``late`` / ``duplicates`` / ``overflow`` single items discarded for those reasons.
+and ``late`` / ``duplicates`` / ``overflow`` single items discarded for those reasons;
+``time_jumps`` counts resets after a backwards jump.
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Union
 
-__all__ = ["SyncConfig", "SyncedSet", "SyncStats", "ApproximateTimeSync"]
+__all__ = ["SyncConfig", "SyncedSet", "SyncStats", "TimeJump", "ApproximateTimeSync"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class SyncConfig:
         min_streams: with "partial", the fewest present streams a set needs to be emitted.
         offsets_ns: (stream name, offset ns) pairs; a stream's aligned stamp is
             ``stamp_ns - offset_ns``. A mapping is accepted too and stored as sorted pairs.
+        jump_ns: a stream's stamp going back by more than this from its previous stamp resets
+            the synchronizer (see the module docstring); None = ``slop_ns``.
     """
 
     slop_ns: int = 20_000_000
@@ -77,6 +88,7 @@ class SyncConfig:
     policy: Literal["drop", "partial"] = "drop"
     min_streams: int = 1
     offsets_ns: tuple[tuple[str, int], ...] = ()
+    jump_ns: Optional[int] = None
 
     def __post_init__(self) -> None:
         offsets: Union[Mapping[str, int], tuple] = self.offsets_ns
@@ -97,6 +109,12 @@ class SyncConfig:
             raise ValueError(f"policy must be 'drop' or 'partial', got {self.policy!r}")
         if self.min_streams < 1:
             raise ValueError(f"min_streams must be >= 1, got {self.min_streams}")
+        if self.jump_ns is not None and self.jump_ns < 0:
+            raise ValueError(f"jump_ns must be >= 0 (or None for slop_ns), got {self.jump_ns}")
+
+    @property
+    def jump_threshold_ns(self) -> int:
+        return self.slop_ns if self.jump_ns is None else int(self.jump_ns)
 
 
 @dataclass
@@ -133,6 +151,26 @@ class SyncStats:
     late: int = 0
     duplicates: int = 0
     overflow: int = 0
+    time_jumps: int = 0
+
+
+@dataclass(frozen=True)
+class TimeJump:
+    """One backwards jump: ``stream``'s stamp went from ``from_ns`` back to ``to_ns``.
+
+    ``flushed_sets`` / ``flushed_items``: sets of the old timeline decided at the reset (emitted
+    or dropped by the policy) and items that were waiting in them.
+    """
+
+    stream: str
+    from_ns: int
+    to_ns: int
+    flushed_sets: int = 0
+    flushed_items: int = 0
+
+    @property
+    def back_s(self) -> float:
+        return (self.from_ns - self.to_ns) / 1e9
 
 
 @dataclass(order=True)
@@ -149,9 +187,12 @@ class ApproximateTimeSync:
     Args:
         config: matching, queue and timeout settings.
         stream_names: the streams to synchronize; their order is the order of ``missing``.
+        on_time_jump: called with a :class:`TimeJump` when a backwards jump resets the
+            synchronizer (after the flush, before the new item is queued).
     """
 
-    def __init__(self, config: SyncConfig, stream_names: list[str]) -> None:
+    def __init__(self, config: SyncConfig, stream_names: list[str],
+                 on_time_jump: Optional[Callable[[TimeJump], None]] = None) -> None:
         names = list(stream_names)
         if not names:
             raise ValueError("ApproximateTimeSync needs at least one stream")
@@ -172,6 +213,10 @@ class ApproximateTimeSync:
         self._last_stamp: dict[str, int | None] = {name: None for name in names}
         # Window end (anchor + slop) of the last decided set; items at or before it are late.
         self._decided_until: int | None = None
+        # Newest raw stamp received per stream (queued, consumed or late), to see time jump back.
+        self._newest_stamp: dict[str, int | None] = {name: None for name in names}
+        self.on_time_jump = on_time_jump
+        self.last_jump: Optional[TimeJump] = None
 
     def add(self, stream: str, stamp_ns: int, item: Any, now_ns: int) -> list[SyncedSet]:
         """Queue ``item`` of ``stream`` stamped ``stamp_ns``; return the sets this completes.
@@ -183,6 +228,32 @@ class ApproximateTimeSync:
         if stream not in self._queues:
             raise ValueError(f"unknown stream {stream!r} (streams: {list(self.stream_names)})")
         stamp_ns = int(stamp_ns)
+        flushed: list[SyncedSet] = []
+        newest = self._newest_stamp[stream]
+        if newest is not None and newest - stamp_ns > self.config.jump_threshold_ns:
+            flushed = self._reset_after_jump(stream, newest, stamp_ns)
+            newest = None
+        self._newest_stamp[stream] = stamp_ns if newest is None else max(newest, stamp_ns)
+        return flushed + self._add(stream, stamp_ns, item, now_ns)
+
+    def _reset_after_jump(self, stream: str, from_ns: int, to_ns: int) -> list[SyncedSet]:
+        """Flush every pending set (as on timeout), forget all stamps; see the module docstring."""
+        items = sum(len(q) for q in self._queues.values())
+        dropped_before = self.stats.dropped_sets
+        flushed = self._drain(None)
+        jump = TimeJump(stream, from_ns, to_ns, len(flushed) + self.stats.dropped_sets - dropped_before, items)
+        for name in self.stream_names:
+            self._queues[name].clear()
+            self._last_stamp[name] = None
+            self._newest_stamp[name] = None
+        self._decided_until = None
+        self.stats.time_jumps += 1
+        self.last_jump = jump
+        if self.on_time_jump is not None:
+            self.on_time_jump(jump)
+        return flushed
+
+    def _add(self, stream: str, stamp_ns: int, item: Any, now_ns: int) -> list[SyncedSet]:
         queue = self._queues[stream]
         if stamp_ns == self._last_stamp[stream] or any(e.stamp_ns == stamp_ns for e in queue):
             self.stats.duplicates += 1
@@ -206,7 +277,8 @@ class ApproximateTimeSync:
         """Number of queued items per stream."""
         return {name: len(q) for name, q in self._queues.items()}
 
-    def _drain(self, now_ns: int) -> list[SyncedSet]:
+    def _drain(self, now_ns: Optional[int]) -> list[SyncedSet]:
+        """Decide every set that can be decided at ``now_ns``; None = everything (as if timed out)."""
         out: list[SyncedSet] = []
         cfg = self.config
         while True:
@@ -223,7 +295,7 @@ class ApproximateTimeSync:
                 known_missing = any(n in heads for n in missing)
                 waiting = any(n not in heads for n in missing)
                 opened = min(heads[n].received_ns for n in present)
-                timed_out = int(now_ns) - opened >= cfg.timeout_ns
+                timed_out = now_ns is None or int(now_ns) - opened >= cfg.timeout_ns
                 if cfg.policy == "drop":
                     # One known-missing stream already dooms the set; no reason to wait.
                     decide = timed_out or known_missing

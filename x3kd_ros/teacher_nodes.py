@@ -24,8 +24,14 @@ Radar teacher (:class:`RadarTeacherNode`)
     the teacher's (Q, 7) input x, y, z, rcs, vx, vy, time_lag_s.
 
 Both: points with a non-finite x/y/z are dropped and counted (``nan_points``); an empty cloud is
-a valid input (the model runs on no points); unconvertible clouds are counted
-(``conversion_errors``) and logged, never fatal. The model runs on a worker thread with a bounded
+a valid input (the model runs on no points) but counted (``empty_clouds``: 0 points in the message;
+``invalid_clouds``: points, none of them finite); unconvertible clouds are counted
+(``conversion_errors``) and logged, never fatal. Growth of any of these between two reports makes
+the ``/diagnostics`` status WARN with the counts in its message ("lidar: 2 clouds without a valid
+point (1 empty, 1 all NaN), 3000 NaN points dropped"), and a throttled WARN is logged. A sensor
+silent for ``silent_after_periods`` expected periods is named in the status (WARN, OK again when
+it is back); stamps that jump back (looped bag, simulator reset) reset the radar synchronizer and
+are reported once per jump. Timers run on the steady clock (``use_sim_time`` safe). The model runs on a worker thread with a bounded
 queue (``busy_drops``). Only the newest sweep is used: earlier sweeps would need ego motion
 compensation from ``/tf`` (the training loader uses the dataset's ego poses).
 """
@@ -81,9 +87,12 @@ from x3kd_ros.node_utils import (
     qos_profile,
     resolve_device,
     same_length,
+    silence_param_specs,
     spin_node,
+    steady_timer,
+    StreamWatch,
 )
-from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet
+from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet, TimeJump
 
 __all__ = [
     "load_teacher",
@@ -97,6 +106,15 @@ __all__ = [
 ]
 
 _SYNC_POLL_PERIOD_S = 0.02
+# Per-input counters in the diagnostics, as "<source>.<kind>".
+_SOURCE_COUNTERS = ("received", "points", "nan_points", "empty_clouds", "invalid_clouds", "conversion_errors",
+                    "missing_extrinsics")
+
+
+def _describe_jump(jump: TimeJump) -> str:
+    return (f"time jumped back {jump.back_s:.3f} s on {jump.stream} (stamp {jump.from_ns / 1e9:.3f} -> "
+            f"{jump.to_ns / 1e9:.3f}: looped bag, simulator reset?)"
+            + ("; synchronizer reset" if jump.stream != "lidar" else ""))
 
 
 def load_teacher(path: str, kind: str, device) -> Any:
@@ -140,6 +158,7 @@ def common_param_specs(have_model: bool = False) -> list[ParamSpec]:
         ParamSpec("marker_lifetime_s", 0.5, "RViz marker lifetime (s; 0 = forever)", ">= 0", in_range(0.0)),
         ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics reports (s)", "> 0",
                   in_range(0.0, low_open=True)),
+        *silence_param_specs("sensor"),
         *qos_param_specs("qos.input", "best_effort", 5, "the point cloud subscriptions"),
         *qos_param_specs("qos.output", "reliable", 10, "the detection and marker publishers"),
         *extrinsics_param_specs(),
@@ -231,6 +250,10 @@ class _TeacherNode(Node):
         self._model_ms = LatencyWindow()
         self._e2e_ms = LatencyWindow()
         self._last_report: dict[str, int] = {}
+        self._watch = StreamWatch(self._sources(), params["silent_after_periods"], params["silent_after_min_s"])
+        self.time_jumps = 0
+        self.last_jump: Optional[TimeJump] = None
+        self._jumps_reported = 0
 
         self._overrides = QoSOverridingOptions.with_default_policies()
         self._qos_in = qos_profile(params["qos.input.reliability"], params["qos.input.depth"])
@@ -248,7 +271,27 @@ class _TeacherNode(Node):
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS_TOPIC, 10)
         self.worker = BoundedWorker(self.process, params["processing_queue_size"], f"{self.get_name()}_model",
                                     self.get_logger())
-        self.create_timer(params["diagnostics_period_s"], self.publish_diagnostics)
+        steady_timer(self, params["diagnostics_period_s"], self.publish_diagnostics)
+
+    def _sources(self) -> list[str]:
+        """Names of the input streams (diagnostics keys): "lidar", or the radar channels."""
+        return [self.modality]
+
+    def _on_time_jump(self, jump: TimeJump) -> None:
+        self.time_jumps += 1
+        self.last_jump = jump
+        self.get_logger().warning(_describe_jump(jump))
+
+    def _check_cloud(self, source: str, cloud) -> None:
+        """Count NaN points and clouds without a valid point (with a throttled WARN)."""
+        if cloud.num_nan:
+            self.input_counts[source]["nan_points"] += cloud.num_nan
+        if len(cloud.points) == 0:
+            kind = "invalid_clouds" if cloud.num_nan else "empty_clouds"
+            what = f"all {cloud.num_nan} points NaN" if cloud.num_nan else "0 points"
+            self._count(source, kind, f"cloud without a valid point ({what}); the model runs on no points")
+        elif cloud.num_nan:
+            self._log.warn(f"{source}:nan", f"{source}: {cloud.num_nan} NaN points dropped from a cloud")
 
     def _subscribe(self, topic: str, callback) -> Any:
         sub = self.create_subscription(PointCloud2, topic, callback, self._qos_in,
@@ -306,11 +349,29 @@ class _TeacherNode(Node):
         values["input_rate_hz"] = self._input_rate.rate_hz(now_ns)
         values["busy_drops"] = self.worker.dropped
         values["inference_errors"] = self.worker.errors
+        values["time_jumps"] = self.time_jumps
         values.update(self._extra_diagnostics())
-        for source in sorted(self.input_counts):
-            for kind in ("received", "points", "nan_points", "conversion_errors", "missing_extrinsics"):
+        for source in sorted(set(self.input_counts) | set(self._sources())):
+            for kind in _SOURCE_COUNTERS:
                 values[f"{source}.{kind}"] = self.input_counts[source][kind]
+            values[f"{source}.silent_s"] = self._watch.seconds_since(source, now_ns)
         return values
+
+    def _cloud_problems(self, values: dict[str, Any], last: dict[str, int]) -> list[str]:
+        """"lidar: 2 clouds without a valid point (1 empty, 1 all NaN), 30 NaN points dropped"."""
+        out = []
+        for source in sorted(set(self.input_counts) | set(self._sources())):
+            grown = {k: values[f"{source}.{k}"] - last.get(f"{source}.{k}", 0)
+                     for k in ("empty_clouds", "invalid_clouds", "nan_points")}
+            parts = []
+            if grown["empty_clouds"] or grown["invalid_clouds"]:
+                parts.append(f"{grown['empty_clouds'] + grown['invalid_clouds']} clouds without a valid point "
+                             f"({grown['empty_clouds']} empty, {grown['invalid_clouds']} all NaN)")
+            if grown["nan_points"]:
+                parts.append(f"{grown['nan_points']} NaN points dropped")
+            if parts:
+                out.append(f"{source}: " + ", ".join(parts))
+        return out
 
     def _extra_diagnostics(self) -> dict[str, Any]:
         return {}
@@ -321,10 +382,21 @@ class _TeacherNode(Node):
         growing = [f"{k} +{v - last.get(k, 0)}" for k, v in values.items()
                    if k.rsplit(".", 1)[-1] in ("conversion_errors", "missing_extrinsics", "busy_drops", "dropped_sets")
                    and v > last.get(k, 0)]
+        problems = []
+        if self.time_jumps > self._jumps_reported and self.last_jump is not None:
+            jumps = self.time_jumps - self._jumps_reported
+            problems.append(_describe_jump(self.last_jump) + (f" ({jumps} jumps)" if jumps > 1 else ""))
+            self._jumps_reported = self.time_jumps
+        silent = self._watch.silent(time.monotonic_ns())
+        if silent:
+            problems.append(self._watch.describe(silent, "sensor"))
+        problems += self._cloud_problems(values, last)
+        if growing:
+            problems.append("input problems: " + ", ".join(growing))
         if values["inference_errors"] > last.get("inference_errors", 0):
-            level, message = DiagnosticStatus.ERROR, "model errors (see the log)"
-        elif growing:
-            level, message = DiagnosticStatus.WARN, "input problems: " + ", ".join(growing)
+            level, message = DiagnosticStatus.ERROR, "; ".join(["model errors (see the log)"] + problems)
+        elif problems:
+            level, message = DiagnosticStatus.WARN, "; ".join(problems)
         elif not any(c["received"] for c in self.input_counts.values()):
             level, message = DiagnosticStatus.STALE, "no point clouds received yet"
         else:
@@ -355,6 +427,9 @@ class LidarTeacherNode(_TeacherNode):
     modality = "lidar"
 
     def __init__(self, model: Any = None, node_name: str = "x3kd_lidar_teacher", **node_kwargs) -> None:
+        # Stamps going back by more than this are reported as a time jump (no state to reset here).
+        self._jump_ns = 50_000_000
+        self._newest_stamp: Optional[int] = None
         super().__init__(node_name, model, lidar_param_specs(), **node_kwargs)
         self.subscription = self._subscribe(self.params["input_topic"], self._on_cloud)
         frame = self.params["sensor_frame"] or topics.sensor_frame(topics.LIDAR_CHANNEL)
@@ -365,13 +440,18 @@ class LidarTeacherNode(_TeacherNode):
         source = "lidar"
         self.input_counts[source]["received"] += 1
         self._input_rate.tick(now_ns)
+        self._watch.tick(source, now_ns)
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        if self._newest_stamp is not None and self._newest_stamp - stamp_ns > self._jump_ns:
+            self._on_time_jump(TimeJump(source, self._newest_stamp, stamp_ns))
+            self._newest_stamp = None
+        self._newest_stamp = stamp_ns if self._newest_stamp is None else max(self._newest_stamp, stamp_ns)
         try:
             cloud = cloud_to_lidar_points(msg)
         except ConversionError as err:
             self._count(source, "conversion_errors", f"cloud dropped: {err}")
             return
-        if cloud.num_nan:
-            self.input_counts[source]["nan_points"] += cloud.num_nan
+        self._check_cloud(source, cloud)
         self.input_counts[source]["points"] += len(cloud.points)
         matrix = self._to_ego(source, self.params["sensor_frame"] or msg.header.frame_id)
         if matrix is None:
@@ -379,7 +459,7 @@ class LidarTeacherNode(_TeacherNode):
         points = np.zeros((len(cloud.points), 5), dtype=np.float32)  # x y z intensity time_lag_s(=0)
         points[:, :3] = geometry.transform_points(matrix, cloud.points[:, :3].astype(np.float64))[:, :3]
         points[:, 3] = cloud.column("intensity")
-        self.worker.submit(_Input(points, stamp_to_ns(msg.header.stamp), now_ns))
+        self.worker.submit(_Input(points, stamp_ns, now_ns))
 
 
 @dataclass
@@ -398,6 +478,7 @@ class RadarTeacherNode(_TeacherNode):
 
     def __init__(self, model: Any = None, node_name: str = "x3kd_radar_teacher", **node_kwargs) -> None:
         # Stage 1 fixes the radars; the per-radar lists (stage 2) take their defaults from them.
+        self.radars: list[str] = []
         super().__init__(node_name, model, radar_param_specs(1), **node_kwargs)
         try:
             self._build_radar()
@@ -407,6 +488,7 @@ class RadarTeacherNode(_TeacherNode):
 
     def _build_radar(self) -> None:
         radars = self.params["radars"]
+        self._watch = StreamWatch(radars, self.params["silent_after_periods"], self.params["silent_after_min_s"])
         self.params.update(declare_parameters(self, radar_param_specs(2, radars)))
         params = self.params
         self.radars: list[str] = radars
@@ -418,23 +500,24 @@ class RadarTeacherNode(_TeacherNode):
                        timeout_ns=int(params["sync.timeout_s"] * 1e9), policy=params["sync.policy"],
                        min_streams=params["sync.min_radars"]),
             radars,
+            on_time_jump=self._on_time_jump,
         )
         self.subscriptions_in = [self._subscribe(topic, partial(self._on_cloud, radar))
                                  for radar, topic in zip(radars, params["input_topics"])]
         self.get_logger().info(self.extrinsics.describe(self._frames.values()))
-        self.create_timer(_SYNC_POLL_PERIOD_S, self._poll_sync)
+        steady_timer(self, _SYNC_POLL_PERIOD_S, self._poll_sync)
 
     def _on_cloud(self, radar: str, msg: PointCloud2) -> None:
         now_ns = time.monotonic_ns()
         self.input_counts[radar]["received"] += 1
         self._input_rate.tick(now_ns)
+        self._watch.tick(radar, now_ns)
         try:
             cloud = cloud_to_radar_points(msg)
         except ConversionError as err:
             self._count(radar, "conversion_errors", f"cloud dropped: {err}")
             return
-        if cloud.num_nan:
-            self.input_counts[radar]["nan_points"] += cloud.num_nan
+        self._check_cloud(radar, cloud)
         self.input_counts[radar]["points"] += len(cloud.points)
         matrix = self._to_ego(radar, self._frames[radar])
         if matrix is None:
@@ -465,6 +548,9 @@ class RadarTeacherNode(_TeacherNode):
         stats = self.sync.stats
         return {"sync.emitted": stats.emitted, "sync.partial": stats.partial, "sync.dropped_sets": stats.dropped_sets,
                 "sync.late": stats.late, "sync.duplicates": stats.duplicates, "sync.overflow": stats.overflow}
+
+    def _sources(self) -> list[str]:
+        return list(self.radars)
 
 
 def lidar_main(args: Optional[list[str]] = None) -> int:

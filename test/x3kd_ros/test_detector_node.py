@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -305,3 +306,121 @@ def test_main_exits_with_code_2_and_names_the_bad_parameter(tmp_path):
     assert "/x3kd_detector_bad: invalid parameters" in proc.stderr
     assert "checkpoint = '/no/such.pt': file not found" in proc.stderr
     assert "sync.timeout_s = -1.0: must be >= 0.0" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- robot faults
+# Each of these reproduced a fault first: the first frame dropped when images came before their
+# CameraInfo, every frame after a backwards time jump dropped with /diagnostics OK, a dead camera
+# never named in /diagnostics.
+
+
+def _publish_frame(sensors, stamp_ns: int, cams=CAMERA_NAMES, value: int = 60) -> None:
+    rgb = np.full((*IMAGE_HW, 3), value, np.uint8)
+    for cam in cams:
+        sensors.publish_image(cam, rgb, stamp_ns)
+
+
+def _detector_statuses(sensors) -> list:
+    return [s for s in sensors.diagnostics if s.name.startswith("x3kd_detector")]
+
+
+def test_images_before_their_camera_info_are_held_not_dropped(ros_context, graph, spin_until, spin_for):
+    """A bag's first frame: every image comes just before its CameraInfo (same stamp)."""
+    executor, sensors, add = graph
+    node = add(_fake_node(ros_context, "-p", "camera_info_wait_s:=2.0"))
+    assert spin_until(executor, sensors.matched)
+    stamp = 1_600_000_000 * 10**9
+    for cam in CAMERA_NAMES:
+        _publish_frame(sensors, stamp, [cam])
+        sensors.publish_camera_info(cam)
+    assert spin_until(executor, lambda: len(sensors.detections) == 1), node.camera_counts
+    assert node.predictor.calls == [[0, 1, 2, 3, 4, 5]]  # one complete set, not a partial one
+    assert (sensors.detections[0].header.stamp.sec, sensors.detections[0].header.stamp.nanosec) == divmod(stamp, 10**9)
+    assert all(node.camera_counts[c]["missing_camera_info"] == 0 for c in CAMERA_NAMES)
+    # Bounded: an image whose CameraInfo never comes is dropped after camera_info_wait_s, and counted.
+    node._intrinsics.pop("CAM_BACK")
+    _publish_frame(sensors, stamp + 500_000_000, ["CAM_BACK"])
+    assert spin_until(executor, lambda: node.camera_counts["CAM_BACK"]["missing_camera_info"] == 1, 10.0)
+    assert not node._held["CAM_BACK"]
+
+
+def test_stamps_jumping_back_reset_the_sync_and_are_reported(ros_context, graph, spin_until, spin_for):
+    """A looped bag: the same three frames twice. Every frame after the jump is published, the
+    diagnostics say WARN naming the jump once, and the next report is OK again."""
+    executor, sensors, add = graph
+    node = add(_fake_node(ros_context))
+    assert spin_until(executor, sensors.matched)
+    for cam in CAMERA_NAMES:
+        sensors.publish_camera_info(cam)
+    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    base = 1_600_000_000 * 10**9
+    for loop in range(2):
+        for k in range(3):
+            _publish_frame(sensors, base + k * 500_000_000)
+            assert spin_until(executor, lambda: len(sensors.detections) == 3 * loop + k + 1), (loop, k)
+    assert node.predictor.calls == [[0, 1, 2, 3, 4, 5]] * 6
+    stats = node.sync.stats
+    assert (stats.time_jumps, stats.late, stats.partial) == (1, 0, 0)
+    assert [(d.header.stamp.sec, d.header.stamp.nanosec) for d in sensors.detections] == \
+        [divmod(base + k * 500_000_000, 10**9) for k in range(3)] * 2
+
+    def warned():
+        return any(s.level == DiagnosticStatus.WARN and "time jumped back 1.000 s on" in s.message
+                   and "synchronizer reset" in s.message for s in _detector_statuses(sensors))
+
+    assert spin_until(executor, warned, 5.0)
+    jump_reports = [s for s in _detector_statuses(sensors) if "time jumped back" in s.message]
+    assert len(jump_reports) == 1  # reported once, not on every later report
+    assert diagnostics_values(jump_reports[0])["sync.time_jumps"] == "1"
+
+
+def test_a_silent_camera_is_named_in_the_diagnostics_and_ok_again_when_back(ros_context, graph, spin_until,
+                                                                              spin_for):
+    executor, sensors, add = graph
+    node = add(_fake_node(ros_context, "-p", "silent_after_periods:=3.0", "-p", "silent_after_min_s:=0.6"))
+    assert spin_until(executor, sensors.matched)
+    for cam in CAMERA_NAMES:
+        sensors.publish_camera_info(cam)
+    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    base = 1_600_000_000 * 10**9
+    frame = 0
+
+    def run(seconds: float, cams) -> None:
+        nonlocal frame
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:  # 10 Hz
+            _publish_frame(sensors, base + frame * 100_000_000, cams)
+            frame += 1
+            spin_for(executor, 0.1)
+
+    run(1.0, CAMERA_NAMES)
+    others = [c for c in CAMERA_NAMES if c != "CAM_BACK"]
+    seen = len(sensors.diagnostics)
+    run(1.5, others)
+    silent = [s for s in _detector_statuses(sensors)[seen:] if "CAM_BACK silent for" in s.message]
+    assert silent and all(s.level == DiagnosticStatus.WARN for s in silent), \
+        [s.message for s in _detector_statuses(sensors)[seen:]]
+    assert "CAM_FRONT silent" not in silent[-1].message
+    assert float(diagnostics_values(silent[-1])["CAM_BACK.silent_s"]) > 0.6
+    seen = len(sensors.diagnostics)
+    run(1.0, CAMERA_NAMES)
+    back = _detector_statuses(sensors)[seen:]
+    assert back and back[-1].level == DiagnosticStatus.OK, [s.message for s in back]
+    # Partial sets (without CAM_BACK) went on meanwhile: the detector kept working.
+    assert node.sync.stats.partial > 0 and len(sensors.detections) > 10
+
+
+def test_use_sim_time_without_a_running_clock_keeps_sync_timeouts_and_diagnostics(ros_context, graph, spin_until):
+    """With use_sim_time and /clock paused (a paused bag, a stopped simulator) ROS-time timers stop;
+    the node's timers run on the steady clock, so partial sets still time out and reports go on."""
+    executor, sensors, add = graph
+    node = add(_fake_node(ros_context, "-p", "use_sim_time:=true", "-p", "sync.timeout_s:=0.2"))
+    assert node.get_clock().now().nanoseconds == 0  # no /clock published: ROS time stands still
+    assert spin_until(executor, sensors.matched)
+    for cam in CAMERA_NAMES:
+        sensors.publish_camera_info(cam)
+    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    _publish_frame(sensors, 1_600_000_000 * 10**9, CAMERA_NAMES[:5])  # CAM_BACK_RIGHT missing: waits for timeout
+    assert spin_until(executor, lambda: len(sensors.detections) == 1, 10.0)
+    assert node.predictor.calls == [[0, 1, 2, 3, 4]]
+    assert spin_until(executor, lambda: len(_detector_statuses(sensors)) >= 2, 10.0)

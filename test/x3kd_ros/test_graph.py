@@ -1,7 +1,8 @@
 """One graph description -> the launch file and the plain-process runner start the same commands.
 
-launch / launch_ros are not installable here, so the launch file runs against small stand-ins that
-record the ``Node(...)`` keyword arguments; :func:`launch_ros_command` then builds the command line
+The launch file runs against small stand-ins that record the ``Node(...)`` keyword arguments (so
+this also runs where the vendored launch / launch_ros are absent; test_ros2_cli.py runs the real
+``ros2 launch``); :func:`launch_ros_command` then builds the command line
 the way launch_ros' ``Node`` action does (Humble and later: executable, ``--ros-args``,
 ``-r __node:=``, ``-r __ns:=``, one ``--params-file`` per parameters entry with dicts written to a
 temporary file, then ``-r from:=to``), and that is compared with :class:`GraphRunner`'s commands.
@@ -30,6 +31,8 @@ from x3kd_ros.teacher_nodes import common_param_specs, lidar_param_specs, radar_
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO_ROOT / "launch" / "detector.launch.py"
 ALL_NODES = ["detector", "lidar_teacher", "radar_teacher", "comparison_lidar", "comparison_radar"]
+#: Launch arguments that start every node of the default graph.
+ALL_ON = {"use_teachers": "true", "lidar_checkpoint": "l.pt", "radar_checkpoint": "r.pt"}
 
 
 # ------------------------------------------------------------------------------ launch stand-ins
@@ -46,6 +49,11 @@ class _Node:
 class _Declare:
     def __init__(self, name, default_value=None, description=""):
         self.name, self.default_value, self.description = name, default_value, description
+
+
+class _LogInfo:
+    def __init__(self, msg):
+        self.msg = msg
 
 
 class _Opaque:
@@ -65,7 +73,7 @@ class _LaunchConfiguration:
 def launch_stubs(monkeypatch):
     modules = {
         "launch": {"LaunchDescription": lambda actions: list(actions)},
-        "launch.actions": {"DeclareLaunchArgument": _Declare, "OpaqueFunction": _Opaque},
+        "launch.actions": {"DeclareLaunchArgument": _Declare, "LogInfo": _LogInfo, "OpaqueFunction": _Opaque},
         "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
         "launch_ros": {},
         "launch_ros.actions": {"Node": _Node},
@@ -77,8 +85,9 @@ def launch_stubs(monkeypatch):
         monkeypatch.setitem(sys.modules, name, module)
 
 
-def run_launch_file(arguments: dict) -> tuple[list[_Declare], list[_Node]]:
-    """Load launch/detector.launch.py, declare its arguments, evaluate its nodes for ``arguments``."""
+def run_launch_file(arguments: dict, logs: list | None = None) -> tuple[list[_Declare], list[_Node]]:
+    """Load launch/detector.launch.py, declare its arguments, evaluate its nodes for ``arguments``
+    (its LogInfo messages are appended to ``logs``)."""
     spec = importlib.util.spec_from_file_location("x3kd_detector_launch", LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -89,7 +98,11 @@ def run_launch_file(arguments: dict) -> tuple[list[_Declare], list[_Node]]:
     configurations = {a.name: a.default_value for a in declared}
     configurations.update(arguments)
     context = types.SimpleNamespace(launch_configurations=configurations)
-    return declared, opaque[0].function(context)
+    actions = opaque[0].function(context)
+    assert all(isinstance(a, (_Node, _LogInfo)) for a in actions)
+    if logs is not None:
+        logs.extend(a.msg for a in actions if isinstance(a, _LogInfo))
+    return declared, [a for a in actions if isinstance(a, _Node)]
 
 
 def launch_ros_command(kwargs: dict) -> list:
@@ -194,6 +207,33 @@ def test_graph_rejects_bad_input(tmp_path):
         load_graph({"config": str(bad)})
 
 
+def test_a_teacher_without_its_checkpoint_is_not_started(launch_stubs, capsys):
+    """The README's teacher example gives only the LiDAR checkpoint: the radar teacher (which could
+    only die with "checkpoint = '': is required") and its comparison node are left out, and the
+    launch log and x3kd_run_graph say why."""
+    arguments = {"checkpoint": "s.pt", "use_teachers": "true", "lidar_checkpoint": "l.pt"}
+    logs: list = []
+    _, nodes = run_launch_file(arguments, logs)
+    assert [n.kwargs["name"] for n in nodes] == ["x3kd_detector", "x3kd_lidar_teacher", "x3kd_comparison_lidar"]
+    assert logs == ["node x3kd_radar_teacher not started: launch argument radar_checkpoint is empty",
+                    "node x3kd_comparison_radar not started: launch argument radar_checkpoint is empty"]
+    skipped: list = []
+    assert [s.key for s in load_graph({"use_teachers": "true"}, skipped=skipped)] == ["detector"]
+    assert [k for k, _ in skipped] == ALL_NODES[1:]
+    assert [s.key for s in load_graph({"use_teachers": "true"}, include_disabled=True)] == ALL_NODES
+    assert run_graph_main(["checkpoint:=/tmp/x.pt", "use_teachers:=true", "radar_checkpoint:=/tmp/r.pt",
+                           "--print"]) == 0
+    printed = capsys.readouterr().out
+    assert "radar_teacher:" in printed and "lidar_teacher:" not in printed
+
+
+def test_graph_rejects_bad_requires(tmp_path):
+    bad = tmp_path / "graph.yaml"
+    bad.write_text("nodes:\n  - {key: a, executable: x, entry_point: 'm:f', name: a, requires: [chekpoint]}\n")
+    with pytest.raises(GraphError, match=r"requires: expected a list of launch arguments"):
+        load_graph({"config": str(bad)})
+
+
 def test_default_graph_nodes():
     assert [s.key for s in load_graph()] == ["detector"]
     specs = load_graph({"use_teachers": True}, include_disabled=True)
@@ -233,7 +273,9 @@ def test_params_files_only_set_declared_parameters_with_their_types():
         "x3kd_comparison": comparison_param_specs(),
     }
     by_file: dict[Path, dict] = {}
-    for spec in load_graph({"use_teachers": True}):
+    specs = load_graph(ALL_ON)
+    assert [s.key for s in specs] == ALL_NODES
+    for spec in specs:
         defaults = {p.name: p.default for p in declared[spec.executable]}
         for name, value in spec.parameters.items():
             assert name in defaults and _compatible(value, defaults[name]), (spec.key, name)
@@ -251,7 +293,7 @@ def test_params_files_only_set_declared_parameters_with_their_types():
 def test_console_scripts_match_the_graph():
     scripts = {ep.name: ep for ep in importlib.metadata.entry_points(group="console_scripts")
                if ep.dist is not None and ep.dist.name == "x3kd_ros"}
-    for spec in load_graph({"use_teachers": True}):
+    for spec in load_graph(ALL_ON):
         assert scripts[spec.executable].value == spec.entry_point
         assert callable(scripts[spec.executable].load())
     assert scripts["x3kd_run_graph"].value == "x3kd_ros.run_graph:main"
@@ -268,7 +310,7 @@ def test_run_graph_print_and_bad_arguments(capsys):
 
 def test_runner_starts_and_stops_the_graph_processes(ros_context, tmp_path, spin_until):
     """Real processes: the comparison nodes come up with their inline parameters, then stop cleanly."""
-    specs = [s for s in load_graph({"use_teachers": "true"}) if s.key.startswith("comparison")]
+    specs = [s for s in load_graph(ALL_ON) if s.key.startswith("comparison")]
     specs += load_graph()  # the detector without a checkpoint: exits at once with code 2
     probe = rclpy.create_node("x3kd_test_probe", context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)

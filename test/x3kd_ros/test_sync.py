@@ -193,7 +193,9 @@ def test_camera_that_stops_and_comes_back(policy):
 
 
 def test_out_of_order_and_duplicate_stamps():
-    sync = ApproximateTimeSync(SyncConfig(slop_ns=10, timeout_ns=10**9), ["a", "b"])
+    # A stream stepping back by more than the slop is a time jump by default (see the jump tests);
+    # a wide jump_ns keeps this test about reordering within one timeline.
+    sync = ApproximateTimeSync(SyncConfig(slop_ns=10, timeout_ns=10**9, jump_ns=10**6), ["a", "b"])
     assert sync.add("a", 0, "a0", 0) == []
     assert [s.items for s in sync.add("b", 2, "b0", 1)] == [{"a": "a0", "b": "b0"}]
     assert sync.add("a", 0, "a0 again", 2) == []  # same stamp as a consumed item
@@ -255,3 +257,65 @@ def test_config_from_dict_and_validation():
     sync = ApproximateTimeSync(SyncConfig(), ["a"])
     with pytest.raises(ValueError, match="unknown stream 'q'"):
         sync.add("q", 0, None, 0)
+
+
+# ---------------------------------------------------------------------------------------------- time jumps
+
+
+def looped(events, loops: int, gap_ns: int = 200 * MS):
+    """``events`` replayed ``loops`` times back to back, as `ros2 bag play --loop`: receive times go
+    on, stamps start again from the bag's first stamp; items become (loop, cam, k)."""
+    span = max(e[0] for e in events) - min(e[0] for e in events) + gap_ns
+    out = []
+    for loop in range(loops):
+        out += [(now + loop * span, cam, stamp, (loop, *item)) for now, cam, stamp, item in events]
+    return out
+
+
+@pytest.mark.parametrize("policy", ["drop", "partial"])
+def test_looped_replay_publishes_every_frame_of_every_loop(policy):
+    """Stamps jumping back to the bag's start reset the synchronizer: every frame of the second and
+    third loop is synchronized (before the fix: 0 sets after the jump, all items counted late)."""
+    jumps = []
+    sync = ApproximateTimeSync(SyncConfig(slop_ns=20 * MS, timeout_ns=150 * MS, policy=policy), CAMS,
+                               on_time_jump=jumps.append)
+    out = run(sync, looped(camera_events(8, seed=5), loops=3))
+    got = [(s.items["CAM_FRONT"][0], s.items["CAM_FRONT"][2]) for _, s in out]
+    assert got == [(loop, k) for loop in range(3) for k in range(8)]
+    assert all(s.complete and len({item[:1] + item[2:] for item in s.items.values()}) == 1 for _, s in out)
+    st = sync.stats
+    assert (st.emitted, st.partial, st.dropped_sets, st.late, st.time_jumps) == (24, 0, 0, 0, 2)
+    assert len(jumps) == 2 and sync.last_jump == jumps[1] and all(j.stream in CAMS for j in jumps)
+    # From the last frame (k = 7) back to the first (k = 0): 7 periods, give or take the jitter.
+    assert all(abs(j.back_s - 7 * PERIOD_NS / 1e9) < 0.011 for j in jumps)
+    assert all(j.flushed_sets == 0 and j.flushed_items == 0 for j in jumps)
+
+
+def test_a_jump_flushes_the_pending_set_of_the_old_timeline():
+    """A set still waiting for a camera when the stamps jump is decided as on timeout (partial:
+    emitted with the cameras present), not lost, and not mixed with the new timeline."""
+    sync = ApproximateTimeSync(SyncConfig(slop_ns=20 * MS, timeout_ns=10**9, policy="partial"), ["a", "b"])
+    assert [s.items for s in sync.add("a", 0, "a0", 0) + sync.add("b", 1 * MS, "b0", 1)] == [{"a": "a0", "b": "b0"}]
+    assert sync.add("a", 500 * MS, "a1", 2) == []  # b1 never comes
+    out = sync.add("a", 5 * MS, "a0 again, new timeline", 3)
+    assert [(s.items, s.missing) for s in out] == [({"a": "a1"}, ["b"])]
+    assert sync.last_jump.stream == "a" and sync.last_jump.flushed_sets == 1 and sync.last_jump.flushed_items == 1
+    # The new timeline works from its first item on (b's stamp 6 ms is not "late", nor a duplicate).
+    assert [s.items for s in sync.add("b", 6 * MS, "b0 new", 4)] == [{"a": "a0 again, new timeline", "b": "b0 new"}]
+    assert (sync.stats.time_jumps, sync.stats.late, sync.stats.duplicates) == (1, 0, 0)
+
+
+def test_small_steps_back_are_not_jumps():
+    """Within the threshold a step back is ordinary lateness (no reset); jump_ns widens it."""
+    sync = ApproximateTimeSync(SyncConfig(slop_ns=20 * MS, timeout_ns=10**9), ["a", "b"])
+    sync.add("a", 100 * MS, "a", 0)
+    sync.add("b", 100 * MS, "b", 1)
+    assert sync.add("a", 85 * MS, "a late", 2) == [] and sync.stats.late == 1 and sync.stats.time_jumps == 0
+    sync.add("a", 60 * MS, "a jump", 3)
+    assert sync.stats.time_jumps == 1
+    wide = ApproximateTimeSync(SyncConfig(slop_ns=20 * MS, timeout_ns=10**9, jump_ns=10**9), ["a"])
+    wide.add("a", 900 * MS, "x", 0)
+    wide.add("a", 100 * MS, "y", 1)
+    assert wide.stats.time_jumps == 0 and wide.stats.late == 1
+    with pytest.raises(ValueError, match="jump_ns"):
+        SyncConfig(jump_ns=-1)

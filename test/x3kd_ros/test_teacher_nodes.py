@@ -170,3 +170,55 @@ def test_teacher_checkpoint_must_be_of_its_kind(ros_context, radar_checkpoint):
         RadarTeacherNode(context=ros_context, cli_args=[
             "--ros-args", "-p", f"checkpoint:={radar_checkpoint}", "-p", "radars:=[RADAR_FRONT,RADAR_BACK_LEFT]",
             "-p", "input_topics:=[/r]", *COMMON_ARGS])
+
+
+def test_nan_and_empty_clouds_make_the_diagnostics_warn_with_counts(harness, ros_context, spin_until):
+    """Before: an all-NaN or empty cloud was processed with /diagnostics OK and no log line."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    from x3kd_ros.node_utils import diagnostics_values
+
+    class NoBoxes:  # stands in for the model: always "nothing found"
+        device = "cpu"
+
+        def __call__(self, points):
+            return points
+
+        def predict(self, outputs):
+            from x3kd_core.structures import Boxes3D
+
+            return [Boxes3D.empty()]
+
+    executor, io, add = harness
+    node = add(LidarTeacherNode(NoBoxes(), context=ros_context, cli_args=[
+        "--ros-args", *COMMON_ARGS, "-p", "diagnostics_period_s:=0.2"]))
+    pub = io.create_publisher(PointCloud2, topics.LIDAR_TOPIC, RELIABLE)
+    statuses = []
+    io.create_subscription(DiagnosticArray, topics.DIAGNOSTICS_TOPIC, lambda m: statuses.extend(m.status), 10)
+    assert spin_until(executor, lambda: pub.get_subscription_count() == 1)
+    stamp = 1_600_000_000 * 10**9
+
+    def send(points, k):
+        pub.publish(lidar_points_to_cloud(points, Header(stamp=ns_to_stamp(stamp + k * 50_000_000),
+                                                         frame_id="lidar_top")))
+
+    good = np.array([[5.0, 1.0, 0.0, 10.0]] * 3)
+    send(good, 0)
+    assert spin_until(executor, lambda: node.diagnostics_values()["published"] == 1)
+    assert spin_until(executor, lambda: statuses and statuses[-1].level == DiagnosticStatus.OK, 5.0)
+    all_nan = np.full((7, 4), np.nan)
+    send(all_nan, 1)
+    send(np.zeros((0, 4)), 2)
+    partly = good.copy()
+    partly[0, 2] = np.nan
+    send(partly, 3)
+
+    def warned():
+        return any(s.level == DiagnosticStatus.WARN and "lidar: 2 clouds without a valid point (1 empty, 1 all NaN)"
+                   in s.message and "8 NaN points dropped" in s.message for s in statuses)
+
+    assert spin_until(executor, warned, 10.0), [s.message for s in statuses][-3:]
+    values = diagnostics_values(statuses[-1])
+    assert (values["lidar.empty_clouds"], values["lidar.invalid_clouds"], values["lidar.nan_points"]) == ("1", "1", "8")
+    # Nothing new: OK again.
+    assert spin_until(executor, lambda: statuses[-1].level == DiagnosticStatus.OK, 5.0)

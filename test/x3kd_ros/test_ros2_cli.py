@@ -1,0 +1,226 @@
+"""The package as a ROS 2 user runs it: the real `ros2 launch` / `ros2 run` on the set-up's venv.
+
+Everything goes through the README's ROS shell line (``source tools/ros_env.sh``), so the package
+is found through the ament index (AMENT_PREFIX_PATH), the launch file in ``share/x3kd_ros/launch``
+and the executables in ``lib/x3kd_ros``, exactly as on a ROS 2 install. The tools come from
+``../shared/vendor/ros2`` (installed by tools/setup.sh); without them these tests skip.
+
+Ctrl-C is sent as a terminal sends it: SIGINT to the whole process group (launch / ros2 run and
+every node), so each node sees it twice (the terminal's and launch's own); each must still end
+within 5 s with code 0, never escalated to SIGTERM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.executors import SingleThreadedExecutor
+from vision_msgs.msg import Detection3DArray
+
+from x3kd_ros import topics
+from x3kd_ros.bag_io import BagWriteConfig, write_bag
+from x3kd_ros.node_utils import qos_profile
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ROS_ENV = REPO_ROOT / "tools" / "ros_env.sh"
+VENV_BIN = Path(sys.executable).parent
+SHUTDOWN_LIMIT_S = 5.0  # ros2 launch escalates to SIGTERM after 5 s
+
+_missing = [m for m in ("launch_ros", "ros2launch", "ros2run") if importlib.util.find_spec(m) is None]
+pytestmark = pytest.mark.skipif(
+    bool(_missing) or not (VENV_BIN / "ros2").is_file(),
+    reason=f"the vendored ROS 2 tools are not installed ({', '.join(_missing) or 'no ros2 command'}): "
+           "tools/setup.sh installs them from ../shared/vendor/ros2 when that folder exists",
+)
+
+
+def ros_shell(command: str, exec_: bool = True) -> list[str]:
+    """``command`` in the README's ROS shell (``exec``: signals reach the ros2 process itself)."""
+    return ["bash", "-c", f"source {ROS_ENV} && {'exec ' if exec_ else ''}{command}"]
+
+
+class Started:
+    """A process started in its own session (process group); output to a file; stopped by group."""
+
+    def __init__(self, command: list[str], log: Path) -> None:
+        self.log = log
+        self._out = open(log, "wb")
+        self.process = subprocess.Popen(command, stdout=self._out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO_ROOT)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def ctrl_c(self, timeout_s: float) -> tuple[int | None, float]:
+        """SIGINT to the whole group, as a terminal's Ctrl-C; (exit code or None, seconds taken)."""
+        start = time.monotonic()
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            code = self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            code = None
+        return code, time.monotonic() - start
+
+    def close(self) -> None:
+        """Make sure nothing of this group survives the test (SIGTERM, then SIGKILL)."""
+        if self.process.poll() is None:
+            for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(self.process.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.process.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self._out.close()
+
+
+class Probe:
+    """A node in this process collecting detections and the detector's /diagnostics, spun in a thread."""
+
+    def __init__(self, context) -> None:
+        self.node = rclpy.create_node("x3kd_test_ros2_cli_probe", context=context)
+        self.detections: list[Detection3DArray] = []
+        self.diagnostics: list[DiagnosticStatus] = []
+        self.node.create_subscription(Detection3DArray, topics.DETECTIONS_TOPIC, self.detections.append,
+                                      qos_profile("reliable", 100))
+        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS_TOPIC,
+                                      lambda m: self.diagnostics.extend(m.status), 100)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def wait_for(self, condition, timeout_s: float) -> bool:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if condition():
+                return True
+            time.sleep(0.05)
+        return condition()
+
+    def detector_statuses(self) -> list[DiagnosticStatus]:
+        return [s for s in list(self.diagnostics) if s.name.startswith("x3kd_detector")]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+@pytest.fixture(scope="module")
+def bag(tiny_dataset, tmp_path_factory) -> Path:
+    """The tiny dataset's validation split (3 keyframes, 0.5 s apart) as an mcap bag; in it every
+    image comes before its CameraInfo (same stamp), as in the bags that lost their first frame."""
+    dataroot, version = tiny_dataset
+    return write_bag(dataroot, version, "synth_val", tmp_path_factory.mktemp("ros2_cli_bag") / "val",
+                     BagWriteConfig()).path
+
+
+def _finished_cleanly(text: str) -> list[str]:
+    return re.findall(r"\[INFO\] \[([\w-]+)\]: process has finished cleanly", text)
+
+
+def test_ros2_launch_replayed_bag_loop_diagnostics_and_clean_ctrl_c(
+        ros_context, bag, student_checkpoint, lidar_checkpoint, tmp_path):
+    """`ros2 launch x3kd_ros detector.launch.py` as the README gives it (teachers on, only the LiDAR
+    checkpoint), a bag replayed twice in a row without CameraInfo priming, then Ctrl-C.
+
+    Checks: the package and its launch file are found through the ament index; the radar teacher
+    without a checkpoint is not started (no FATAL child); every camera frame of both loops is
+    answered (first frame not lost to a late CameraInfo; the backwards jump at the loop resets the
+    synchronizer instead of dropping everything after it) and the detections reach this process;
+    /diagnostics reports the jump as WARN; Ctrl-C ends every node within 5 s with code 0.
+    """
+    probe = Probe(ros_context)
+    launch = Started(ros_shell(
+        f"ros2 launch x3kd_ros detector.launch.py checkpoint:={student_checkpoint} device:=cpu "
+        f"use_teachers:=true lidar_checkpoint:={lidar_checkpoint}"), tmp_path / "launch.log")
+    try:
+        replay = subprocess.run(
+            [sys.executable, "-m", "x3kd_ros.replay", str(bag), "--loop", "2", "--no-prime",
+             "--ack-timeout-s", "20", "--drain-timeout-s", "20", "--ready-timeout-s", "150"],
+            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        output = launch.text()
+        assert replay.returncode == 0, f"{replay.stderr}\n--- launch output:\n{output[-4000:]}"
+        loops = [json.loads(line) for line in replay.stdout.splitlines()]
+        ready = re.search(r"graph ready after ([\d.]+) s", replay.stderr)
+        print(f"\nros2 launch: every camera subscribed after {ready and ready.group(1)} s (replayer start -> ready); "
+              "frames answered per loop: " + ", ".join(f"{r['answers']}/{r['frames']}" for r in loops))
+        assert [(r["frames"], r["complete_frames"], r["answers"], r["ack_timeouts"]) for r in loops] == [(3, 3, 3, 0)] * 2
+        for r in loops:
+            assert r["answer_stamps_ns"] == r["frame_stamps_ns"], r
+        assert probe.wait_for(lambda: len(probe.detections) == 6, 10.0), len(probe.detections)
+        assert all(d.header.frame_id == "base_link" for d in probe.detections)
+
+        def jump_reported() -> bool:
+            return any(s.level == DiagnosticStatus.WARN and "time jumped back" in s.message
+                       and "synchronizer reset" in s.message for s in probe.detector_statuses())
+
+        assert probe.wait_for(jump_reported, 10.0), [s.message for s in probe.detector_statuses()][-5:]
+
+        code, seconds = launch.ctrl_c(timeout_s=30.0)
+        print(f"ros2 launch: Ctrl-C -> exit {code} after {seconds:.2f} s")
+        output = launch.text()
+        assert code == 0 and seconds < SHUTDOWN_LIMIT_S, f"exit {code} after {seconds:.1f} s:\n{output[-4000:]}"
+    finally:
+        launch.close()
+        probe.close()
+    # The package was found by name, the radar teacher was left out (with a reason), nothing died.
+    assert "node x3kd_radar_teacher not started: launch argument radar_checkpoint is empty" in output
+    assert "x3kd_radar_teacher-" not in output and "FATAL" not in output
+    assert "process has died" not in output and "SIGTERM" not in output and "Traceback" not in output
+    assert sorted(_finished_cleanly(output)) == ["x3kd_comparison-3", "x3kd_detector-1", "x3kd_lidar_teacher-2"]
+    # One WARN line per jump and node, naming it.
+    assert output.count("[x3kd_detector]: time jumped back 1.000 s") == 1, output[-3000:]
+
+
+def test_ros2_run_detector_and_package_queries(ros_context, student_checkpoint, tmp_path):
+    """`ros2 pkg prefix` / `ros2 pkg executables` find the package, `ros2 run x3kd_ros x3kd_detector`
+    starts the node, and Ctrl-C ends it within 5 s with code 0."""
+    queries = subprocess.run(ros_shell("ros2 pkg prefix x3kd_ros && ros2 pkg executables x3kd_ros", exec_=False),
+                             capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert queries.returncode == 0, queries.stderr
+    lines = queries.stdout.split("\n")
+    assert Path(lines[0]).resolve() == Path(sys.prefix).resolve()
+    for exe in ("x3kd_detector", "x3kd_lidar_teacher", "x3kd_radar_teacher", "x3kd_comparison"):
+        assert f"x3kd_ros {exe}" in lines
+
+    probe = Probe(ros_context)
+    node = Started(ros_shell(
+        f"ros2 run x3kd_ros x3kd_detector --ros-args -p checkpoint:={student_checkpoint} -p device:=cpu "
+        "-p calibration_file:=calibration_synthetic.yaml -r __node:=x3kd_detector_run"), tmp_path / "run.log")
+    try:
+        up = probe.wait_for(lambda: probe.node.count_publishers(topics.DETECTIONS_TOPIC) == 1
+                            and "model on" in node.text(), 150.0)
+        assert up and node.process.poll() is None, node.text()[-3000:]
+        # Its diagnostics name the node (the remapped name) and say no image came yet.
+        assert probe.wait_for(lambda: any(s.name.startswith("x3kd_detector_run") for s in probe.diagnostics), 10.0)
+        code, seconds = node.ctrl_c(timeout_s=30.0)
+        print(f"\nros2 run: Ctrl-C -> exit {code} after {seconds:.2f} s")
+        text = node.text()
+        assert code == 0 and seconds < SHUTDOWN_LIMIT_S, f"exit {code} after {seconds:.1f} s:\n{text[-3000:]}"
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    finally:
+        node.close()
+        probe.close()
