@@ -7,6 +7,7 @@
     x3kd demo       --out runs/demo
     x3kd bag write  --dataroot ... --out BAG
     x3kd bag eval   BAG --checkpoint student.pt [--teacher-lidar l.pt] [--teacher-radar r.pt] [--rate 0] --out DIR
+                    [--remap GRAPH_TOPIC:=BAG_TOPIC ...] [--params-file FILE ...]   (other people's bags)
 
 Every sub-command exits 0 on success, 2 on bad input (config, paths, files) with a one-line
 message naming the problem, never a traceback for user errors.
@@ -221,7 +222,7 @@ def _cmd_bag_write(args) -> int:
 
 
 def _cmd_bag_eval(args) -> int:
-    from x3kd_ros.bag_eval import BagEvalConfig, BagEvalError, run_bag_eval
+    from x3kd_ros.bag_eval import BagEvalConfig, BagEvalError, parse_remap, run_bag_eval
     from x3kd_ros.ros_env import pid_domain_id
 
     out = Path(args.out) if args.out else REPO_ROOT / "runs" / "bag_eval" / Path(args.bag).resolve().name
@@ -230,7 +231,10 @@ def _cmd_bag_eval(args) -> int:
                                radar_checkpoint=args.teacher_radar, device=args.device, rate=args.rate,
                                ready_timeout_s=args.startup_timeout_s, ack_timeout_s=args.frame_timeout_s,
                                drain_timeout_s=args.frame_timeout_s, dataroot=args.dataroot or "",
-                               version=args.version or "", split=args.split or "", num_pictures=args.pictures)
+                               version=args.version or "", split=args.split or "", num_pictures=args.pictures,
+                               graph_config=args.graph or "",
+                               remappings=tuple(parse_remap(r) for r in args.remap),
+                               params_files=tuple(args.params_file))
         # A private domain by default: another graph on this host must not answer our frames.
         domain = args.domain_id if args.domain_id is not None else pid_domain_id()
         result = run_bag_eval(args.bag, out, config, log=lambda text: print(text, file=sys.stderr), domain_id=domain)
@@ -241,6 +245,8 @@ def _cmd_bag_eval(args) -> int:
         print(f"frames {group}: {check.answered_once}/{check.sent} answered exactly once "
               f"({check.unanswered} unanswered, {check.answered_twice_or_more} more than once, "
               f"{check.unmatched_answers} answers without a frame)")
+    if result.ground_truth is None:
+        print("no ground truth in the bag: no metrics (frames, latency, rates, drops, teacher agreement)")
     for model, metrics in result.metrics.items():
         line = ", ".join(f"{k}={v:.4f}" for k, v in metrics.summary().items())
         print(f"{model} (scored from the bag): {line}")
@@ -251,6 +257,10 @@ def _cmd_bag_eval(args) -> int:
         e2e, mdl = lat["end_to_end_ms"], lat["model_ms"]
         fmt = lambda d: "/".join("-" if d[k] is None else f"{d[k]:.1f}" for k in ("p50", "p90", "p99"))  # noqa: E731
         print(f"{model} latency ms p50/p90/p99: end-to-end {fmt(e2e)} (n={e2e['n']}), model {fmt(mdl)} (n={mdl['n']})")
+    for model, rate in report["rates"].items():
+        drops = ", ".join(f"{k} {rate[k]}" for k in ("busy_drops", "inference_errors") if k in rate)
+        print(f"{model} rates: {rate['answers']}/{rate['frames_sent']} frames answered, "
+              f"{rate['answers_per_s']:.2f} answers/s of replay" + (f"; {drops}" if drops else ""))
     for teacher, comp in report["comparison"].items():
         total = comp["total"] or {}
         print(f"comparison with {teacher}: {comp['pairs']} pairs, precision {total.get('precision')}, "
@@ -307,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     bag_write.add_argument("--max-samples", type=int, default=None, help="only the first N keyframes of the split")
     bag_write.set_defaults(func=_cmd_bag_write)
     bag_eval = bag.add_parser("eval", help="replay a bag through the live ROS 2 graph and score it (x3kd_ros.bag_eval)")
-    bag_eval.add_argument("bag", help="rosbag2 folder (from `x3kd bag write`: sensors + ground truth)")
+    bag_eval.add_argument("bag", help="rosbag2 folder (from `x3kd bag write`: sensors + ground truth; or any bag "
+                          "whose topics --remap / --params-file map; without ground truth: no metrics)")
     bag_eval.add_argument("--checkpoint", required=True, help="camera-student checkpoint")
     bag_eval.add_argument("--teacher-lidar", default="", help="LiDAR teacher checkpoint (adds it and its comparison node)")
     bag_eval.add_argument("--teacher-radar", default="", help="radar teacher checkpoint (adds it and its comparison node)")
@@ -322,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     bag_eval.add_argument("--startup-timeout-s", type=float, default=120.0, help="longest wait for the nodes to come up")
     bag_eval.add_argument("--frame-timeout-s", type=float, default=30.0, help="longest wait for one frame's answer")
     bag_eval.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: a private one from the pid)")
+    bag_eval.add_argument("--remap", action="append", default=[], metavar="GRAPH_TOPIC:=BAG_TOPIC",
+                          help="remap rule for every node, as --ros-args -r (repeatable), e.g. "
+                               "/cameras/cam_front/image_raw:=/my/front/image")
+    bag_eval.add_argument("--params-file", action="append", default=[], metavar="FILE",
+                          help="ROS 2 params file for the nodes, as --ros-args --params-file (repeatable), e.g. "
+                               "image_topics / camera_info_topics / camera_frames of the bag's cameras")
+    bag_eval.add_argument("--graph", default=None, help="graph description YAML (default: config/ros/graph.yaml)")
     bag_eval.set_defaults(func=_cmd_bag_eval)
 
     train = sub.add_parser("train", help="train one experiment (config/train/*.yaml), then evaluate it")

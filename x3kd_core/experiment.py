@@ -777,8 +777,30 @@ def _json_default(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------- checkpoints
+#: Config fields that name pretrained weights loaded when a model is built.
+_PRETRAINED_FIELDS = ("pretrained_weights", "pretrained_backbone")
+
+
+def _without_pretrained(value: Any) -> Any:
+    """``value`` (a config dataclass tree) with every :data:`_PRETRAINED_FIELDS` entry set to None."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return value
+    changes = {}
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        new = None if f.name in _PRETRAINED_FIELDS else _without_pretrained(item)
+        if new is not item:
+            changes[f.name] = new
+    return dataclasses.replace(value, **changes) if changes else value
+
+
 def task_from_checkpoint(path: str | os.PathLike, kinds: Sequence[str] = tuple(TASK_KINDS)) -> tuple[nn.Module, ExperimentConfig]:
     """Rebuild the task stored in a checkpoint written by :func:`train_experiment` (weights loaded, CPU).
+
+    The file is read once, and the model is built without the pretrained weights its config may
+    name (``backbone.pretrained_weights``, ``pretrained_backbone``): the checkpoint's weights
+    replace them, so loading them would be wasted time, and the file (or torch hub cache) they
+    name need not exist where the checkpoint is deployed. The returned config keeps them.
 
     Args:
         path: ``last.pt`` of a run. kinds: model kinds accepted (e.g. ``("student", "camera_radar")``).
@@ -788,22 +810,17 @@ def task_from_checkpoint(path: str | os.PathLike, kinds: Sequence[str] = tuple(T
     """
     from x3kd_core.train.checkpoint import CheckpointError, check_state_dict_fits, load_checkpoint
 
-    state, last_err = None, None
-    for kind in kinds:
-        try:
-            state = load_checkpoint(path, TASK_KINDS[kind])
-            break
-        except CheckpointError as err:
-            last_err = err
-            if "holds a" not in str(err):
-                raise
-    if state is None:
-        raise CheckpointError(f"{path}: not a checkpoint of kind {', '.join(kinds)} ({last_err})")
+    try:
+        state = load_checkpoint(path, tuple(TASK_KINDS[kind] for kind in kinds))
+    except CheckpointError as err:
+        if "holds a" not in str(err):
+            raise
+        raise CheckpointError(f"{path}: not a checkpoint of kind {', '.join(kinds)} ({err})") from None
     try:
         exp = from_dict(ExperimentConfig, state["config"])
     except ConfigError as err:
         raise CheckpointError(f"{path}: its stored experiment config no longer loads: {err}") from None
-    task = build_task(exp)
+    task = build_task(_without_pretrained(exp))
     # Distillation modules (X-FD adapters, ...) are training-only: the rebuilt task has none.
     weights = {k: v for k, v in state["model"].items() if not k.startswith("distill.")}
     check_state_dict_fits(weights, task, where=str(path))

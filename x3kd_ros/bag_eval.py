@@ -1,11 +1,13 @@
 """Bag evaluation: replay a rosbag2 file through the live x3kd graph and score what it publishes.
 
 ``x3kd bag eval BAG --checkpoint student.pt [--teacher-lidar l.pt] [--teacher-radar r.pt] --out DIR``
+``[--remap GRAPH_TOPIC:=BAG_TOPIC ...] [--params-file FILE ...] [--graph graph.yaml]``
 
 What happens (:func:`run_bag_eval`)
-    1. The bag's ground truth is read (:func:`read_keyframes`): every ``/ground_truth/sample_token``
-       with the ``/ground_truth/detections`` of the same stamp (boxes in ``base_link``, the ego
-       frame of the keyframe) and the ego pose ``map -> base_link`` from ``/tf`` at that stamp.
+    1. The bag's ground truth, where it has one, is read (:func:`read_keyframes`): every
+       ``/ground_truth/sample_token`` with the ``/ground_truth/detections`` of the same stamp
+       (boxes in ``base_link``, the ego frame of the keyframe) and the ego pose
+       ``map -> base_link`` from ``/tf`` at that stamp.
     2. The graph (``config/ros/graph.yaml``: student detector, and for each teacher checkpoint
        given, that teacher plus its comparison node) is started as real processes through
        :class:`~x3kd_ros.run_graph.GraphRunner`, with evaluation overrides
@@ -47,6 +49,23 @@ Scoring from the bag alone (:func:`score_keyframes`)
     undefined) and NDS is a lower bound; the bicycle-rack filter needs the tables and is not
     applied (bicycle racks are not a detection class, so a bag has none to filter with).
 
+Other people's bags (topic map, no ground truth)
+    A bag with other topic names or frame ids is evaluated with the same remaps and params files
+    the live graph takes (``BagEvalConfig.remappings`` / ``params_files``, ``x3kd bag eval
+    --remap FROM:=TO --params-file FILE``, or a graph file with per-node ``remappings`` /
+    ``params_files``). They go to every node of the graph as ``-r FROM:=TO`` (before the graph
+    file's own, so they win) and ``--params-file`` (after the graph file's, before the evaluation
+    overrides), and this module resolves each topic exactly as a node does
+    (:func:`resolve_bag_topics`): the node's parameter (``image_topics``, ``camera_info_topics``,
+    the LiDAR teacher's ``input_topic``, the radar teacher's ``input_topics``; default: the
+    ``x3kd_ros.topics`` names), then the first matching remap rule. FROM is the graph's name, TO
+    the bag's (``--remap /cameras/cam_front/image_raw:=/my/front/image``). Optical frame ids are
+    parameters (``camera_frames``, ``radar_frames``; the LiDAR teacher takes each cloud's
+    ``header.frame_id``), so a params file sets them. Remaps of the ground-truth topics and of
+    ``/tf`` tell the scorer where those are; ``/tf_static`` is replayed under its own name.
+    Without ground-truth topics the report has no metrics: frames, latency, rates, drops, the
+    nodes' diagnostics and teacher agreement.
+
 Nothing here imports rclpy at module level: :func:`read_keyframes`, :func:`score_keyframes` and
 the report helpers work without a ROS graph.
 """
@@ -56,6 +75,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -82,6 +102,12 @@ __all__ = [
     "match_to_keyframes",
     "match_answers_to_frames",
     "percentiles",
+    "parse_remap",
+    "apply_remaps",
+    "node_parameters",
+    "BagTopics",
+    "resolve_bag_topics",
+    "has_ground_truth",
     "eval_graph_specs",
     "BagEvalResult",
     "run_bag_eval",
@@ -157,33 +183,53 @@ def bag_custom_data(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def read_keyframes(path: str | os.PathLike) -> BagGroundTruth:
+def has_ground_truth(msgtypes: Mapping[str, str], topic_names: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether a bag with these topics has ground truth (both ground-truth topics, under their
+    names in the bag: ``topic_names`` maps the graph's names to the bag's, see :class:`BagTopics`).
+
+    Raises:
+        BagEvalError: one ground-truth topic without the other.
+    """
+    names = topic_names or {}
+    needed = [names.get(t, t) for t in (topics.GT_SAMPLE_TOKEN_TOPIC, topics.GT_DETECTIONS_TOPIC)]
+    present = [t in msgtypes for t in needed]
+    if any(present) and not all(present):
+        raise BagEvalError(f"the bag has {needed[present.index(True)]} but not {needed[present.index(False)]}: "
+                           "ground truth needs both")
+    return all(present)
+
+
+def read_keyframes(path: str | os.PathLike, topic_names: Optional[Mapping[str, str]] = None) -> BagGroundTruth:
     """Ground truth and ego poses of every keyframe of a bag written by :func:`x3kd_ros.bag_io.write_bag`.
 
     The ego pose is the ``map -> base_link`` transform on ``/tf`` at the keyframe stamp (the
     LiDAR keyframe's own pose, the one nuScenes evaluates with); the nearest one if no stamp
-    matches exactly (the gap is reported).
+    matches exactly (the gap is reported). ``topic_names`` maps ``/ground_truth/*`` and ``/tf``
+    to their names in the bag where those differ (:attr:`BagTopics.names`).
 
     Raises:
         BagEvalError: no ground-truth topics, or detections without a token at the same stamp.
     """
     from x3kd_ros.conversions import detections_to_boxes
 
+    names = topic_names or {}
+    token_topic, boxes_topic, tf_topic = (names.get(t, t) for t in (
+        topics.GT_SAMPLE_TOKEN_TOPIC, topics.GT_DETECTIONS_TOPIC, topics.TF_TOPIC))
     summary = bag_summary(path)
-    needed = [topics.GT_SAMPLE_TOKEN_TOPIC, topics.GT_DETECTIONS_TOPIC]
+    needed = [token_topic, boxes_topic]
     missing = [t for t in needed if t not in summary.msgtypes]
     if missing:
         raise BagEvalError(f"bag {path} has no ground truth ({', '.join(missing)} missing); write it with "
                            "`x3kd bag write` from a nuScenes-format dataset")
-    has_tf = topics.TF_TOPIC in summary.msgtypes
+    has_tf = tf_topic in summary.msgtypes
     tokens: dict[int, str] = {}
     boxes: dict[int, Boxes3D] = {}
     pose_stamps: list[int] = []
     poses: list[np.ndarray] = []
-    for msg in read_bag(path, needed + ([topics.TF_TOPIC] if has_tf else [])):
-        if msg.topic == topics.GT_SAMPLE_TOKEN_TOPIC:
+    for msg in read_bag(path, needed + ([tf_topic] if has_tf else [])):
+        if msg.topic == token_topic:
             tokens[msg.stamp_ns] = msg.message.data
-        elif msg.topic == topics.GT_DETECTIONS_TOPIC:
+        elif msg.topic == boxes_topic:
             boxes[msg.stamp_ns] = detections_to_boxes(msg.message)
         else:
             for tf in msg.message.transforms:
@@ -192,7 +238,7 @@ def read_keyframes(path: str | os.PathLike) -> BagGroundTruth:
                     pose_stamps.append(int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec))
                     poses.append(transform_to_matrix(tf.transform))
     if set(tokens) != set(boxes):
-        raise BagEvalError(f"bag {path}: /ground_truth/detections and /ground_truth/sample_token stamps differ "
+        raise BagEvalError(f"bag {path}: {boxes_topic} and {token_topic} stamps differ "
                            f"({len(boxes)} vs {len(tokens)} messages)")
     order = np.argsort(pose_stamps, kind="stable") if pose_stamps else np.zeros(0, dtype=np.int64)
     pose_stamps_sorted = np.asarray(pose_stamps, dtype=np.int64)[order]
@@ -424,6 +470,12 @@ class BagEvalConfig:
         graph_config: graph description YAML ("" = config/ros/graph.yaml).
         fastdds_profile: load the replay's Fast DDS profile (:mod:`x3kd_ros.replay`, *Transport*)
             in this process and the nodes, unless the user set a profile file or another RMW.
+        remappings: ``(FROM, TO)`` remap rules given to every node (``-r FROM:=TO``; FROM the
+            graph's topic name, TO the bag's; ``node:FROM`` limits a rule to that node), ahead
+            of the graph file's own; :func:`parse_remap` reads ``"FROM:=TO"``.
+        params_files: ROS 2 params files given to every node after the graph file's own (the
+            evaluation's overrides still come last); e.g. ``image_topics`` / ``camera_frames``
+            of a foreign camera rig.
     """
 
     checkpoint: str
@@ -444,10 +496,20 @@ class BagEvalConfig:
     stop_timeout_s: float = 10.0
     graph_config: str = ""
     fastdds_profile: bool = True
+    remappings: tuple[tuple[str, str], ...] = ()
+    params_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
             raise BagEvalError("a student checkpoint is required")
+        object.__setattr__(self, "remappings", tuple((str(a), str(b)) for a, b in self.remappings))
+        object.__setattr__(self, "params_files", tuple(str(f) for f in self.params_files))
+        for src, dst in self.remappings:
+            if not src or not dst:
+                raise BagEvalError(f"remap rule {src}:={dst} has an empty side")
+        for file in self.params_files:
+            if not Path(file).is_file():
+                raise BagEvalError(f"params file not found: {file}")
         if not self.rate >= 0:
             raise BagEvalError(f"rate must be >= 0 (0 = as fast as the graph answers), got {self.rate}")
         if not self.match_tolerance_s > 0:
@@ -466,40 +528,277 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# Topic map: where the graph's inputs are in a bag
+
+
+_NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IMAGE_TYPE = "sensor_msgs/msg/Image"
+_COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+_CLOUD_TYPE = "sensor_msgs/msg/PointCloud2"
+
+
+def parse_remap(text: str) -> tuple[str, str]:
+    """``"FROM:=TO"`` (as ``--ros-args -r`` takes it) -> ``(FROM, TO)``.
+
+    Raises:
+        BagEvalError: no ``:=`` or an empty side.
+    """
+    src, sep, dst = text.partition(":=")
+    if not sep or not src.strip() or not dst.strip():
+        raise BagEvalError(f"expected a remap rule FROM:=TO, got {text!r}")
+    return src.strip(), dst.strip()
+
+
+def _absolute(name: str, namespace: str = "") -> str:
+    name = name.strip()
+    return name if name.startswith(("/", "~")) else f"{namespace.rstrip('/')}/{name}"
+
+
+def apply_remaps(name: str, rules: Sequence[tuple[str, str]], node_name: str = "", namespace: str = "") -> str:
+    """Topic ``name`` of node ``namespace/node_name`` after ROS 2 remap rules, as rcl applies them:
+    names made absolute in the node's namespace, the first rule whose FROM equals the name wins,
+    a ``node:FROM`` rule applies to that node only."""
+    target = _absolute(name, namespace)
+    for src, dst in rules:
+        node, sep, rest = src.partition(":")
+        if sep and _NODE_NAME.fullmatch(node):
+            if node != node_name:
+                continue
+            src = rest
+        if _absolute(src, namespace) == target:
+            return _absolute(dst, namespace)
+    return target
+
+
+def _node_key_pattern(key: str) -> re.Pattern:
+    """rclcpp / rclpy's match of a params-file node key with a node's full name: ``/**`` any
+    number of namespace tokens, ``/*`` one token (resolve_parameter_overrides)."""
+    key = key if key.startswith("/") else "/" + key
+    parts = re.split(r"(/\*\*|/\*)", key)
+    return re.compile("".join("(/\\w+)*" if p == "/**" else "(/\\w+)" if p == "/*" else re.escape(p) for p in parts))
+
+
+def _flatten(prefix: str, value: Any, out: dict) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = value
+
+
+def node_parameters(params_files: Sequence[str | os.PathLike], node_name: str, namespace: str = "",
+                    inline: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """The parameter values that ROS 2 params files (in order, later wins) and then ``inline``
+    give node ``namespace/node_name``, under their dotted names (``sync.slop_s``). Node keys may
+    be nested (``ns: {node: {ros__parameters: ...}}``) and use ``/**`` / ``/*`` wildcards.
+
+    Raises:
+        BagEvalError: an unreadable file or one that is not a params file.
+    """
+    fqn = f"{namespace.rstrip('/')}/{node_name}"
+    out: dict[str, Any] = {}
+
+    def walk(key: str, entry: Any, file) -> None:
+        if not isinstance(entry, dict):
+            raise BagEvalError(f"params file {file}: node entry {key!r} is not a mapping")
+        for name, value in entry.items():
+            if name == "ros__parameters":
+                if _node_key_pattern(key).fullmatch(fqn):
+                    _flatten("", value or {}, out)
+            else:
+                walk(f"{key.rstrip('/')}/{name}" if key else str(name), value, file)
+
+    for file in params_files:
+        try:
+            document = yaml.safe_load(Path(file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise BagEvalError(f"params file {file}: {err}") from None
+        if not isinstance(document, dict):
+            raise BagEvalError(f"params file {file}: expected a mapping of node names to ros__parameters")
+        walk("", document, file)
+    if inline:
+        _flatten("", dict(inline), out)
+    return out
+
+
 @dataclass(frozen=True)
-class _BagSensors:
+class BagTopics:
+    """Where the graph's inputs are in a bag, resolved as the nodes resolve them (their parameters,
+    then the remap rules; see *Other people's bags* in the module docstring).
+
+    Fields:
+        cameras: the detector's cameras whose images the bag has (the detector's order).
+        compressed: those images are CompressedImage (else Image).
+        image: camera -> image topic in the bag. camera_info: camera -> CameraInfo topic in the
+            bag (only those the bag has).
+        lidar: the LiDAR teacher's cloud topic in the bag ("" where the bag lacks it).
+        radars: radars whose clouds the bag has; radar: radar -> topic in the bag.
+        names: graph name -> bag name of ``/ground_truth/*``, ``/tf`` and ``/tf_static``.
+        camera_candidates: the image topics looked for (for error messages).
+        detector_parameters / radar_parameters: node-side (before remapping) parameter values for
+            the cameras / radars present, which the evaluation sets (dotted names).
+    """
+
     cameras: list[str]
     compressed: bool
+    image: dict[str, str]
+    camera_info: dict[str, str]
+    lidar: str
     radars: list[str]
-    has_lidar: bool
+    radar: dict[str, str]
+    names: dict[str, str]
+    camera_candidates: list[str] = field(default_factory=list)
+    detector_parameters: dict[str, Any] = field(default_factory=dict)
+    radar_parameters: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def of(cls, msgtypes: Mapping[str, str]) -> "_BagSensors":
-        raw = [c for c in CAMERA_NAMES if topics.camera_image_topic(c) in msgtypes]
-        compressed = [c for c in CAMERA_NAMES if topics.camera_image_topic(c, compressed=True) in msgtypes]
-        use_compressed = len(compressed) > len(raw)
-        return cls(cameras=compressed if use_compressed else raw, compressed=use_compressed,
-                   radars=[r for r in RADAR_NAMES if topics.radar_topic(r) in msgtypes],
-                   has_lidar=topics.LIDAR_TOPIC in msgtypes)
+    @property
+    def has_lidar(self) -> bool:
+        return bool(self.lidar)
 
     def image_topics(self) -> list[str]:
-        return [topics.camera_image_topic(c, self.compressed) for c in self.cameras]
+        return [self.image[c] for c in self.cameras]
+
+    def remapped(self) -> dict[str, str]:
+        """Graph name -> bag name of every input whose name differs (for the report)."""
+        out = {topics.camera_image_topic(c, self.compressed): self.image[c] for c in self.cameras}
+        out.update({topics.camera_info_topic(c): t for c, t in self.camera_info.items()})
+        if self.lidar:
+            out[topics.LIDAR_TOPIC] = self.lidar
+        out.update({topics.radar_topic(r): t for r, t in self.radar.items()})
+        out.update(self.names)
+        return {k: v for k, v in out.items() if k != v}
+
+
+def _per_entry(params: Mapping[str, Any], name: str, n: int, node: str) -> Optional[list]:
+    value = params.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != n:
+        raise BagEvalError(f"node {node}: parameter {name} must have one entry per sensor ({n}), got {value!r}")
+    return list(value)
+
+
+def _nested(dotted: Mapping[str, Any]) -> dict:
+    out: dict = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        target = out
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = value
+    return out
+
+
+def resolve_bag_topics(specs, msgtypes: Mapping[str, str]) -> BagTopics:
+    """Where the inputs of the graph ``specs`` (:class:`~x3kd_ros.graph.NodeSpec`, as started:
+    params files, inline parameters, remappings) are in a bag with topics ``msgtypes``.
+
+    Cameras: the detector's ``cameras`` with ``image_topics`` (default
+    ``/cameras/<cam>/image_raw`` and ``.../compressed``) remapped; raw or compressed, whichever
+    more cameras of the bag have. Raises BagEvalError for malformed per-sensor lists.
+    """
+    by_key = {s.key: s for s in specs}
+    anchor = by_key.get("detector") or (specs[0] if specs else None)
+
+    def params(spec) -> dict[str, Any]:
+        return node_parameters(spec.params_files, spec.name, spec.namespace, spec.parameters)
+
+    def remap(spec, name: str) -> str:
+        return apply_remaps(name, spec.remappings, spec.name, spec.namespace) if spec is not None else name
+
+    cameras, compressed, image, info, candidates, det = [], False, {}, {}, [], {}
+    detector = by_key.get("detector")
+    if detector is not None:
+        p = params(detector)
+        all_cameras = list(p.get("cameras") or CAMERA_NAMES)
+        n = len(all_cameras)
+        explicit = _per_entry(p, "image_topics", n, detector.name)
+        options: dict[bool, list[tuple[int, str, str]]] = {}
+        for comp in (False, True):
+            node_side = explicit or [topics.camera_image_topic(c, comp) for c in all_cameras]
+            bag_side = [remap(detector, t) for t in node_side]
+            candidates += [t for t in bag_side if t not in candidates]
+            want = _COMPRESSED_TYPE if comp else _IMAGE_TYPE
+            options[comp] = [(i, node_side[i], bag_side[i]) for i in range(n) if msgtypes.get(bag_side[i]) == want]
+        compressed = len(options[True]) > len(options[False])
+        chosen = options[compressed]
+        index = [i for i, _, _ in chosen]
+        cameras = [all_cameras[i] for i in index]
+        image = {all_cameras[i]: bag for i, _, bag in chosen}
+        info_node = (_per_entry(p, "camera_info_topics", n, detector.name)
+                     or [topics.camera_info_topic(c) for c in all_cameras])
+        info = {all_cameras[i]: remap(detector, info_node[i]) for i in index
+                if remap(detector, info_node[i]) in msgtypes}
+        det = {"cameras": cameras, "image_transport": "compressed" if compressed else "raw",
+               "image_topics": [t for _, t, _ in chosen], "camera_info_topics": [info_node[i] for i in index]}
+        for name in ("camera_frames", "sync.offsets_s"):
+            values = _per_entry(p, name, n, detector.name)
+            if values is not None:
+                det[name] = [values[i] for i in index]
+
+    lidar_spec = by_key.get("lidar_teacher")
+    lidar_node = params(lidar_spec).get("input_topic") if lidar_spec is not None else None
+    lidar = remap(lidar_spec or anchor, lidar_node or topics.LIDAR_TOPIC)
+    lidar = lidar if msgtypes.get(lidar) == _CLOUD_TYPE else ""
+
+    radar_spec = by_key.get("radar_teacher")
+    rp = params(radar_spec) if radar_spec is not None else {}
+    all_radars = list(rp.get("radars") or RADAR_NAMES)
+    m = len(all_radars)
+    radar_node = (_per_entry(rp, "input_topics", m, "x3kd_radar_teacher")
+                  or [topics.radar_topic(r) for r in all_radars])
+    radar_index = [i for i in range(m) if msgtypes.get(remap(radar_spec or anchor, radar_node[i])) == _CLOUD_TYPE]
+    radars = [all_radars[i] for i in radar_index]
+    radar = {all_radars[i]: remap(radar_spec or anchor, radar_node[i]) for i in radar_index}
+    rad = {"radars": radars, "input_topics": [radar_node[i] for i in radar_index]}
+    frames = _per_entry(rp, "radar_frames", m, "x3kd_radar_teacher")
+    if frames is not None:
+        rad["radar_frames"] = [frames[i] for i in radar_index]
+
+    names = {t: remap(anchor, t) for t in (topics.GT_SAMPLE_TOKEN_TOPIC, topics.GT_DETECTIONS_TOPIC,
+                                           topics.TF_TOPIC, topics.TF_STATIC_TOPIC)}
+    if names[topics.TF_STATIC_TOPIC] != topics.TF_STATIC_TOPIC:
+        raise BagEvalError(f"{topics.TF_STATIC_TOPIC} cannot be remapped in an evaluation (the player replays "
+                           f"it latched under its own name), got {names[topics.TF_STATIC_TOPIC]}")
+    return BagTopics(cameras=cameras, compressed=compressed, image=image, camera_info=info, lidar=lidar,
+                     radars=radars, radar=radar, names=names, camera_candidates=candidates,
+                     detector_parameters=det, radar_parameters=rad)
+
+
+def _topic_warnings(config: BagEvalConfig, sensors: BagTopics, msgtypes: Mapping[str, str]) -> list[str]:
+    """Likely mistakes in a topic map: cameras without CameraInfo in the bag, and remap rules whose
+    TO is a bag topic that no node input resolved to (a FROM that names no topic the graph uses)."""
+    used = (set(sensors.image.values()) | set(sensors.camera_info.values()) | set(sensors.radar.values())
+            | set(sensors.names.values()) | ({sensors.lidar} if sensors.lidar else set()))
+    out = [f"{c}: the bag has no CameraInfo for it (its images wait {topics.camera_info_topic(c)} "
+           "remapped, then count as missing_camera_info)" for c in sensors.cameras if c not in sensors.camera_info]
+    for src, dst in config.remappings:
+        if _absolute(dst) in msgtypes and _absolute(dst) not in used:
+            out.append(f"remap {src}:={dst}: {dst} is in the bag but no node listens to it through this rule "
+                       f"(graph topics are named like {topics.camera_info_topic(CAMERA_NAMES[0])})")
+    return out
 
 
 def eval_graph_specs(config: BagEvalConfig, msgtypes: Mapping[str, str]):
     """The graph's :class:`~x3kd_ros.graph.NodeSpec` s for an evaluation of a bag with these topics.
 
     The student detector always; the LiDAR / radar teacher and its comparison node when its
-    checkpoint is given. Inline parameters added to the graph's (they are applied last):
+    checkpoint is given. ``config.remappings`` go to every node ahead of the graph's own and
+    ``config.params_files`` after the graph's own files. Inline parameters added to the graph's
+    (they are applied last):
 
     ========================  =================================================================
     all model nodes           ``qos.input`` reliable depth 100, ``qos.output.depth`` 100,
                               ``processing_queue_size`` 1000 (nothing dropped), no markers,
                               ``diagnostics_period_s`` 0.2
-    detector                  ``cameras`` / ``image_transport`` of the bag, ``sync.slop_s``
+    detector                  ``cameras`` / ``image_transport`` of the bag (with their
+                              ``image_topics`` / ``camera_info_topics`` and, where set,
+                              ``camera_frames``: :class:`BagTopics`), ``sync.slop_s``
                               :data:`CAMERA_SPAN_S`, ``sync.timeout_s`` 1, ``max_input_age_s`` 0
                               (bag stamps are old)
-    radar teacher             ``radars`` of the bag, ``sync.slop_s`` :data:`RADAR_SPAN_S`
+    radar teacher             ``radars`` of the bag (with their ``input_topics``), ``sync.slop_s``
+                              :data:`RADAR_SPAN_S`
     comparison                ``qos.input.depth`` 100, ``pair.slop_s`` :data:`PAIR_SLOP_S`,
                               ``pair.timeout_s`` 10, ``window_frames`` 100000
     ========================  =================================================================
@@ -507,19 +806,17 @@ def eval_graph_specs(config: BagEvalConfig, msgtypes: Mapping[str, str]):
     Raises:
         BagEvalError: a checkpoint file is missing, or the bag lacks the sensors a node needs.
     """
+    return _eval_graph(config, msgtypes)[0]
+
+
+def _eval_graph(config: BagEvalConfig, msgtypes: Mapping[str, str]):
+    """(specs, :class:`BagTopics`) of :func:`eval_graph_specs`."""
     from x3kd_ros.graph import GraphError, load_graph
 
     for name, path in (("checkpoint", config.checkpoint), ("lidar checkpoint", config.lidar_checkpoint),
                        ("radar checkpoint", config.radar_checkpoint)):
         if path and not Path(path).is_file():
             raise BagEvalError(f"{name} not found: {path}")
-    sensors = _BagSensors.of(msgtypes)
-    if not sensors.cameras:
-        raise BagEvalError("the bag has no camera image topic (/cameras/<cam>/image_raw[/compressed])")
-    if config.lidar_checkpoint and not sensors.has_lidar:
-        raise BagEvalError(f"a LiDAR teacher needs {topics.LIDAR_TOPIC}, which the bag lacks")
-    if config.radar_checkpoint and not sensors.radars:
-        raise BagEvalError("a radar teacher needs /radar/<radar>/points topics, which the bag lacks")
     use_teachers = bool(config.lidar_checkpoint or config.radar_checkpoint)
     arguments = {"checkpoint": str(Path(config.checkpoint).resolve()), "device": config.device,
                  "use_teachers": use_teachers,
@@ -536,29 +833,41 @@ def eval_graph_specs(config: BagEvalConfig, msgtypes: Mapping[str, str]):
         wanted |= {"lidar_teacher", "comparison_lidar"}
     if config.radar_checkpoint:
         wanted |= {"radar_teacher", "comparison_radar"}
+    user_files = tuple(Path(f).resolve() for f in config.params_files)
+    specs = [replace(s, params_files=tuple(s.params_files) + user_files,
+                     remappings=tuple(config.remappings) + tuple(s.remappings))
+             for s in specs if s.key in wanted]
+    if {s.key for s in specs} != wanted:
+        raise BagEvalError(f"the graph description lacks nodes {sorted(wanted - {s.key for s in specs})}")
+    sensors = resolve_bag_topics(specs, msgtypes)
+    if not sensors.cameras:
+        shown = ", ".join(sensors.camera_candidates[:4]) + (", ..." if len(sensors.camera_candidates) > 4 else "")
+        raise BagEvalError(f"the bag has none of the camera image topics the detector listens to ({shown}); "
+                           "map them with --remap GRAPH_TOPIC:=BAG_TOPIC or image_topics in a --params-file")
+    if config.lidar_checkpoint and not sensors.has_lidar:
+        raise BagEvalError(f"a LiDAR teacher needs {topics.LIDAR_TOPIC} (or its remapped name), which the bag lacks")
+    if config.radar_checkpoint and not sensors.radars:
+        raise BagEvalError("a radar teacher needs /radar/<radar>/points topics (or their remapped names), "
+                           "which the bag lacks")
     model_common = {"qos": {"input": {"reliability": "reliable", "depth": 100}, "output": {"depth": 100}},
                     "processing_queue_size": 1000, "publish_markers": False,
                     "diagnostics_period_s": _DIAGNOSTICS_PERIOD_S}
     overrides = {
-        "detector": {**model_common, "cameras": sensors.cameras,
-                     "image_transport": "compressed" if sensors.compressed else "raw",
-                     # A set waits longer for a late camera: with flow control nothing newer comes meanwhile.
-                     "sync": {"slop_s": CAMERA_SPAN_S, "timeout_s": 1.0}, "max_input_age_s": 0.0},
+        "detector": _deep_merge(
+            {**model_common,
+             # A set waits longer for a late camera: with flow control nothing newer comes meanwhile.
+             "sync": {"slop_s": CAMERA_SPAN_S, "timeout_s": 1.0}, "max_input_age_s": 0.0},
+            _nested(sensors.detector_parameters)),
         "lidar_teacher": dict(model_common),
-        "radar_teacher": {**model_common, "radars": sensors.radars or list(RADAR_NAMES),
-                          "sync": {"slop_s": RADAR_SPAN_S}},
+        "radar_teacher": _deep_merge({**model_common, "sync": {"slop_s": RADAR_SPAN_S}},
+                                     _nested(sensors.radar_parameters)),
         "comparison_lidar": {"qos": {"input": {"depth": 100}, "output": {"depth": 100}},
                              "pair": {"slop_s": PAIR_SLOP_S, "timeout_s": 10.0}, "window_frames": 100000,
                              "diagnostics_period_s": _DIAGNOSTICS_PERIOD_S},
     }
     overrides["comparison_radar"] = overrides["comparison_lidar"]
-    out = []
-    for spec in specs:
-        if spec.key in wanted:
-            out.append(replace(spec, parameters=_deep_merge(dict(spec.parameters), overrides.get(spec.key, {}))))
-    if {s.key for s in out} != wanted:
-        raise BagEvalError(f"the graph description lacks nodes {sorted(wanted - {s.key for s in out})}")
-    return out
+    out = [replace(spec, parameters=_deep_merge(dict(spec.parameters), overrides.get(spec.key, {}))) for spec in specs]
+    return out, sensors
 
 
 # ----------------------------------------------------------------------------------------------
@@ -658,7 +967,7 @@ class BagEvalResult:
         devkit_metrics: model -> metrics of the devkit's ``DetectionEval`` (with ``dataroot``).
         frames: group ("detector", "lidar", "radar") -> :class:`FrameCheck`.
         predictions: model -> sample token -> boxes (ego frame of the keyframe).
-        ground_truth: the bag's keyframes.
+        ground_truth: the bag's keyframes (None: the bag has no ground truth, no metrics).
         exit_codes: graph node key -> exit code.
         pictures: BEV PNGs written.
     """
@@ -669,7 +978,7 @@ class BagEvalResult:
     devkit_metrics: dict[str, Any]
     frames: dict[str, FrameCheck]
     predictions: dict[str, dict[str, Boxes3D]]
-    ground_truth: BagGroundTruth
+    ground_truth: Optional[BagGroundTruth]
     exit_codes: dict[str, int]
     pictures: list[Path]
 
@@ -714,15 +1023,15 @@ class _LiveRun:
     transport_note: str
 
 
-def _eval_groups(sensors: _BagSensors, teachers: Sequence[str]):
+def _eval_groups(sensors: BagTopics, teachers: Sequence[str]):
     """The player's frame groups: the detector's camera frames, and each teacher's input."""
     from x3kd_ros.replay import FrameGroup
 
     groups = [FrameGroup("detector", tuple(sensors.image_topics()), topics.DETECTIONS_TOPIC, span_s=CAMERA_SPAN_S)]
     if "lidar" in teachers:
-        groups.append(FrameGroup("lidar", (topics.LIDAR_TOPIC,), topics.teacher_detections_topic("lidar"), span_s=0.0))
+        groups.append(FrameGroup("lidar", (sensors.lidar,), topics.teacher_detections_topic("lidar"), span_s=0.0))
     if "radar" in teachers:
-        groups.append(FrameGroup("radar", tuple(topics.radar_topic(r) for r in sensors.radars),
+        groups.append(FrameGroup("radar", tuple(sensors.radar[r] for r in sensors.radars),
                                  topics.teacher_detections_topic("radar"), span_s=RADAR_SPAN_S))
     return groups
 
@@ -732,7 +1041,8 @@ def _model_node_key(group: str) -> str:
 
 
 def _live_run(bag: Path, out: Path, specs, groups, teachers: Sequence[str], msgtypes: Mapping[str, str],
-              config: BagEvalConfig, network: Mapping[str, str], say: Callable[[str], None]) -> _LiveRun:
+              config: BagEvalConfig, network: Mapping[str, str], say: Callable[[str], None],
+              sensors: BagTopics) -> _LiveRun:
     """Start the graph, replay the bag, collect answers / comparison JSON / diagnostics, stop the graph."""
     import rclpy
     from rclpy.context import Context
@@ -740,19 +1050,21 @@ def _live_run(bag: Path, out: Path, specs, groups, teachers: Sequence[str], msgt
     from x3kd_ros.replay import BagPlayer, ReplayConfig, ReplayError
     from x3kd_ros.run_graph import GraphRunner
 
-    sensors = _BagSensors.of(msgtypes)
     # Publishers wait for these subscriptions: the detector's cameras, /tf_static of every model
-    # node, each teacher's sensor topics.
+    # node, each teacher's sensor topics (names in the bag: BagTopics).
     expected = {t: 1 for t in sensors.image_topics()}
-    expected.update({topics.camera_info_topic(c): 1 for c in sensors.cameras
-                     if topics.camera_info_topic(c) in msgtypes})
+    expected.update({t: 1 for t in sensors.camera_info.values()})
     if topics.TF_STATIC_TOPIC in msgtypes:
         expected[topics.TF_STATIC_TOPIC] = 1 + len(teachers)
     for g in groups[1:]:
         expected.update({t: 1 for t in g.input_topics})
+    # CameraInfo first (see replay.py, Priming): the bag's camera_info topics under any name.
+    prime = tuple(dict.fromkeys([t for t in msgtypes if t.endswith("/camera_info")]
+                                + list(sensors.camera_info.values())))
     replay_config = ReplayConfig(rate=config.rate, max_outstanding=config.max_outstanding,
                                  ack_timeout_s=config.ack_timeout_s, ready_timeout_s=config.ready_timeout_s,
-                                 drain_timeout_s=config.drain_timeout_s, expected_subscribers=expected)
+                                 drain_timeout_s=config.drain_timeout_s, expected_subscribers=expected,
+                                 prime_topics=prime)
     node_names = {s.key: s.name for s in specs}
 
     transport_env, transport_note = _transport_environment(bag, out, config.fastdds_profile)
@@ -840,16 +1152,17 @@ def _live_run(bag: Path, out: Path, specs, groups, teachers: Sequence[str], msgt
                     wall_s=time.monotonic() - t_start, transport_note=transport_note)
 
 
-def _answers_and_latency(live: _LiveRun, groups, node_names: Mapping[str, str], ground_truth: BagGroundTruth,
-                         tolerance_ns: int):
-    """Per group: frame check, latency figures, and the answers that score the keyframes."""
+def _answers_and_latency(live: _LiveRun, groups, node_names: Mapping[str, str],
+                         ground_truth: Optional[BagGroundTruth], tolerance_ns: int):
+    """Per group: frame check, latency figures, and the answers that score the keyframes (none
+    without ground truth)."""
     from x3kd_ros.conversions import detections_to_boxes
 
     frames: dict[str, FrameCheck] = {}
     latency: dict[str, Any] = {}
     predictions: dict[str, dict[str, Boxes3D]] = {}
     unscored: dict[str, int] = {}
-    key_stamps = [k.stamp_ns for k in ground_truth.keyframes]
+    key_stamps = [k.stamp_ns for k in ground_truth.keyframes] if ground_truth is not None else []
     for g in groups:
         sent, answers = live.replay.frames[g.name], live.replay.answers[g.name]
         check = match_answers_to_frames(sent, answers, int(g.span_s * 1e9))
@@ -872,6 +1185,8 @@ def _answers_and_latency(live: _LiveRun, groups, node_names: Mapping[str, str], 
             "node_end_to_end_ms": {"mean": _float(diag.get("end_to_end_ms.mean", "nan")),
                                    "max": _float(diag.get("end_to_end_ms.max", "nan"))},
         }
+        if ground_truth is None:
+            continue
         matched = match_to_keyframes(key_stamps, [a.stamp_ns for a in answers], tolerance_ns)
         predictions[model] = {ground_truth.keyframes[k].token: detections_to_boxes(answers[a].message)
                               for k, a in matched.items()}
@@ -879,19 +1194,37 @@ def _answers_and_latency(live: _LiveRun, groups, node_names: Mapping[str, str], 
     return frames, latency, predictions, unscored
 
 
+def _rates(live: _LiveRun, groups, node_names: Mapping[str, str]) -> dict[str, dict]:
+    """Per model: frames sent and answered per second of replay, the node's own output rate and
+    drop / error counters (last diagnostics)."""
+    wall = max(live.replay.wall_s, 1e-9)
+    out = {}
+    for g in groups:
+        diag = live.diagnostics.get(node_names[_model_node_key(g.name)], {})
+        sent, answers = len(live.replay.frames[g.name]), len(live.replay.answers[g.name])
+        out[_MODEL_OF_GROUP[g.name]] = {
+            "frames_sent": sent, "answers": answers, "frames_sent_per_s": sent / wall, "answers_per_s": answers / wall,
+            "node_output_rate_hz": _float(diag.get("output_rate_hz", "nan")),
+            **{k: int(diag[k]) for k in ("busy_drops", "inference_errors") if k in diag},
+        }
+    return out
+
+
 def run_bag_eval(bag: str | os.PathLike, out: str | os.PathLike, config: BagEvalConfig,
                  log: Optional[Callable[[str], None]] = None, domain_id: Optional[int] = None) -> BagEvalResult:
     """Replay ``bag`` through the live graph and score it (see the module docstring).
 
     Args:
-        bag: rosbag2 folder written by ``x3kd bag write`` (or any bag with the same topics).
+        bag: rosbag2 folder written by ``x3kd bag write``, or any bag whose topics the config's
+            remappings / params files map (ground truth optional).
         out: output folder (created; report.json, submissions, pictures, logs/).
         config: :class:`BagEvalConfig`.
         log: progress lines go here (None = silent).
         domain_id: ROS_DOMAIN_ID for the graph; None keeps the environment's (or derives one).
 
     Raises:
-        BagEvalError: bad input, or a node that did not come up (its log tail is in the text).
+        BagEvalError: bad input (``dataroot`` without ground truth in the bag), or a node that did
+            not come up (its log tail is in the text).
     """
     from x3kd_core.eval.detection import EvaluationError, evaluate, write_submission
     from x3kd_ros.ros_env import apply_network_rule
@@ -901,16 +1234,24 @@ def run_bag_eval(bag: str | os.PathLike, out: str | os.PathLike, config: BagEval
     if not (bag / "metadata.yaml").is_file():
         raise BagEvalError(f"not a rosbag2 folder (no metadata.yaml): {bag}")
     summary = bag_summary(bag)
-    ground_truth = read_keyframes(bag)
-    specs = eval_graph_specs(config, summary.msgtypes)
+    specs, sensors = _eval_graph(config, summary.msgtypes)
+    ground_truth = read_keyframes(bag, sensors.names) if has_ground_truth(summary.msgtypes, sensors.names) else None
+    if ground_truth is None and config.dataroot:
+        raise BagEvalError(f"a devkit evaluation on {config.dataroot} needs the bag's ground truth "
+                           f"({sensors.names[topics.GT_SAMPLE_TOKEN_TOPIC]}), which it lacks")
+    if ground_truth is None:
+        say(f"bag eval: no ground truth in {bag} ({sensors.names[topics.GT_DETECTIONS_TOPIC]}): reporting frames, "
+            "latency, rates, drops and teacher agreement, no metrics")
+    topic_warnings = _topic_warnings(config, sensors, summary.msgtypes)
+    for warning in topic_warnings:
+        say(f"bag eval: WARNING {warning}")
     node_names = {s.key: s.name for s in specs}
-    sensors = _BagSensors.of(summary.msgtypes)
     teachers = [t for t in ("lidar", "radar") if f"{t}_teacher" in node_names]
     groups = _eval_groups(sensors, teachers)
     out.mkdir(parents=True, exist_ok=True)
     network = apply_network_rule(domain_id=domain_id)
 
-    live = _live_run(bag, out, specs, groups, teachers, summary.msgtypes, config, network, say)
+    live = _live_run(bag, out, specs, groups, teachers, summary.msgtypes, config, network, say, sensors)
     say(f"bag eval: replay done in {live.replay.wall_s:.1f} s; graph stopped (exit codes {live.exit_codes})")
 
     frames, latency, predictions, unscored = _answers_and_latency(
@@ -919,6 +1260,7 @@ def run_bag_eval(bag: str | os.PathLike, out: str | os.PathLike, config: BagEval
     dataset = bag_custom_data(bag).get("x3kd.dataset", {})
     dataset = dataset if isinstance(dataset, dict) else {}
     for model, preds in predictions.items():
+        assert ground_truth is not None  # predictions are keyed by keyframe
         metrics[model] = score_keyframes(ground_truth.keyframes, preds)
         path = write_submission(keyframe_submission(ground_truth.keyframes, preds), out / f"submission_{model}.json",
                                 meta=_META[model])
@@ -931,16 +1273,26 @@ def run_bag_eval(bag: str | os.PathLike, out: str | os.PathLike, config: BagEval
             except (EvaluationError, FileNotFoundError) as err:
                 devkit_errors[model] = str(err)
                 say(f"bag eval: devkit evaluation of {model} failed: {err}")
-    pictures = _pictures(bag, out, ground_truth, predictions.get("student", {}), config)
+    pictures = (_pictures(bag, out, ground_truth, predictions.get("student", {}), config, sensors)
+                if ground_truth is not None else [])
 
     replay = live.replay
     report = {
         "bag": str(bag.resolve()),
         "bag_summary": {"message_counts": summary.message_counts,
                         "duration_s": (summary.end_ns - summary.start_ns) * 1e-9},
-        "keyframes": len(ground_truth.keyframes),
-        "ego_poses": {"from_tf": ground_truth.has_ego_poses, "max_gap_ms": ground_truth.max_pose_gap_ns / 1e6},
-        "graph": {"nodes": {s.key: {"name": s.name, "parameters": s.parameters} for s in specs},
+        "ground_truth": ground_truth is not None,
+        "keyframes": len(ground_truth.keyframes) if ground_truth is not None else None,
+        "ego_poses": ({"from_tf": ground_truth.has_ego_poses, "max_gap_ms": ground_truth.max_pose_gap_ns / 1e6}
+                      if ground_truth is not None else None),
+        "topic_map": {"remappings": [f"{a}:={b}" for a, b in config.remappings],
+                      "params_files": [str(Path(f).resolve()) for f in config.params_files],
+                      "inputs": {"cameras": sensors.image, "camera_info": sensors.camera_info,
+                                 "lidar": sensors.lidar, "radars": sensors.radar},
+                      "renamed": sensors.remapped(), "warnings": topic_warnings},
+        "graph": {"nodes": {s.key: {"name": s.name, "parameters": s.parameters,
+                                    "params_files": [str(f) for f in s.params_files],
+                                    "remappings": [f"{a}:={b}" for a, b in s.remappings]} for s in specs},
                   "ros_domain_id": network["ROS_DOMAIN_ID"], "exit_codes": live.exit_codes,
                   "fastdds_profile": live.transport_note},
         "replay": {"mode": "flow_controlled" if config.rate == 0 else "real_time", "rate": config.rate,
@@ -951,6 +1303,9 @@ def run_bag_eval(bag: str | os.PathLike, out: str | os.PathLike, config: BagEval
         "detector_inputs": _detector_inputs(replay.frames["detector"],
                                             live.diagnostics.get(node_names["detector"], {}), sensors),
         "keyframes_without_answer": unscored,
+        **({} if ground_truth is not None else {
+            "metrics_note": "the bag has no ground truth: no metrics (frames, latency, rates, drops and "
+                            "teacher agreement only)"}),
         "metrics": {model: {"from_bag": m.to_dict(),
                             "from_bag_note": "mAVE / mAAE are 1 and NDS is a lower bound: a bag has no "
                                              "ground-truth velocity or attribute",
@@ -959,6 +1314,7 @@ def run_bag_eval(bag: str | os.PathLike, out: str | os.PathLike, config: BagEval
                             "submission": submissions[model]}
                     for model, m in metrics.items()},
         "latency": latency,
+        "rates": _rates(live, groups, node_names),
         "comparison": {t: {"pairs": len(live.comparison[t]), "expected_pairs": live.expected_pairs[t],
                            "total": live.comparison[t][-1]["total"] if live.comparison[t] else None}
                        for t in teachers},
@@ -972,10 +1328,10 @@ def run_bag_eval(bag: str | os.PathLike, out: str | os.PathLike, config: BagEval
                          exit_codes=live.exit_codes, pictures=pictures)
 
 
-def _detector_inputs(frames, diag: Mapping[str, str], sensors: _BagSensors) -> dict:
+def _detector_inputs(frames, diag: Mapping[str, str], sensors: BagTopics) -> dict:
     """What the detector made of the camera frames sent: images received per camera vs sent, and
     its synchronizer's counters (``complete_sets`` = emitted - partial)."""
-    sent = {c: sum(topics.camera_image_topic(c, sensors.compressed) in f.stamps_ns for f in frames)
+    sent = {c: sum(sensors.image[c] in f.stamps_ns for f in frames)
             for c in sensors.cameras}
     received = {c: int(diag[f"{c}.received"]) if f"{c}.received" in diag else None for c in sensors.cameras}
     sync = {k.split(".", 1)[1]: int(v) for k, v in diag.items() if k.startswith("sync.")}
@@ -1017,7 +1373,7 @@ def _json_clean(value):
 
 
 def _pictures(bag: Path, out: Path, ground_truth: BagGroundTruth, student: dict[str, Boxes3D],
-              config: BagEvalConfig) -> list[Path]:
+              config: BagEvalConfig, sensors: Optional[BagTopics] = None) -> list[Path]:
     """BEV pictures: LiDAR (ego frame), GT (solid) and student boxes (dashed) for a few keyframes."""
     from x3kd_core import viz
     from x3kd_ros.conversions import cloud_to_lidar_points
@@ -1029,14 +1385,15 @@ def _pictures(bag: Path, out: Path, ground_truth: BagGroundTruth, student: dict[
     frames = [ground_truth.keyframes[i] for i in chosen]
     msgtypes = bag_summary(bag).msgtypes
     clouds: dict[int, np.ndarray] = {}
-    if topics.LIDAR_TOPIC in msgtypes and topics.TF_STATIC_TOPIC in msgtypes:
+    lidar_topic = sensors.lidar if sensors is not None else topics.LIDAR_TOPIC
+    if lidar_topic in msgtypes and topics.TF_STATIC_TOPIC in msgtypes:
         static: dict[str, np.ndarray] = {}
         for msg in read_bag(bag, [topics.TF_STATIC_TOPIC]):
             for tf in msg.message.transforms:
                 if tf.header.frame_id == topics.BASE_FRAME:
                     static.setdefault(tf.child_frame_id, transform_to_matrix(tf.transform))
         wanted = {k.stamp_ns for k in frames}
-        for msg in read_bag(bag, [topics.LIDAR_TOPIC]):
+        for msg in read_bag(bag, [lidar_topic]):
             if msg.stamp_ns in wanted and msg.message.header.frame_id in static:
                 points = cloud_to_lidar_points(msg.message).points[:, :3].astype(np.float64)
                 clouds[msg.stamp_ns] = geometry.transform_points(static[msg.message.header.frame_id], points)

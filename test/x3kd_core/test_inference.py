@@ -128,3 +128,41 @@ def test_predictor_rejects_bad_inputs_and_non_student_checkpoints(trained, tmp_p
     torch.save(state, tmp_path / "lidar.pt")
     with pytest.raises(CheckpointError, match="StudentTask, CameraRadarTask|student, camera_radar"):
         Predictor.from_checkpoint(tmp_path / "lidar.pt")
+
+
+def test_checkpoint_loads_once_without_the_pretrained_weights_its_config_names(tmp_path, monkeypatch):
+    """An ImageNet-initialised run's checkpoint names its backbone .pth (or the torch hub cache);
+    where it is deployed that file may not exist, and its weights are replaced anyway."""
+    import torchvision
+    import yaml
+
+    from x3kd_core.config import from_dict, to_dict
+    from x3kd_core.experiment import ExperimentConfig, build_task, task_from_checkpoint
+    from x3kd_core.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+
+    weights = tmp_path / "resnet18_imagenet.pth"
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    model = yaml.safe_load((REPO_ROOT / "config/model/student_tiny.yaml").read_text())
+    model["backbone"]["pretrained_weights"] = str(weights)
+    exp = from_dict(ExperimentConfig, {"kind": "student", "model": model, "grid": model["grid"],
+                                       "train": {"max_steps": 1}, "name": "pretrained_tiny"})
+    task = build_task(exp)
+    for p in task.parameters():  # "trained": weights that are neither the .pth's nor a fresh init
+        p.data.add_(0.5)
+    path = save_checkpoint(tmp_path / "last.pt", {"format": CHECKPOINT_FORMAT, "kind": type(task).__name__,
+                                                  "config": to_dict(exp), "model": task.state_dict()},
+                           keep_previous=False)
+    weights.unlink()  # deployed elsewhere: the pretrained file is not there
+
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    # A kind list whose first entry does not match: still one read of the file.
+    rebuilt, rebuilt_exp = task_from_checkpoint(path, kinds=("camera_radar", "student"))
+    assert loads == [path]
+    assert rebuilt_exp.model.backbone.pretrained_weights == str(weights)  # the config as trained
+    for (name, a), b in zip(task.state_dict().items(), rebuilt.state_dict().values()):
+        assert torch.equal(a, b), name
+    predictor = Predictor.from_checkpoint(path, device="cpu")
+    assert torch.equal(predictor.model.backbone.layer1[0].conv1.weight, task.student.backbone.layer1[0].conv1.weight)

@@ -6,9 +6,12 @@ through GraphRunner by `x3kd bag eval` (a subprocess: the replaying process must
 DDS profile before its first participant, see x3kd_ros/replay.py), the bag is replayed with flow
 control, and the report is checked: every camera frame answered exactly once by complete camera
 sets, metrics finite and equal to the devkit's on the tables, latencies ordered, comparison pairs,
-clean exits. The scorer itself is checked without ROS: the bag's ground truth fed back as
-predictions gives AP 1 for every class present, and perturbed predictions score exactly as the
-devkit's DetectionEval scores the same submission on the dataset tables.
+clean exits. A second run takes "another team's" bag (every camera / LiDAR topic and frame id
+renamed, no ground truth) with the remaps and params file the graph would take, and reports frames,
+latency, rates, drops and teacher agreement without metrics. The scorer itself is checked without
+ROS: the bag's ground truth fed back as predictions gives AP 1 for every class present, and
+perturbed predictions score exactly as the devkit's DetectionEval scores the same submission on the
+dataset tables.
 """
 
 from __future__ import annotations
@@ -19,25 +22,33 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from x3kd_core.eval.detection import evaluate, write_submission
-from x3kd_core.structures import DETECTION_CLASSES, Boxes3D
+from x3kd_core.structures import CAMERA_NAMES, DETECTION_CLASSES, Boxes3D
 from x3kd_ros import topics
 from x3kd_ros.bag_eval import (
     BagEvalConfig,
     BagEvalError,
+    apply_remaps,
     eval_graph_specs,
+    has_ground_truth,
     keyframe_submission,
     match_answers_to_frames,
     match_to_keyframes,
+    node_parameters,
+    parse_remap,
     percentiles,
     read_keyframes,
+    run_bag_eval,
     score_keyframes,
 )
+from x3kd_ros.bag_eval import _eval_graph, _topic_warnings
 from x3kd_ros.bag_io import BagWriteConfig, bag_summary, write_bag
 from x3kd_ros.replay import Answer, FrameGroup, SentFrame, FrameCutter
 
@@ -270,3 +281,185 @@ def test_bag_eval_end_to_end(bag, ground_truth, tiny_dataset, student_checkpoint
 
     assert len(report["pictures"]) == 3 and all(Path(p).stat().st_size > 10_000 for p in report["pictures"])
     assert seconds < E2E_TIMEOUT_S
+
+
+# ---------------------------------------------------------------------------------------------- other people's bags
+
+def _foreign_names(camera: str) -> tuple[str, str, str]:
+    """(image topic, camera_info topic, optical frame id) of a camera in the foreign bag."""
+    short = camera.lower()
+    return f"/vehicle/{short}/image_color", f"/vehicle/{short}/info", f"{short}_optical_frame"
+
+
+# The foreign rig: its own topic names and optical frame ids, no ground truth, no radar.
+FOREIGN_LIDAR_TOPIC, FOREIGN_LIDAR_FRAME = "/velodyne_points", "velodyne"
+
+
+def _write_foreign_bag(src: Path, dst: Path) -> Path:
+    """``src`` rewritten with rosbags as another team's recording: every camera / LiDAR topic and
+    frame id renamed (headers and /tf_static), ground truth and radars left out."""
+    import dataclasses
+
+    from rosbags.rosbag2 import Reader, Writer
+
+    from x3kd_ros.bag_io import make_typestore
+
+    store = make_typestore()
+    topic_map = {topics.LIDAR_TOPIC: FOREIGN_LIDAR_TOPIC}
+    frame_map = {topics.sensor_frame("LIDAR_TOP"): FOREIGN_LIDAR_FRAME}
+    for cam in CAMERA_NAMES:
+        image, info, frame = _foreign_names(cam)
+        topic_map[topics.camera_image_topic(cam)] = image
+        topic_map[topics.camera_info_topic(cam)] = info
+        frame_map[topics.sensor_frame(cam)] = frame
+    dropped = (topics.GT_DETECTIONS_TOPIC, topics.GT_SAMPLE_TOKEN_TOPIC)
+
+    def rename_header(msg):
+        return dataclasses.replace(msg, header=dataclasses.replace(
+            msg.header, frame_id=frame_map.get(msg.header.frame_id, msg.header.frame_id)))
+
+    with Reader(src) as reader:
+        writer = Writer(dst, version=9)
+        writer.open()
+        try:
+            connections = {}
+            for conn in reader.connections:
+                if conn.topic in dropped or conn.topic.startswith("/radar/"):
+                    continue
+                connections[conn.id] = writer.add_connection(
+                    topic_map.get(conn.topic, conn.topic), conn.msgtype, typestore=store,
+                    offered_qos_profiles=conn.ext.offered_qos_profiles)
+            for conn, stamp, raw in reader.messages(connections=[c for c in reader.connections if c.id in connections]):
+                msg = store.deserialize_cdr(raw, conn.msgtype)
+                if conn.topic == topics.TF_STATIC_TOPIC:
+                    msg = dataclasses.replace(msg, transforms=[
+                        dataclasses.replace(t, child_frame_id=frame_map.get(t.child_frame_id, t.child_frame_id))
+                        for t in msg.transforms])
+                elif hasattr(msg, "header") and conn.topic != topics.TF_TOPIC:
+                    msg = rename_header(msg)
+                writer.write(connections[conn.id], stamp, bytes(store.serialize_cdr(msg, conn.msgtype)))
+        finally:
+            writer.close()
+    return dst
+
+
+@pytest.fixture(scope="module")
+def foreign_bag(bag, tmp_path_factory) -> Path:
+    return _write_foreign_bag(bag, tmp_path_factory.mktemp("foreign") / "their_drive")
+
+
+@pytest.fixture(scope="module")
+def foreign_params(tmp_path_factory) -> Path:
+    """The params file a user of the foreign rig runs the graph with: image topics and optical frames
+    (the CameraInfo and LiDAR topics come as remaps)."""
+    path = tmp_path_factory.mktemp("foreign_params") / "their_rig.yaml"
+    images = [_foreign_names(c)[0] for c in CAMERA_NAMES]
+    frames = [_foreign_names(c)[2] for c in CAMERA_NAMES]
+    path.write_text(yaml.safe_dump({"x3kd_detector": {"ros__parameters": {
+        "cameras": list(CAMERA_NAMES), "image_topics": images, "camera_frames": frames}}}))
+    return path
+
+
+def _foreign_remaps() -> list[str]:
+    rules = [f"{topics.camera_info_topic(c)}:={_foreign_names(c)[1]}" for c in CAMERA_NAMES]
+    return rules + [f"{topics.LIDAR_TOPIC}:={FOREIGN_LIDAR_TOPIC}"]
+
+
+def test_remap_rules_and_params_files_resolve_as_the_nodes_do(tmp_path):
+    assert parse_remap(" /a:=/b ") == ("/a", "/b")
+    with pytest.raises(BagEvalError, match="FROM:=TO"):
+        parse_remap("/a=/b")
+    rules = [("x3kd_lidar_teacher:/in", "/lidar_only"), ("/in", "/first"), ("/in", "/second"), ("rel", "/abs")]
+    assert apply_remaps("/in", rules, "x3kd_detector") == "/first"       # the first matching rule wins
+    assert apply_remaps("/in", rules, "x3kd_lidar_teacher") == "/lidar_only"  # node-specific rule
+    assert apply_remaps("rel", rules, "x3kd_detector") == "/abs" and apply_remaps("/other", rules) == "/other"
+    file = tmp_path / "p.yaml"
+    file.write_text(yaml.safe_dump({
+        "/**": {"ros__parameters": {"sync": {"slop_s": 0.05}, "cameras": ["CAM_FRONT"]}},
+        "x3kd_detector": {"ros__parameters": {"cameras": ["CAM_BACK", "CAM_FRONT"]}},
+        "other_node": {"ros__parameters": {"cameras": ["CAM_BACK_LEFT"]}},
+        "ns": {"x3kd_detector": {"ros__parameters": {"score_threshold": 0.9}}},
+    }))
+    params = node_parameters([file], "x3kd_detector", inline={"sync": {"timeout_s": 1.0}})
+    assert params == {"sync.slop_s": 0.05, "sync.timeout_s": 1.0, "cameras": ["CAM_BACK", "CAM_FRONT"]}
+    assert node_parameters([file], "x3kd_detector", "/ns")["score_threshold"] == 0.9
+
+
+def test_foreign_bag_topics_are_found_through_remaps_and_params(foreign_bag, foreign_params, student_checkpoint,
+                                                                lidar_checkpoint, tmp_path):
+    msgtypes = bag_summary(foreign_bag).msgtypes
+    assert not has_ground_truth(msgtypes) and topics.camera_image_topic("CAM_FRONT") not in msgtypes
+    # Without a topic map the evaluation says what it looked for and how to map it.
+    with pytest.raises(BagEvalError, match="none of the camera image topics.*--remap"):
+        eval_graph_specs(BagEvalConfig(checkpoint=str(student_checkpoint)), msgtypes)
+    config = BagEvalConfig(checkpoint=str(student_checkpoint), lidar_checkpoint=str(lidar_checkpoint), device="cpu",
+                           remappings=tuple(parse_remap(r) for r in _foreign_remaps()),
+                           params_files=(str(foreign_params),))
+    specs = {s.key: s for s in eval_graph_specs(config, msgtypes)}
+    detector = specs["detector"]
+    # The user's file comes after the graph's own, the user's remaps before the graph's.
+    assert detector.params_files[-1] == foreign_params.resolve() and len(detector.params_files) == 2
+    assert detector.remappings[: len(_foreign_remaps())] == config.remappings
+    p = detector.parameters
+    assert p["cameras"] == list(CAMERA_NAMES) and p["image_transport"] == "raw"
+    assert p["image_topics"] == [_foreign_names(c)[0] for c in CAMERA_NAMES]
+    assert p["camera_frames"] == [_foreign_names(c)[2] for c in CAMERA_NAMES]
+    # Node-side CameraInfo names stay the graph's: the node's own remap rules rename them.
+    assert p["camera_info_topics"] == [topics.camera_info_topic(c) for c in CAMERA_NAMES]
+    assert specs["lidar_teacher"].remappings[: len(config.remappings)] == config.remappings
+
+    # A bag with four of the six cameras: the detector is told those four, lists cut to match.
+    partial = {t: v for t, v in msgtypes.items()
+               if t not in (_foreign_names("CAM_BACK")[0], _foreign_names("CAM_BACK_LEFT")[0])}
+    p4 = eval_graph_specs(config, partial)[0].parameters
+    assert p4["cameras"] == [c for c in CAMERA_NAMES if c not in ("CAM_BACK", "CAM_BACK_LEFT")]
+    assert len(p4["image_topics"]) == len(p4["camera_frames"]) == len(p4["camera_info_topics"]) == 4
+    assert _topic_warnings(config, _eval_graph(config, msgtypes)[1], msgtypes) == []
+    # A FROM in the wrong case matches nothing: the CameraInfo is not found, and the rule is named.
+    upper = ("/cameras/CAM_BACK/camera_info", _foreign_names("CAM_BACK")[1])
+    wrong = replace(config, remappings=tuple(r for r in config.remappings if r[1] != upper[1]) + (upper,))
+    warnings = _topic_warnings(wrong, _eval_graph(wrong, msgtypes)[1], msgtypes)
+    assert len(warnings) == 2 and warnings[0].startswith("CAM_BACK: the bag has no CameraInfo")
+    assert warnings[1].startswith(f"remap {upper[0]}:={upper[1]}: ")
+    # A devkit evaluation needs ground truth: refused before any node starts.
+    with pytest.raises(BagEvalError, match="needs the bag's ground truth"):
+        run_bag_eval(foreign_bag, tmp_path / "out", replace(config, dataroot=str(tmp_path)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bag_eval_of_a_foreign_bag_without_ground_truth(foreign_bag, foreign_params, student_checkpoint,
+                                                       lidar_checkpoint, tmp_path, ros_network):
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "x3kd_core.cli", "bag", "eval", str(foreign_bag), "--checkpoint",
+           str(student_checkpoint), "--teacher-lidar", str(lidar_checkpoint), "--device", "cpu", "--out", str(out),
+           "--params-file", str(foreign_params), "--startup-timeout-s", "90", "--frame-timeout-s", "20"]
+    for rule in _foreign_remaps():
+        cmd += ["--remap", rule]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=E2E_TIMEOUT_S, cwd=REPO_ROOT,
+                          env=dict(os.environ))
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "no ground truth in the bag" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    print(f"\nbag eval of a foreign bag:\n{proc.stdout}")
+
+    assert report["ground_truth"] is False and report["keyframes"] is None and report["metrics"] == {}
+    assert "no ground truth" in report["metrics_note"] and report["pictures"] == []
+    assert not list(out.glob("submission_*.json"))
+    assert report["graph"]["exit_codes"] == {"detector": 0, "lidar_teacher": 0, "comparison_lidar": 0}
+    assert report["topic_map"]["renamed"][topics.LIDAR_TOPIC] == FOREIGN_LIDAR_TOPIC
+    # Every frame answered once, from complete camera sets: the renamed optical frames were found.
+    for group in ("detector", "lidar"):
+        assert report["frames"][group]["every_frame_answered_once"] and report["frames"][group]["sent"] == 3, group
+    inputs = report["detector_inputs"]
+    assert inputs["complete_sets"] == 3 and inputs["input_problems"] == {}
+    assert inputs["images_received"] == inputs["images_sent"] == {c: 3 for c in CAMERA_NAMES}
+    assert inputs["drops"] == {"busy_drops": 0, "sets_without_extrinsics": 0, "inference_errors": 0}
+    assert _foreign_names("CAM_BACK")[1] in report["replay"]["primed"]
+    # What a bag without ground truth still gives: latency, rates, drops, teacher agreement.
+    for model in ("student", "lidar"):
+        assert report["latency"][model]["end_to_end_ms"]["n"] == 3
+        rates = report["rates"][model]
+        assert rates["frames_sent"] == rates["answers"] == 3 and rates["answers_per_s"] > 0
+        assert rates["busy_drops"] == rates["inference_errors"] == 0
+    comparison = report["comparison"]["lidar"]
+    assert comparison["pairs"] == comparison["expected_pairs"] == 3 and comparison["total"]["frames"] == 3

@@ -210,7 +210,7 @@ def check_state_dict_fits(state_dict: dict, model: nn.Module, where: str = "chec
 
 def load_checkpoint(
     path: str | Path,
-    expected_kind: str,
+    expected_kind: str | tuple[str, ...],
     expected_config: dict | None = None,
     model: nn.Module | None = None,
 ) -> dict:
@@ -218,7 +218,8 @@ def load_checkpoint(
 
     Args:
         path: checkpoint file.
-        expected_kind: the model kind the caller builds (compared with ``state["kind"]``).
+        expected_kind: the model kind the caller builds (compared with ``state["kind"]``), or a
+            tuple of kinds it accepts (the file is read once whichever it holds).
         expected_config: the caller's model config as a plain dict, or None to skip the check.
         model: the module the weights are meant for, or None. When given, every parameter and
             buffer shape is compared, and config differences that leave all shapes equal (a loss
@@ -235,8 +236,9 @@ def load_checkpoint(
     """
     path = Path(path)
     state = _read(path)
-    if state["kind"] != expected_kind:
-        raise CheckpointError(f"{path} holds a '{state['kind']}' model, expected '{expected_kind}'")
+    kinds = (expected_kind,) if isinstance(expected_kind, str) else tuple(expected_kind)
+    if state["kind"] not in kinds:
+        raise CheckpointError(f"{path} holds a '{state['kind']}' model, expected '{' or '.join(kinds)}'")
     diffs = config_differences(state.get("config"), expected_config) if expected_config is not None else []
     if model is not None:
         try:
