@@ -36,6 +36,7 @@ setup(
         (f"share/{PACKAGE_NAME}", ["package.xml"]),
         *_tree("launch", "*.py"),
         *_tree("config", "*.yaml"),
+        *_tree("config", "*.xml"),  # config/dds: the Fast DDS transport profile the launch file applies
     ],
     # Runtime dependencies are listed in tools/requirements.txt (pip) and package.xml (rosdep);
     # ROS packages are not pip-resolvable under their ROS names, so none are repeated here.

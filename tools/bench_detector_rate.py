@@ -4,6 +4,9 @@
     .venv/bin/python tools/bench_detector_rate.py                      # 12 Hz for 10 s, tiny model, cpu
     .venv/bin/python tools/bench_detector_rate.py --rate 2             # keyframe rate
     .venv/bin/python tools/bench_detector_rate.py --device cuda --checkpoint runs/<name>/last.pt
+    .venv/bin/python tools/bench_detector_rate.py --launch             # the graph as users start it:
+                                                                       # ros2 launch x3kd_ros detector.launch.py
+    .venv/bin/python tools/bench_detector_rate.py --fastdds-profile off  # publisher on Fast DDS defaults
 
 What it does
     1. Applies the ROS network rule (x3kd_ros.ros_env.apply_network_rule) with a private domain id
@@ -13,7 +16,18 @@ What it does
        same way the node tests build theirs, unless ``--checkpoint`` names one.
     3. Starts ``x3kd_detector --ros-args --params-file config/ros/detector.yaml -p checkpoint:=...``
        as a child process (log: build/bench_detector_rate/detector.log) and stops it by its PID
-       (SIGINT, then SIGTERM / SIGKILL) however this script ends.
+       (SIGINT, then SIGTERM / SIGKILL) however this script ends. With ``--launch`` it starts
+       ``ros2 launch x3kd_ros detector.launch.py checkpoint:=... device:=... fastdds_profile:=...``
+       instead, in the README's ROS shell (``source tools/ros_env.sh``; needs the vendored ROS 2
+       tools that tools/setup.sh installs), in its own process group, stopped with SIGINT to that
+       group (Ctrl-C), then SIGTERM / SIGKILL.
+    3b. Transport: this process stands for the camera driver. ``--fastdds-profile auto`` (default)
+       loads the package's Fast DDS profile for big images here, by the rule of
+       x3kd_ros/transport.py (not if FASTDDS_DEFAULT_PROFILES_FILE is already set or another RMW
+       is used): it is the *publisher's* shared-memory segment that decides whether 4.3 MB images
+       get through. The detector gets the same choice (plain child: the same environment;
+       ``--launch``: the launch argument, so the launch file applies it). ``off``: Fast DDS defaults
+       on both sides; a path: that profile. ``--detector-fastdds-profile`` sets the detector's apart.
     4. Publishes /tf_static once (transient local) and then, at ``--rate`` Hz, one set of 6 camera
        images (``--width`` x ``--height`` rgb8 sensor_msgs/Image, one shared stamp per set) plus
        their CameraInfo, with the default sensor-data QoS (best effort, keep last 5; ``--qos
@@ -31,12 +45,13 @@ fragmented over UDP on loopback; best effort loses fragments under load) and the
 CPU. The load average is printed with the results. Node counters are differences between the
 last /diagnostics report before the timed window and the first after the drain, so images of
 warm-up sets still in flight at the first snapshot can make "images received" exceed the
-published count.
+published count. ``--json PATH`` also writes the figures as JSON (tests read that).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -56,8 +71,11 @@ sys.path.insert(0, str(REPO_ROOT))
 from x3kd_ros.ros_env import apply_network_rule, pid_domain_id  # noqa: E402  (no rclpy import)
 
 WORK_DIR = REPO_ROOT / "build" / "bench_detector_rate"
+ROS_ENV = REPO_ROOT / "tools" / "ros_env.sh"
+#: The detector's node name: the launch file's (graph.yaml) with --launch, else this one.
 DETECTOR_YAML = REPO_ROOT / "config" / "ros" / "detector.yaml"
 NODE_NAME = "x3kd_detector_bench"
+LAUNCH_NODE_NAME = "x3kd_detector"
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -82,7 +100,22 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: derived from the pid)")
     p.add_argument("--start-timeout", type=float, default=120.0, help="max wait for the node to come up (s)")
     p.add_argument("--drain-timeout", type=float, default=60.0, help="max wait for late detections (s)")
-    return p.parse_args(argv)
+    p.add_argument("--launch", action="store_true",
+                   help="start the graph with `ros2 launch x3kd_ros detector.launch.py` (the launch file's "
+                        "parameters; --params-file / --param / --qos reliable do not apply)")
+    p.add_argument("--fastdds-profile", default="auto",
+                   help="Fast DDS transport profile of this publishing process and of the detector: auto (the "
+                        "package's config/dds profile unless one is already set), off, or a path "
+                        "(x3kd_ros/transport.py)")
+    p.add_argument("--detector-fastdds-profile", default=None,
+                   help="the detector's profile when it should differ from --fastdds-profile (to see which "
+                        "side of the link needs it: the publisher's)")
+    p.add_argument("--work-dir", default=str(WORK_DIR), help="checkpoint, logs and rcl logs go here")
+    p.add_argument("--json", default="", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    if args.launch and (args.qos != "sensor" or args.param or args.params_file != str(DETECTOR_YAML)):
+        p.error("--launch starts the graph with the launch file's parameters: drop --qos/--param/--params-file")
+    return args
 
 
 # ---------------------------------------------------------------------------------------- checkpoint
@@ -108,7 +141,60 @@ def write_tiny_checkpoint(model_yaml: str, path: Path, seed: int = 0) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- child
-def start_detector(args: argparse.Namespace, checkpoint: Path, log_path: Path) -> subprocess.Popen:
+def start_launch(args: argparse.Namespace, checkpoint: Path, log_path: Path, env: dict) -> subprocess.Popen:
+    """``ros2 launch x3kd_ros detector.launch.py`` in the README's ROS shell, in its own process group."""
+    if not (Path(sys.executable).parent / "ros2").is_file():
+        raise SystemExit("--launch needs the ros2 command in the venv (tools/setup.sh installs the vendored "
+                         "ROS 2 tools from ../shared/vendor/ros2)")
+    launch = (f"ros2 launch x3kd_ros detector.launch.py checkpoint:={checkpoint} device:={args.device} "
+              f"fastdds_profile:={args.detector_fastdds_profile or args.fastdds_profile}")
+    print("detector: " + launch, flush=True)
+    log = open(log_path, "w")
+    try:
+        return subprocess.Popen(["bash", "-c", f"source {ROS_ENV} && exec {launch}"], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT, env=env,
+                                start_new_session=True)
+    finally:
+        log.close()
+
+
+def stop_launch(proc: subprocess.Popen, timeout_s: float = 15.0) -> Optional[int]:
+    """Ctrl-C as a terminal sends it (SIGINT to the launch's process group, which this script
+    created), then SIGTERM / SIGKILL to that group."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.poll()
+
+
+def detector_environment(proc: subprocess.Popen, log_path: Path, launched: bool) -> dict[str, str]:
+    """The running detector process's environment (Linux /proc); with --launch its PID is the one
+    the launch log gives for x3kd_detector-1."""
+    import re
+
+    pid = proc.pid
+    if launched:
+        found = re.search(r"\[x3kd_detector-\d+\]: process started with pid \[(\d+)\]",
+                          log_path.read_text(errors="replace"))
+        if found is None:
+            return {}
+        pid = int(found.group(1))
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def start_detector(args: argparse.Namespace, checkpoint: Path, log_path: Path, env: dict) -> subprocess.Popen:
     exe = Path(sys.executable).parent / "x3kd_detector"
     cmd = [str(exe) if exe.is_file() else "x3kd_detector", "--ros-args", "-r", f"__node:={NODE_NAME}",
            "--params-file", args.params_file,
@@ -124,7 +210,7 @@ def start_detector(args: argparse.Namespace, checkpoint: Path, log_path: Path) -
     print("detector:", " ".join(cmd), flush=True)
     log = open(log_path, "w")
     try:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
     finally:
         log.close()  # the child holds its own descriptor
 
@@ -149,7 +235,7 @@ def stop_child(proc: subprocess.Popen, timeout_s: float = 10.0) -> Optional[int]
 class Bench:
     """Publisher of camera sets and collector of detections and diagnostics (one rclpy node)."""
 
-    def __init__(self, context, width: int, height: int, qos: str = "sensor") -> None:
+    def __init__(self, context, width: int, height: int, qos: str = "sensor", node_name: str = NODE_NAME) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import qos_profile_sensor_data
@@ -166,6 +252,7 @@ class Bench:
         from x3kd_ros.node_utils import qos_profile, static_tf_qos
 
         self.node = rclpy.create_node("x3kd_bench_cameras", context=context)
+        self.node_name = node_name
         qos_in = qos_profile_sensor_data if qos == "sensor" else qos_profile("reliable", 5)
         self.cameras = list(CAMERA_NAMES)
         specs = {s.name: s for s in camera_specs(SynthConfig(image_width=width, image_height=height))}
@@ -192,6 +279,7 @@ class Bench:
         self.publish_ms: dict[int, float] = {}     # set stamp (ns) -> time to publish its 6 images + infos
         self.received: dict[int, int] = {}         # set stamp (ns) -> monotonic ns of its detections
         self.unmatched = 0
+        self.last_message: tuple[int, str] = (-1, "")  # (level, message) of the latest detector status
         self.diagnostics: list[tuple[int, dict[str, str]]] = []  # (monotonic ns, values)
         self.node.create_subscription(Detection3DArray, topics.DETECTIONS_TOPIC, self._on_detections,
                                       qos_profile("reliable", 10))
@@ -251,9 +339,10 @@ class Bench:
 
         now = time.monotonic_ns()
         for status in msg.status:
-            if status.name.startswith(NODE_NAME):
+            if status.name.startswith(f"{self.node_name}:"):
                 with self.lock:
                     self.diagnostics.append((now, diagnostics_values(status)))
+                    self.last_message = (int.from_bytes(status.level, "little"), status.message)
 
     def last_diagnostics(self, after_ns: int = 0) -> Optional[tuple[int, dict[str, str]]]:
         with self.lock:
@@ -294,16 +383,35 @@ def percentile(values: list[float], q: float) -> float:
 
 # ---------------------------------------------------------------------------------------- main
 def run(args: argparse.Namespace) -> int:
-    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
     env = apply_network_rule(args.domain_id if args.domain_id is not None else pid_domain_id(),
-                             str(WORK_DIR / "ros_log"))
+                             str(work / "ros_log"))
     print("network:", " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+    # This process is the camera driver: it loads the transport profile before its first participant.
+    from x3kd_ros.transport import profile_environment
+
+    try:
+        transport_env, transport_note = profile_environment(args.fastdds_profile)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    launch_env = dict(os.environ)  # with --launch the launch file applies the profile to its nodes itself
+    detector_env = dict(os.environ)
+    if args.detector_fastdds_profile is None:
+        detector_env.update(transport_env)
+    else:
+        try:
+            detector_env.update(profile_environment(args.detector_fastdds_profile)[0])
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+    os.environ.update(transport_env)
+    print(f"Fast DDS profile of the publisher: {transport_note}", flush=True)
 
     if args.checkpoint:
         checkpoint = Path(args.checkpoint).resolve()
     else:
         t0 = time.perf_counter()
-        checkpoint = write_tiny_checkpoint(args.model_config, WORK_DIR / "student_tiny.pt")
+        checkpoint = write_tiny_checkpoint(args.model_config, work / "student_tiny.pt")
         print(f"checkpoint: {checkpoint} (untrained, written in {time.perf_counter() - t0:.1f} s)", flush=True)
 
     import rclpy
@@ -312,22 +420,30 @@ def run(args: argparse.Namespace) -> int:
 
     from x3kd_ros.node_utils import spin_until
 
-    proc = start_detector(args, checkpoint, WORK_DIR / "detector.log")
+    log_path = work / ("launch.log" if args.launch else "detector.log")
+    if args.launch:
+        proc = start_launch(args, checkpoint, log_path, launch_env)
+    else:
+        proc = start_detector(args, checkpoint, log_path, detector_env)
+    stop_proc = stop_launch if args.launch else stop_child
     context = Context()
     rclpy.init(context=context)
     executor = SingleThreadedExecutor(context=context)
     stop = threading.Event()
     bench = None
     try:
-        bench = Bench(context, args.width, args.height, args.qos)
+        bench = Bench(context, args.width, args.height, args.qos, LAUNCH_NODE_NAME if args.launch else NODE_NAME)
         executor.add_node(bench.node)
         t0 = time.monotonic()
         up = spin_until(executor, lambda: proc.poll() is not None or (bench.matched() and bench.last_diagnostics()),
                         args.start_timeout)
         if proc.poll() is not None or not up:
-            print(f"detector did not come up (exit code {proc.poll()}); see {WORK_DIR / 'detector.log'}")
+            print(f"detector did not come up (exit code {proc.poll()}); see {log_path}")
             return 1
         print(f"detector up after {time.monotonic() - t0:.1f} s (pid {proc.pid})", flush=True)
+        detector_profile = detector_environment(proc, log_path, args.launch).get("FASTDDS_DEFAULT_PROFILES_FILE", "")
+        print(f"Fast DDS profile of the detector process: {detector_profile or '(none: Fast DDS defaults)'}",
+              flush=True)
         bench.publish_tf_static()
         spin_until(executor, lambda: False, 0.5)  # let /tf_static and the first CameraInfo land
 
@@ -377,7 +493,7 @@ def run(args: argparse.Namespace) -> int:
         in_window = [v for t, v in bench.diagnostics if before[0] < t <= after[0]]
     finally:
         stop.set()
-        code = stop_child(proc)
+        code = stop_proc(proc)
         print(f"detector stopped (pid {proc.pid}, exit code {code})", flush=True)
         executor.shutdown()
         if bench is not None:
@@ -436,6 +552,30 @@ def run(args: argparse.Namespace) -> int:
           f"median of per-report last {model_med:.1f} ({len(model_last)} reports)")
     print(f"node overhead ms        p50 {p50 - model_med:.1f}  p90 {p90 - model_med:.1f}  "
           f"(end-to-end percentile - median model time)")
+    total_published = (len(warm) + len(stamps)) * len(cams)
+    total_received = sum(_num(a, f"{c}.received") for c in cams)
+    print(f"all images (node total) {total_received:.0f} / {total_published} published, warm-up included")
+    print(f"detector diagnostics    level {bench.last_message[0]}: {bench.last_message[1]}")
+    if args.json:
+        launch_note = ""
+        if args.launch:
+            found = [line for line in log_path.read_text(errors="replace").splitlines()
+                     if "Fast DDS transport profile:" in line]
+            launch_note = found[0].split("Fast DDS transport profile:", 1)[1].strip() if found else ""
+        summary = {
+            "mode": "ros2 launch" if args.launch else "x3kd_detector", "rate_hz": args.rate,
+            "duration_s": args.duration, "width": args.width, "height": args.height, "qos": args.qos,
+            "publisher_profile": transport_note, "detector_profile": detector_profile, "launch_profile_note": launch_note,
+            "sets_published": len(stamps), "images_published": len(stamps) * len(cams),
+            "images_received": received_imgs, "images_received_per_camera": {c: delta(f"{c}.received") for c in cams},
+            "images_published_total": total_published, "images_received_total": total_received,
+            "arriving_percent": {c: _num(a, f"{c}.arriving_percent") for c in cams},
+            "sync_emitted": delta("sync.emitted"), "sync_partial": delta("sync.partial"),
+            "busy_drops": delta("busy_drops"), "detections_received": len(lat_ms),
+            "latency_ms_p50": p50, "latency_ms_p90": p90, "load_average": list(load), "exit_code": code,
+            "diagnostics_level": bench.last_message[0], "diagnostics_message": bench.last_message[1],
+        }
+        Path(args.json).write_text(json.dumps(summary, indent=1, default=float))
     return 0
 
 

@@ -9,10 +9,12 @@ Time stamps
     unit of :mod:`x3kd_ros.sync`).
 
 Images
-    :func:`image_to_rgb` reads ``sensor_msgs/Image`` in rgb8, bgr8, mono8, rgba8 or bgra8 (row
-    padding in ``step`` is skipped) into (H, W, 3) uint8 RGB. rgb8 and rgba8 come back as a view
-    of ``msg.data`` (no copy; a padded rgb8 or any rgba8 view is strided, not C-contiguous), the
-    other encodings need a channel swap or expansion and return a new array.
+    :func:`image_to_rgb` reads ``sensor_msgs/Image`` in rgb8, bgr8, mono8, rgba8, bgra8, the
+    8-bit Bayer patterns (bayer_rggb8 / bggr8 / gbrg8 / grbg8) and YUV 4:2:2 (uyvy = yuv422,
+    yuyv = yuv422_yuy2), row padding in ``step`` skipped, into (H, W, 3) uint8 RGB. rgb8 and
+    rgba8 come back as a view of ``msg.data`` (no copy; a padded rgb8 or any rgba8 view is
+    strided, not C-contiguous), the other encodings go through OpenCV ``cvtColor`` (channel swap,
+    demosaicing, YUV -> RGB, with vision_opencv cv_bridge's conversion codes) into a new array.
     :func:`rgb_to_image` writes rgb8 / bgr8 (or mono8 for (H, W) input).
     :func:`compressed_to_rgb` / :func:`rgb_to_compressed` handle ``sensor_msgs/CompressedImage``
     (jpeg or png) through OpenCV; the format string follows image_transport
@@ -117,19 +119,36 @@ def ns_to_stamp(ns: int) -> Time:
 # ----------------------------------------------------------------------------------------------
 # Images
 
-#: Image encodings :func:`image_to_rgb` reads, with their channel count.
-IMAGE_ENCODINGS: dict[str, int] = {"rgb8": 3, "bgr8": 3, "mono8": 1, "rgba8": 4, "bgra8": 4}
+#: Image encodings :func:`image_to_rgb` reads, with their bytes per pixel (names as in
+#: sensor_msgs/image_encodings.hpp; ``yuv422`` / ``yuv422_yuy2`` are the older names of uyvy / yuyv).
+IMAGE_ENCODINGS: dict[str, int] = {
+    "rgb8": 3, "bgr8": 3, "mono8": 1, "rgba8": 4, "bgra8": 4,
+    "bayer_rggb8": 1, "bayer_bggr8": 1, "bayer_gbrg8": 1, "bayer_grbg8": 1,
+    "uyvy": 2, "yuv422": 2, "yuyv": 2, "yuv422_yuy2": 2,
+}
+#: OpenCV conversion to RGB of the encodings that need one. OpenCV names a Bayer pattern by the
+#: 2 x 2 block starting at pixel (1, 1), ROS by the one at (0, 0), hence RGGB -> BayerBG (the
+#: mapping of vision_opencv's cv_bridge). YUV 4:2:2 uses BT.601 video range, as cv_bridge does.
+_TO_RGB: dict[str, int] = {
+    "bgr8": cv2.COLOR_BGR2RGB, "bgra8": cv2.COLOR_BGRA2RGB, "mono8": cv2.COLOR_GRAY2RGB,
+    "bayer_rggb8": cv2.COLOR_BayerBG2RGB, "bayer_bggr8": cv2.COLOR_BayerRG2RGB,
+    "bayer_gbrg8": cv2.COLOR_BayerGR2RGB, "bayer_grbg8": cv2.COLOR_BayerGB2RGB,
+    "uyvy": cv2.COLOR_YUV2RGB_UYVY, "yuv422": cv2.COLOR_YUV2RGB_UYVY,
+    "yuyv": cv2.COLOR_YUV2RGB_YUY2, "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2,
+}
 
 
 def image_to_rgb(msg: Image) -> np.ndarray:
     """``sensor_msgs/Image`` -> (H, W, 3) uint8 RGB.
 
-    rgb8 / rgba8 return a view of ``msg.data`` (writing to it writes the message); bgr8, bgra8
-    and mono8 return a new C-contiguous array.
+    rgb8 / rgba8 return a view of ``msg.data`` (writing to it writes the message); the other
+    encodings of :data:`IMAGE_ENCODINGS` (bgr8, bgra8, mono8, the 8-bit Bayer patterns demosaiced
+    bilinearly, YUV 4:2:2 as uyvy / yuyv) go through OpenCV and return a new C-contiguous array.
+    Row padding (``step`` > a row) is skipped in every case.
 
     Raises:
-        ConversionError: unsupported ``encoding``, ``step`` shorter than a row, or ``data``
-            whose length is not ``step * height``.
+        ConversionError: unsupported ``encoding``, ``step`` shorter than a row, ``data`` whose
+            length is not ``step * height``, an odd width for YUV 4:2:2 (two pixels share U and V).
     """
     encoding = msg.encoding
     if encoding not in IMAGE_ENCODINGS:
@@ -144,6 +163,8 @@ def image_to_rgb(msg: Image) -> np.ndarray:
             f"Image.step {step} is shorter than width * channels = {width} * {channels} = {row_bytes} "
             f"bytes for {encoding}"
         )
+    if channels == 2 and width % 2:
+        raise ConversionError(f"Image.width {width} is odd: {encoding} (YUV 4:2:2) packs pixels in pairs")
     if len(msg.data) != step * height:
         raise ConversionError(
             f"Image.data has {len(msg.data)} bytes, expected step * height = {step} * {height} = "
@@ -159,10 +180,13 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     if pixels.size == 0:
         return np.zeros((height, width, 3), dtype=np.uint8)
     # A reversed-stride view would be rejected by torch.from_numpy, and numpy's strided copy of
-    # one is ~10x slower than OpenCV's (18 ms vs 2 ms for 1600x900): convert with cvtColor.
-    if encoding == "mono8":
-        return cv2.cvtColor(pixels[..., 0], cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB if encoding == "bgr8" else cv2.COLOR_BGRA2RGB)
+    # one is ~10x slower than OpenCV's (18 ms vs 2 ms for 1600x900): convert with cvtColor, which
+    # also reads the padded rows in place.
+    try:
+        return cv2.cvtColor(pixels[..., 0] if channels == 1 else pixels, _TO_RGB[encoding])
+    except cv2.error as err:
+        raise ConversionError(f"Image.encoding {encoding!r}: OpenCV cannot convert a {height} x {width} image: "
+                              f"{str(err).strip().splitlines()[-1]}") from None
 
 
 def rgb_to_image(

@@ -14,7 +14,8 @@ model runs, the oldest waiting set is dropped (``busy_drops``) once ``processing
 wait.
 
 Topics (inputs absolute, from parameters; outputs relative, so a namespace moves them)
-    in   ``image_topics[i]``        sensor_msgs/Image (rgb8, bgr8, mono8, rgba8, bgra8) or
+    in   ``image_topics[i]``        sensor_msgs/Image (rgb8, bgr8, mono8, rgba8, bgra8, bayer_*8, uyvy /
+                                    yuv422, yuyv / yuv422_yuy2; x3kd_ros.conversions.image_to_rgb) or
                                     CompressedImage (jpeg/png) when ``image_transport`` is compressed
     in   ``camera_info_topics[i]``  sensor_msgs/CameraInfo (K and size; images must match the size)
     in   ``/tf_static``             tf2_msgs/TFMessage (where tf2_msgs is importable)
@@ -44,7 +45,12 @@ detections published, i.e. sync wait + queue + model + conversion).
 
 The diagnostics status names what is wrong: WARN with "CAM_BACK silent for 3.2 s" for a camera
 without images for ``silent_after_periods`` expected frame periods (OK again when it is back;
-``<camera>.silent_s`` holds the seconds since its last image), "time jumped back 1.00 s on
+``<camera>.silent_s`` holds the seconds since its last image); "images arriving at 21 % of the
+camera rate ...: check the DDS transport / profile" when a camera's received stamps have gaps,
+i.e. fewer than ``transport_warn_percent`` of the frames the stamps imply arrive over the last
+5 s (:class:`~x3kd_ros.node_utils.DeliveryMeter`; ``<camera>.arriving_percent`` and
+``<camera>.camera_rate_hz`` hold the figures): the sign of a transport that loses big images,
+README "Big images"; "time jumped back 1.00 s on
 CAM_FRONT" after stamps went backwards (a looped bag, a simulator reset: the synchronizer is reset,
 see :mod:`x3kd_ros.sync`, and one WARN line is logged per jump), and the counters above that grew.
 Timers run on the steady clock, so ``use_sim_time:=true`` with a bag's ``/clock`` works.
@@ -56,6 +62,7 @@ describe`` shows it); defaults for a deployment are in ``config/ros/detector.yam
 from __future__ import annotations
 
 import collections
+import math
 import sys
 import threading
 import time
@@ -86,6 +93,7 @@ from x3kd_ros.conversions import (
 )
 from x3kd_ros.node_utils import (
     BoundedWorker,
+    DeliveryMeter,
     ExtrinsicsProvider,
     LatencyWindow,
     ParameterError,
@@ -127,6 +135,8 @@ _CAMERA_COUNTERS = ("received", "conversion_errors", "size_mismatch", "missing_c
 _WARN_COUNTERS = ("conversion_errors", "size_mismatch", "missing_camera_info", "stale", "camera_info_errors",
                   "missing_extrinsics")
 _WARN_GLOBAL = ("busy_drops", "sync.dropped_sets", "sets_without_extrinsics")
+# Stamp-time window over which a camera's delivered fraction is judged (s).
+_DELIVERY_WINDOW_S = 5.0
 
 
 def describe_jump(jump: TimeJump) -> str:
@@ -134,6 +144,18 @@ def describe_jump(jump: TimeJump) -> str:
     flushed = (f"; {jump.flushed_sets} pending set(s) of the old timeline flushed" if jump.flushed_sets else "")
     return (f"time jumped back {jump.back_s:.3f} s on {jump.stream} (stamp {jump.from_ns / 1e9:.3f} -> "
             f"{jump.to_ns / 1e9:.3f}: looped bag, simulator reset?): synchronizer reset{flushed}")
+
+
+def describe_lossy(lossy: dict[str, tuple[int, int, float]]) -> str:
+    """"images arriving at 21 % of the camera rate (CAM_FRONT 19 %, ...; 12.0 Hz by their stamps): check
+    the DDS transport / profile ..." for cameras -> (received, expected, period s)."""
+    received = sum(r for r, _, _ in lossy.values())
+    expected = sum(e for _, e, _ in lossy.values())
+    periods = sorted(p for _, _, p in lossy.values())
+    per_cam = ", ".join(f"{cam} {100.0 * r / e:.0f} %" for cam, (r, e, _) in lossy.items())
+    return (f"images arriving at {100.0 * received / expected:.0f} % of the camera rate ({per_cam}; "
+            f"{1.0 / periods[len(periods) // 2]:.1f} Hz by their stamps, last {_DELIVERY_WINDOW_S:g} s): "
+            "check the DDS transport / profile of the camera publisher (README: Big images)")
 
 
 def detector_param_specs(stage: int, cameras: Optional[list[str]] = None, transport: str = "raw",
@@ -174,6 +196,10 @@ def detector_param_specs(stage: int, cameras: Optional[list[str]] = None, transp
             ParamSpec("camera_info_wait_s", 1.0, "how long an image that came before its camera's first valid "
                       "CameraInfo is held for it (s; 0 = drop it at once)", ">= 0", in_range(0.0)),
             *silence_param_specs("camera"),
+            ParamSpec("transport_warn_percent", 90.0, "WARN in /diagnostics when a camera's images arrive at "
+                      "fewer than this percent of the frames its stamps say it sent (gaps in the stamp "
+                      "sequence, last 5 s): a DDS transport losing big images; 0 = off", "[0, 100]",
+                      in_range(0.0, 100.0)),
             ParamSpec("max_input_age_s", 0.0, "drop images whose stamp is older than this on the node clock "
                       "(s; 0 = off; use with live sensors or use_sim_time)", ">= 0", in_range(0.0)),
             ParamSpec("processing_queue_size", 2, "synchronized sets waiting for the model; beyond it the oldest "
@@ -285,6 +311,13 @@ class DetectorNode(Node):
         self.camera_counts = {cam: collections.Counter() for cam in self.cameras}
         self._input_rates = {cam: RateMeter() for cam in self.cameras}
         self._watch = StreamWatch(self.cameras, params["silent_after_periods"], params["silent_after_min_s"])
+        # Gaps in each camera's received stamps: a transport losing images (README: Big images).
+        self._delivery = {
+            cam: DeliveryMeter(window_s=_DELIVERY_WINDOW_S, silent_after_periods=params["silent_after_periods"],
+                               silent_after_min_s=params["silent_after_min_s"],
+                               jump_s=self.sync.config.jump_threshold_ns / 1e9)
+            for cam in self.cameras}
+        self._transport_warn = params["transport_warn_percent"] / 100.0
         self._intrinsics: dict[str, Any] = {}
         # Images waiting for their camera's first valid CameraInfo: (message, receive time ns).
         self._held: dict[str, collections.deque] = {cam: collections.deque() for cam in self.cameras}
@@ -370,6 +403,7 @@ class DetectorNode(Node):
         self._input_rates[cam].tick(now_ns)
         self._watch.tick(cam, now_ns)
         stamp_ns = stamp_to_ns(msg.header.stamp)
+        self._delivery[cam].tick(stamp_ns)
         if self._max_age_ns > 0:
             age_ns = self.get_clock().now().nanoseconds - stamp_ns
             if age_ns > self._max_age_ns:
@@ -484,9 +518,24 @@ class DetectorNode(Node):
         for cam in self.cameras:
             values[f"{cam}.rate_hz"] = self._input_rates[cam].rate_hz(now_ns)
             values[f"{cam}.silent_s"] = self._watch.seconds_since(cam, now_ns)
+            period_s = self._delivery[cam].counts()[2]
+            values[f"{cam}.arriving_percent"] = self._delivery[cam].fraction() * 100.0
+            values[f"{cam}.camera_rate_hz"] = 1.0 / period_s if period_s > 0 else math.nan
             for kind in _CAMERA_COUNTERS:
                 values[f"{cam}.{kind}"] = self.camera_counts[cam][kind]
         return values
+
+    def lossy_cameras(self) -> dict[str, tuple[int, int, float]]:
+        """camera -> (received, expected, period s) for cameras whose images arrive at fewer than
+        ``transport_warn_percent`` of the frames their stamps imply (:class:`DeliveryMeter`)."""
+        out = {}
+        if self._transport_warn <= 0:
+            return out
+        for cam, meter in self._delivery.items():
+            fraction = meter.fraction()
+            if fraction < self._transport_warn:  # nan (not enough frames yet) compares False
+                out[cam] = meter.counts()
+        return out
 
     def publish_diagnostics(self) -> DiagnosticStatus:
         values = self.diagnostics_values()
@@ -504,6 +553,9 @@ class DetectorNode(Node):
         silent = self._watch.silent(time.monotonic_ns())
         if silent:
             problems.append(self._watch.describe(silent, "camera"))
+        lossy = self.lossy_cameras()
+        if lossy:
+            problems.append(describe_lossy(lossy))
         if growing:
             problems.append("input problems: " + ", ".join(growing))
         errors = values["inference_errors"] > last.get("inference_errors", 0)

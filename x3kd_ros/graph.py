@@ -83,6 +83,9 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("radar_checkpoint", "", "radar teacher checkpoint (with use_teachers)"),
     LaunchArgument("calibration_file", "", "calibration YAML used where /tf_static lacks a frame (e.g. "
                    "calibration_synthetic.yaml); empty: /tf_static only"),
+    LaunchArgument("fastdds_profile", "auto", "Fast DDS transport profile of the started nodes: auto (the "
+                   "package's config/dds/fastdds_large_images.xml, unless FASTDDS_DEFAULT_PROFILES_FILE is "
+                   "already set or another RMW is used), off, or a path to an XML profile (x3kd_ros/transport.py)"),
 )
 _ARGUMENT_NAMES = tuple(a.name for a in LAUNCH_ARGUMENTS)
 

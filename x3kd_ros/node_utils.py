@@ -76,6 +76,7 @@ __all__ = [
     "describe_qos",
     "RateMeter",
     "StreamWatch",
+    "DeliveryMeter",
     "silence_param_specs",
     "steady_timer",
     "LatencyWindow",
@@ -437,6 +438,74 @@ class StreamWatch:
         if len(silent) == len(self.streams) and len(self.streams) > 1:
             return f"all {len(self.streams)} {what}s silent for {min(silent.values()):.1f} s ({rule})"
         return ", ".join(f"{name} silent for {secs:.1f} s" for name, secs in silent.items()) + f" ({rule})"
+
+
+class DeliveryMeter:
+    """How many of a stream's messages arrive, judged from the gaps in the stamps that do arrive.
+
+    A camera stamps its frames at a fixed period, so a transport that loses messages shows as gaps
+    in the received stamp sequence: received 0.0, 0.083, 0.333 s -> 2 of 4 frames lost. Over the
+    stamps of the last ``window_s`` (stamp time), the camera period is estimated from the gaps
+    themselves (the shortest gap, refined as total time / frames), each gap counts
+    ``round(gap / period)`` frames, and ``fraction() = gaps received / frames expected``.
+
+    What does not count as loss: a gap longer than ``max(silent_after_periods x period,
+    silent_after_min_s)`` (a camera that stopped, a paused bag: :class:`StreamWatch` reports that
+    as silence), repeated or out-of-order stamps (sorted, duplicates ignored), and a jump back by
+    more than ``jump_s`` (a looped bag, a simulator reset: the history starts afresh).
+
+    Limits: a loss with a regular pattern (exactly every other frame) looks like a camera at half
+    the rate; transport loss is irregular, and a few consecutive frames in the window give the
+    period away. Times are integer ns.
+    """
+
+    def __init__(self, window_s: float = 5.0, min_frames: int = 10, silent_after_periods: float = 5.0,
+                 silent_after_min_s: float = 1.0, jump_s: float = 0.5) -> None:
+        self.window_ns = int(window_s * 1e9)
+        self.min_frames = int(min_frames)
+        self.silent_after_periods = float(silent_after_periods)
+        self.silent_after_min_ns = int(silent_after_min_s * 1e9)
+        self.jump_ns = int(jump_s * 1e9)
+        self._stamps: list[int] = []
+        self.resets = 0
+
+    def tick(self, stamp_ns: int) -> None:
+        """A message stamped ``stamp_ns`` arrived."""
+        import bisect
+
+        stamp_ns = int(stamp_ns)
+        stamps = self._stamps
+        if stamps and stamps[-1] - stamp_ns > self.jump_ns:
+            stamps.clear()
+            self.resets += 1
+        i = bisect.bisect_left(stamps, stamp_ns)
+        if i < len(stamps) and stamps[i] == stamp_ns:
+            return  # a repeated stamp
+        stamps.insert(i, stamp_ns)
+        cut = bisect.bisect_left(stamps, stamps[-1] - self.window_ns)
+        if cut:
+            del stamps[:cut]
+
+    def counts(self) -> tuple[int, int, float]:
+        """(frames received after the first, frames expected, period s) over the window; the period
+        is nan and both counts 0 while there is no gap to judge."""
+        gaps = [b - a for a, b in zip(self._stamps, self._stamps[1:])]
+        if not gaps:
+            return 0, 0, math.nan
+        period = float(min(gaps))
+        silent_ns = max(self.silent_after_periods * period, self.silent_after_min_ns)
+        gaps = [g for g in gaps if g < silent_ns]
+        if not gaps:
+            return 0, 0, math.nan
+        for _ in range(2):  # refine: a jittery shortest gap would bias the frame counts
+            period = sum(gaps) / sum(max(1, round(g / period)) for g in gaps)
+        expected = sum(max(1, round(g / period)) for g in gaps)
+        return len(gaps), int(expected), period / 1e9
+
+    def fraction(self) -> float:
+        """Received / expected frames over the window; nan until ``min_frames`` are expected."""
+        received, expected, _ = self.counts()
+        return received / expected if expected >= self.min_frames else math.nan
 
 
 def silence_param_specs(what: str) -> list[ParamSpec]:

@@ -139,15 +139,16 @@ def fastdds_profile_environment(path: str | Path, segment_bytes: int,
                                 environ: Optional[dict] = None) -> tuple[dict[str, str], str]:
     """Write :func:`fastdds_profile_xml` to ``path`` and return the environment variables that load
     it, plus a note for logs/reports. Nothing is written (empty dict) when the RMW is not Fast DDS or
-    the user already points Fast DDS at a profile file: theirs wins.
+    the user already points Fast DDS at a profile file: theirs wins
+    (:func:`x3kd_ros.transport.user_transport_setting`, the rule the launch file follows too).
+    The segment is sized to a bag here; the graph's nodes use the shipped
+    ``config/dds/fastdds_large_images.xml`` (:mod:`x3kd_ros.transport`), the same profile at 64 MiB.
     """
-    environ = os.environ if environ is None else environ
-    rmw = environ.get("RMW_IMPLEMENTATION", "") or "rmw_fastrtps_cpp"
-    if not rmw.startswith("rmw_fastrtps"):
-        return {}, f"not used with {rmw}"
-    for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
-        if environ.get(var):
-            return {}, f"not used: {var} is set ({environ[var]})"
+    from x3kd_ros.transport import user_transport_setting  # the one rule (launch file, runner, replay)
+
+    reason = user_transport_setting(environ)
+    if reason is not None:
+        return {}, f"not used: {reason}"
     path = Path(path)
     path.write_text(fastdds_profile_xml(segment_bytes))
     return {"FASTDDS_DEFAULT_PROFILES_FILE": str(path)}, f"{path} (shared-memory segment {segment_bytes >> 20} MiB)"

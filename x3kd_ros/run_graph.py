@@ -10,7 +10,9 @@ node::
     x3kd_run_graph checkpoint:=a.pt --print                             # show the command lines only
 
 It applies the project's network rule first (localhost-only DDS, a domain id, a log folder; see
-:mod:`x3kd_ros.ros_env`), which the children inherit. Each child runs in its own session, so a
+:mod:`x3kd_ros.ros_env`), which the children inherit, and gives the children the Fast DDS
+transport profile for big images by the rule the launch file follows (:mod:`x3kd_ros.transport`;
+launch argument ``fastdds_profile``). Each child runs in its own session, so a
 Ctrl-C in the terminal reaches only the runner, which then stops its children by PID: SIGINT (the
 nodes shut down cleanly), then SIGTERM, then SIGKILL after ``stop_timeout_s``. It also stops all of
 them when one exits on its own, and returns that node's exit code.
@@ -219,10 +221,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"x3kd_run_graph: {err}", file=sys.stderr)
         return 2
     from x3kd_ros.ros_env import apply_network_rule
+    from x3kd_ros.transport import profile_environment
 
     network = apply_network_rule()
-    profile_note = _apply_fastdds_profile()
-    runner = GraphRunner(specs, log_dir=options.log_dir)
+    try:
+        # The launch file's rule (x3kd_ros.transport), applied to the children's environment only.
+        transport_env, profile_note = profile_environment(values.get("fastdds_profile", "auto"))
+    except ValueError as err:
+        print(f"x3kd_run_graph: {err}", file=sys.stderr)
+        return 2
+    runner = GraphRunner(specs, log_dir=options.log_dir, env={**os.environ, **transport_env})
+    print(f"x3kd_run_graph: Fast DDS transport profile: {profile_note}", file=sys.stderr)
     if options.print:
         for key, cmd in runner.commands().items():
             print(f"{key}: {' '.join(cmd)}")
@@ -235,7 +244,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     for _, reason in skipped:
         print(f"x3kd_run_graph: {reason}", file=sys.stderr)
-    print(f"x3kd_run_graph: Fast DDS transport profile: {profile_note}", file=sys.stderr)
     print(f"x3kd_run_graph: ROS_DOMAIN_ID={network['ROS_DOMAIN_ID']}, localhost only; starting "
           f"{', '.join(s.name for s in specs)}", file=sys.stderr)
     code = 0
@@ -253,27 +261,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         codes = runner.stop()
         print(f"x3kd_run_graph: stopped, exit codes {codes}", file=sys.stderr)
     return code
-
-
-#: Shared-memory segment for the graph's processes: six 1600 x 900 rgb8 images (26 MB) plus a
-#: LiDAR cloud must fit, or Fast DDS falls back to slow resends (see BENCHMARKS.md: with the
-#: 512 KiB default only 7-28 % of 12 Hz camera images reached the detector; with this, 100 %).
-GRAPH_SHM_SEGMENT_BYTES = 64 << 20
-
-
-def _apply_fastdds_profile() -> str:
-    """Point this process (and so its children) at a Fast DDS profile with a large shared-memory
-    segment, unless the user already set a profile or uses another RMW. Discovery is untouched.
-
-    Processes publishing the cameras must load the same file (its path is printed) to get the
-    shared-memory path; without it they fall back to UDP on loopback.
-    """
-    from x3kd_ros.replay import fastdds_profile_environment
-
-    path = Path(tempfile.gettempdir()) / f"x3kd_fastdds_{os.getpid()}.xml"
-    env, note = fastdds_profile_environment(path, GRAPH_SHM_SEGMENT_BYTES)
-    os.environ.update(env)
-    return note
 
 
 if __name__ == "__main__":

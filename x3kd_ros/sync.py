@@ -1,7 +1,10 @@
 """Approximate-time synchronizer over N sensor streams (pure Python, no ROS imports).
 
-ROS 2's ``message_filters`` cannot be installed here, and a node should hold no algorithm, so
-the matching logic lives in this module and is tested with scripted streams (no live graph).
+A node should hold no algorithm, so the matching logic lives in this module and is tested with
+scripted streams (no live graph). With every camera present it emits the same sets as ROS 2's
+``message_filters.ApproximateTimeSynchronizer`` (test_sync.py checks it against the vendored
+source); by design it also emits partial sets (a dead camera), decides them by timeout, aligns
+per-sensor offsets, resets on time jumps, and keeps sets in stamp order.
 A node feeds every received message in with :meth:`ApproximateTimeSync.add` and calls
 :meth:`ApproximateTimeSync.poll` from a timer so that a dead stream still releases its sets.
 

@@ -139,6 +139,113 @@ def test_bad_images_raise_naming_the_field():
         rgb_to_image(rgb[..., :2])
 
 
+# ------------------------------------------------------------------ cv_bridge as the reference; Bayer; YUV 4:2:2
+# cv_bridge (PyPI cv-bridge 1.13.0.post0, a pure-Python port with vision_opencv's API and conversion
+# codes) is the reference where it is right: unpadded rows. It reads ``data`` as if step == width * bpp,
+# so a padded step gives it wrong pixels without an error (shown below): it never sees one here; the
+# padded message's expected pixels are cv_bridge's answer for the same pixels without padding. It
+# has no type for yuv422 (KeyError) and no bayer_grbg8 -> rgb8 entry; those are checked against
+# the mosaic / BT.601 definitions instead.
+
+_BAYER = {  # ROS pattern -> which RGB channel each position of the 2 x 2 block samples
+    "bayer_rggb8": ((0, 1), (1, 2)), "bayer_bggr8": ((2, 1), (1, 0)),
+    "bayer_gbrg8": ((1, 2), (0, 1)), "bayer_grbg8": ((1, 0), (2, 1)),
+}
+
+
+def _cv_bridge_rgb(msg: Image) -> np.ndarray:
+    cv_bridge = pytest.importorskip("cv_bridge", reason="cv-bridge (PyPI, tools/requirements.txt) is not installed")
+    from x3kd_ros.conversions import IMAGE_ENCODINGS
+
+    assert msg.step == msg.width * IMAGE_ENCODINGS[msg.encoding], "cv_bridge reads padded rows wrongly"
+    return np.asarray(cv_bridge.CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8"))
+
+
+def _mosaic(rgb: np.ndarray, encoding: str) -> np.ndarray:
+    """The (H, W) raw frame a Bayer sensor with ``encoding``'s pattern records of ``rgb``."""
+    raw = np.empty(rgb.shape[:2], np.uint8)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            raw[dy::2, dx::2] = rgb[dy::2, dx::2, _BAYER[encoding][dy][dx]]
+    return raw
+
+
+def _packed(pixels: np.ndarray, encoding: str, pad: int) -> Image:
+    """An Image of ``encoding`` whose rows are ``pixels`` ((H, W) or (H, W, C) uint8) plus ``pad`` bytes."""
+    return _raw_image(pixels if pixels.ndim == 3 else pixels[..., None], encoding, pad)
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8",
+                                      "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8"])
+@pytest.mark.parametrize("pad", [0, 6])
+def test_image_to_rgb_matches_cv_bridge(encoding, pad):
+    rng = np.random.default_rng(3)
+    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4}.get(encoding, 1)
+    pixels = rng.integers(0, 256, (12, 16, channels) if channels > 1 else (12, 16), dtype=np.uint8)
+    expected = _cv_bridge_rgb(_packed(pixels, encoding, 0))
+    assert expected.shape == (12, 16, 3)
+    msg = _packed(pixels, encoding, pad)
+    wire = deserialize_message(serialize_message(msg), Image)  # data as rclpy hands it to a callback
+    for m in (msg, wire):
+        assert np.array_equal(image_to_rgb(m), expected)
+
+
+def test_cv_bridge_reads_a_padded_step_wrongly_so_it_never_gets_one():
+    cv_bridge = pytest.importorskip("cv_bridge", reason="cv-bridge (PyPI, tools/requirements.txt) is not installed")
+    rgb = _rgb()
+    padded = _raw_image(rgb, "rgb8", pad=5)
+    bridged = cv_bridge.CvBridge().imgmsg_to_cv2(padded, "rgb8")  # no error ...
+    assert bridged.shape == rgb.shape and not np.array_equal(bridged, rgb)  # ... but rows 1.. are shifted
+    assert np.array_equal(bridged[0], rgb[0])
+    assert np.array_equal(image_to_rgb(padded), rgb)
+
+
+@pytest.mark.parametrize("encoding", list(_BAYER))
+@pytest.mark.parametrize("pad", [0, 3])
+def test_bayer_patterns_demosaic_to_the_scene(encoding, pad):
+    """Each ROS pattern name means its own layout (OpenCV names them one pixel diagonally on): a smooth
+    scene recorded through the mosaic comes back within a few levels away from the border."""
+    y, x = np.mgrid[0:24, 0:32]
+    scene = np.stack([x * 8, y * 10, 255 - x * 4 - y * 3], axis=2).astype(np.uint8)
+    out = image_to_rgb(_packed(_mosaic(scene, encoding), encoding, pad))
+    assert out.shape == scene.shape and out.flags.c_contiguous
+    error = np.abs(out[2:-2, 2:-2].astype(int) - scene[2:-2, 2:-2])
+    assert error.max() <= 6, (encoding, error.max())
+    for other in set(_BAYER) - {encoding}:  # a wrong pattern name gives visibly wrong colours
+        wrong = image_to_rgb(_packed(_mosaic(scene, encoding), other, pad))
+        assert np.abs(wrong[2:-2, 2:-2].astype(int) - scene[2:-2, 2:-2]).max() > 40
+
+
+def _bt601_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """BT.601 video range YUV -> RGB (the conversion cv_bridge / OpenCV use for yuv422)."""
+    c, d, e = y.astype(float) - 16, u.astype(float) - 128, v.astype(float) - 128
+    rgb = np.stack([1.164 * c + 1.596 * e, 1.164 * c - 0.392 * d - 0.813 * e, 1.164 * c + 2.017 * d], axis=-1)
+    return np.clip(np.round(rgb), 0, 255)
+
+
+@pytest.mark.parametrize("encoding, order", [("uyvy", "UYVY"), ("yuv422", "UYVY"),
+                                             ("yuyv", "YUYV"), ("yuv422_yuy2", "YUYV")])
+@pytest.mark.parametrize("pad", [0, 4])
+def test_yuv422_to_rgb(encoding, order, pad):
+    rng = np.random.default_rng(4)
+    h, w = 6, 10
+    y = rng.integers(16, 236, (h, w), dtype=np.uint8)
+    u = rng.integers(16, 241, (h, w // 2), dtype=np.uint8)  # one U and one V per pixel pair
+    v = rng.integers(16, 241, (h, w // 2), dtype=np.uint8)
+    packed = np.empty((h, w // 2, 4), np.uint8)
+    for i, name in enumerate(order):
+        packed[..., i] = {"Y": None, "U": u, "V": v}[name] if name != "Y" else 0
+    ys = [i for i, name in enumerate(order) if name == "Y"]
+    packed[..., ys[0]], packed[..., ys[1]] = y[:, 0::2], y[:, 1::2]
+    msg = _packed(packed.reshape(h, w, 2), encoding, pad)
+    out = image_to_rgb(msg)
+    expected = _bt601_rgb(y, np.repeat(u, 2, axis=1), np.repeat(v, 2, axis=1))
+    assert out.shape == (h, w, 3) and np.abs(out.astype(int) - expected).max() <= 1
+    odd = _packed(packed.reshape(h, w, 2)[:, :9], encoding, 0)
+    with pytest.raises(ConversionError, match=r"Image.width 9 is odd"):
+        image_to_rgb(odd)
+
+
 # ------------------------------------------------------------------ CompressedImage
 
 

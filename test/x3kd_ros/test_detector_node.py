@@ -203,7 +203,7 @@ def test_malformed_input_is_counted_and_the_node_keeps_working(ros_context, grap
         sensors.publish_camera_info(cam)
     assert spin_until(executor, lambda: len(node._intrinsics) == 6)
     bad = rgb_to_image(rgb, Header(stamp=ns_to_stamp(now_ns)))
-    bad.encoding = "yuv422"
+    bad.encoding = "16UC1"  # a depth image on the camera topic
     sensors.images["CAM_FRONT"].publish(bad)
     expect("conversion_errors", 1)
     truncated = rgb_to_image(rgb, Header(stamp=ns_to_stamp(now_ns)))
@@ -424,3 +424,78 @@ def test_use_sim_time_without_a_running_clock_keeps_sync_timeouts_and_diagnostic
     assert spin_until(executor, lambda: len(sensors.detections) == 1, 10.0)
     assert node.predictor.calls == [[0, 1, 2, 3, 4]]
     assert spin_until(executor, lambda: len(_detector_statuses(sensors)) >= 2, 10.0)
+
+
+def test_a_transport_losing_images_is_reported_with_a_hint(ros_context, graph, spin_until, spin_for):
+    """Issue 16: a publisher that skips CAM_FRONT frames (a transport losing big images looks like this
+    from the node: gaps in the stamp sequence). /diagnostics WARNs with the delivered percentage and
+    the hint to check the DDS transport / profile, names only that camera, and is OK again once every
+    frame arrives for a window."""
+    executor, sensors, add = graph
+    node = add(_fake_node(ros_context))
+    assert spin_until(executor, sensors.matched)
+    for cam in CAMERA_NAMES:
+        sensors.publish_camera_info(cam)
+    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    base, period = 1_600_000_000 * 10**9, 100_000_000  # a 10 Hz camera rig; published faster than real time
+    keep = [1, 1, 0, 1, 0, 0, 1, 0]  # irregular, as transport loss is: 4 of every 8 CAM_FRONT frames arrive
+    others = [c for c in CAMERA_NAMES if c != "CAM_FRONT"]
+    frame = 0
+
+    def run(n: int, skipping: bool) -> None:
+        nonlocal frame
+        for _ in range(n):
+            _publish_frame(sensors, base + frame * period, CAMERA_NAMES if not skipping or keep[frame % 8] else others)
+            frame += 1
+            spin_for(executor, 0.02)
+
+    run(40, skipping=True)
+    assert spin_until(executor, lambda: node.camera_counts["CAM_BACK"]["received"] == 40, 10.0)
+    seen = len(sensors.diagnostics)
+
+    def lossy_report():
+        return next((s for s in _detector_statuses(sensors)[seen:] if "images arriving at" in s.message), None)
+
+    assert spin_until(executor, lambda: lossy_report() is not None, 5.0), \
+        [s.message for s in _detector_statuses(sensors)[-3:]]
+    status = lossy_report()
+    assert status.level == DiagnosticStatus.WARN
+    assert "images arriving at 50 % of the camera rate (CAM_FRONT 50 %; 10.0 Hz by their stamps" in status.message
+    assert "check the DDS transport / profile" in status.message and "CAM_BACK " not in status.message
+    values = diagnostics_values(status)
+    assert float(values["CAM_FRONT.arriving_percent"]) == pytest.approx(50.0, abs=4.0)
+    assert float(values["CAM_BACK.arriving_percent"]) == 100.0
+    assert float(values["CAM_FRONT.camera_rate_hz"]) == pytest.approx(10.0, abs=0.01)
+
+    run(60, skipping=False)  # 6 s of stamps: the 5 s window holds no gap any more
+    seen = len(sensors.diagnostics)
+    assert spin_until(executor, lambda: len(_detector_statuses(sensors)[seen:]) >= 1, 5.0)
+    back = _detector_statuses(sensors)[-1]
+    assert back.level == DiagnosticStatus.OK, back.message
+    assert float(diagnostics_values(back)["CAM_FRONT.arriving_percent"]) == 100.0
+
+
+def test_bayer_and_yuv422_cameras_work(ros_context, graph, spin_until):
+    """Issue 11 item 10: cameras that send Bayer or YUV 4:2:2 images (what many drivers publish) are
+    converted, not counted as conversion errors."""
+    executor, sensors, add = graph
+    node = add(_fake_node(ros_context))
+    assert spin_until(executor, sensors.matched)
+    for cam in CAMERA_NAMES:
+        sensors.publish_camera_info(cam)
+    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    h, w = IMAGE_HW
+    stamp = ns_to_stamp(1_600_000_000 * 10**9)
+    raw = {"CAM_FRONT": ("bayer_rggb8", 1), "CAM_BACK": ("uyvy", 2), "CAM_BACK_LEFT": ("yuv422_yuy2", 2)}
+    for cam in CAMERA_NAMES:
+        if cam in raw:
+            encoding, bpp = raw[cam]
+            msg = Image(height=h, width=w, encoding=encoding, step=w * bpp)
+            msg.header = Header(stamp=stamp, frame_id=topics.sensor_frame(cam))
+            msg.data = np.full(h * w * bpp, 128, np.uint8).tobytes()
+            sensors.images[cam].publish(msg)
+        else:
+            sensors.publish_image(cam, np.full((h, w, 3), 60, np.uint8), 1_600_000_000 * 10**9)
+    assert spin_until(executor, lambda: len(sensors.detections) == 1), node.camera_counts
+    assert node.predictor.calls == [[0, 1, 2, 3, 4, 5]]
+    assert all(node.camera_counts[c]["conversion_errors"] == 0 for c in CAMERA_NAMES)

@@ -56,6 +56,16 @@ class _LogInfo:
         self.msg = msg
 
 
+class _Group:
+    def __init__(self, actions, scoped=True, forwarding=True):
+        self.actions, self.scoped = list(actions), scoped
+
+
+class _SetEnv:
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+
+
 class _Opaque:
     def __init__(self, function):
         self.function = function
@@ -73,7 +83,8 @@ class _LaunchConfiguration:
 def launch_stubs(monkeypatch):
     modules = {
         "launch": {"LaunchDescription": lambda actions: list(actions)},
-        "launch.actions": {"DeclareLaunchArgument": _Declare, "LogInfo": _LogInfo, "OpaqueFunction": _Opaque},
+        "launch.actions": {"DeclareLaunchArgument": _Declare, "LogInfo": _LogInfo, "OpaqueFunction": _Opaque,
+                           "GroupAction": _Group, "SetEnvironmentVariable": _SetEnv},
         "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
         "launch_ros": {},
         "launch_ros.actions": {"Node": _Node},
@@ -85,9 +96,11 @@ def launch_stubs(monkeypatch):
         monkeypatch.setitem(sys.modules, name, module)
 
 
-def run_launch_file(arguments: dict, logs: list | None = None) -> tuple[list[_Declare], list[_Node]]:
+def run_launch_file(arguments: dict, logs: list | None = None, environment: dict | None = None,
+                    envs: dict | None = None) -> tuple[list[_Declare], list[_Node]]:
     """Load launch/detector.launch.py, declare its arguments, evaluate its nodes for ``arguments``
-    (its LogInfo messages are appended to ``logs``)."""
+    in a launch context whose environment is ``environment`` (default: empty). Its LogInfo messages
+    are appended to ``logs``; ``envs`` gets node name -> variables the launch sets for that node."""
     spec = importlib.util.spec_from_file_location("x3kd_detector_launch", LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -97,12 +110,22 @@ def run_launch_file(arguments: dict, logs: list | None = None) -> tuple[list[_De
     assert len(opaque) == 1 and len(declared) + 1 == len(description)
     configurations = {a.name: a.default_value for a in declared}
     configurations.update(arguments)
-    context = types.SimpleNamespace(launch_configurations=configurations)
-    actions = opaque[0].function(context)
+    context = types.SimpleNamespace(launch_configurations=configurations, environment=dict(environment or {}))
+    actions, node_env = [], {}
+    for action in opaque[0].function(context):
+        if isinstance(action, _Group):  # the environment action: scoped to the nodes inside it
+            assert action.scoped
+            node_env = {a.name: a.value for a in action.actions if isinstance(a, _SetEnv)}
+            actions += [a for a in action.actions if not isinstance(a, _SetEnv)]
+        else:
+            actions.append(action)
     assert all(isinstance(a, (_Node, _LogInfo)) for a in actions)
     if logs is not None:
         logs.extend(a.msg for a in actions if isinstance(a, _LogInfo))
-    return declared, [a for a in actions if isinstance(a, _Node)]
+    nodes = [a for a in actions if isinstance(a, _Node)]
+    if envs is not None:
+        envs.update({n.kwargs["name"]: dict(node_env) for n in nodes})
+    return declared, nodes
 
 
 def launch_ros_command(kwargs: dict) -> list:
@@ -215,8 +238,9 @@ def test_a_teacher_without_its_checkpoint_is_not_started(launch_stubs, capsys):
     logs: list = []
     _, nodes = run_launch_file(arguments, logs)
     assert [n.kwargs["name"] for n in nodes] == ["x3kd_detector", "x3kd_lidar_teacher", "x3kd_comparison_lidar"]
-    assert logs == ["node x3kd_radar_teacher not started: launch argument radar_checkpoint is empty",
-                    "node x3kd_comparison_radar not started: launch argument radar_checkpoint is empty"]
+    assert logs[:2] == ["node x3kd_radar_teacher not started: launch argument radar_checkpoint is empty",
+                        "node x3kd_comparison_radar not started: launch argument radar_checkpoint is empty"]
+    assert len(logs) == 3 and logs[2].startswith("Fast DDS transport profile: ")
     skipped: list = []
     assert [s.key for s in load_graph({"use_teachers": "true"}, skipped=skipped)] == ["detector"]
     assert [k for k, _ in skipped] == ALL_NODES[1:]
@@ -342,3 +366,93 @@ def test_runner_refuses_to_start_without_the_network_rule():
     env = {k: v for k, v in os.environ.items() if k != "ROS_LOCALHOST_ONLY"}
     with pytest.raises(RuntimeError, match="network rule"):
         GraphRunner(load_graph(), env=env).start()
+
+
+# ------------------------------------------------------------------------------ transport profile
+_VAR = "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
+@pytest.mark.parametrize("environ, choice, applied", [
+    ({}, "auto", True),                                                   # nothing set: the shipped file
+    ({_VAR: "/mine.xml"}, "auto", False),                                 # the user's own profile wins
+    ({"FASTRTPS_DEFAULT_PROFILES_FILE": "/old.xml"}, "auto", False),      # also under its old name
+    ({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, "auto", False),        # another RMW: not ours to configure
+    ({"RMW_IMPLEMENTATION": "rmw_fastrtps_dynamic_cpp"}, "auto", True),
+    ({}, "off", False),
+])
+def test_launch_file_and_runner_apply_the_transport_profile_by_one_rule(launch_stubs, monkeypatch, capsys,
+                                                                        environ, choice, applied):
+    """Issue 16: the launch file sets FASTDDS_DEFAULT_PROFILES_FILE = the shipped profile for the nodes
+    it starts (an environment action scoped to them) unless the user points Fast DDS at a profile of
+    their own or runs another RMW; x3kd_run_graph gives its children exactly the same."""
+    from x3kd_ros import run_graph, transport
+
+    shipped = transport.shipped_profile_path()
+    assert shipped.is_file() and shipped.name == "fastdds_large_images.xml"
+    expected = {_VAR: str(shipped)} if applied else {}
+    arguments = {"checkpoint": "s.pt", "use_teachers": "true", "lidar_checkpoint": "l.pt", "fastdds_profile": choice}
+    envs: dict = {}
+    logs: list = []
+    run_launch_file(arguments, logs, environment=environ, envs=envs)
+    assert envs == {name: expected for name in ("x3kd_detector", "x3kd_lidar_teacher", "x3kd_comparison_lidar")}
+    note = transport.profile_environment(choice, environ)[1]
+    assert logs[-1] == f"Fast DDS transport profile: {note}"
+    assert (str(shipped) in note) == applied
+
+    captured = {}
+
+    class Recording(GraphRunner):
+        def __init__(self, specs, **kwargs):
+            captured.update(kwargs["env"])
+            super().__init__(specs, **kwargs)
+
+    for var in (_VAR, "FASTRTPS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in environ.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(run_graph, "GraphRunner", Recording)
+    assert run_graph_main([f"{k}:={v}" for k, v in arguments.items()] + ["--print"]) == 0
+    assert captured.get(_VAR) == (str(shipped) if applied else environ.get(_VAR))
+    assert f"Fast DDS transport profile: {note}" in capsys.readouterr().err
+    assert os.environ.get(_VAR) == environ.get(_VAR)  # the runner's own environment is left alone
+
+
+def test_a_profile_named_by_path_is_used_and_a_missing_one_is_an_error(launch_stubs, tmp_path, capsys):
+    mine = tmp_path / "mine.xml"
+    mine.write_text("<dds/>")
+    envs: dict = {}
+    run_launch_file({"checkpoint": "s.pt", "fastdds_profile": str(mine)}, environment={_VAR: "/other.xml"},
+                    envs=envs)
+    assert envs == {"x3kd_detector": {_VAR: str(mine)}}
+    with pytest.raises(ValueError, match="fastdds_profile: file not found"):
+        run_launch_file({"checkpoint": "s.pt", "fastdds_profile": str(tmp_path / "none.xml")})
+    assert run_graph_main(["checkpoint:=s.pt", f"fastdds_profile:={tmp_path / 'none.xml'}", "--print"]) == 2
+    assert "fastdds_profile: file not found" in capsys.readouterr().err
+
+
+def test_the_shipped_profile_is_the_generated_one_at_64_mib():
+    """config/dds/fastdds_large_images.xml (what the graph loads) and replay.fastdds_profile_xml (what the
+    replayer and x3kd bag eval write, sized to the bag) describe the same profile."""
+    import xml.etree.ElementTree as ET
+
+    from x3kd_ros.replay import fastdds_profile_xml
+    from x3kd_ros.transport import PROFILE_SEGMENT_BYTES, shipped_profile_path
+
+    def canonical(root):
+        return [(e.tag, (e.text or "").strip(), sorted(e.attrib.items())) for e in root.iter()]
+
+    shipped = ET.parse(shipped_profile_path()).getroot()
+    generated = ET.fromstring(fastdds_profile_xml(PROFILE_SEGMENT_BYTES))
+    assert canonical(shipped) == canonical(generated)
+    assert PROFILE_SEGMENT_BYTES == 64 << 20
+
+
+def test_an_install_without_the_shipped_file_still_gets_the_profile(monkeypatch, tmp_path):
+    """A colcon install whose data files miss config/dds: the same profile, written by its generator."""
+    from x3kd_ros import transport
+    from x3kd_ros.replay import fastdds_profile_xml
+
+    monkeypatch.setattr(transport, "shipped_profile_path", lambda: tmp_path / "missing.xml")
+    env, note = transport.profile_environment("auto", {})
+    assert "the shipped file is not installed" in note
+    assert Path(env[_VAR]).read_text() == fastdds_profile_xml(transport.PROFILE_SEGMENT_BYTES)

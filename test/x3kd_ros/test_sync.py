@@ -319,3 +319,101 @@ def test_small_steps_back_are_not_jumps():
     assert wide.stats.time_jumps == 0 and wide.stats.late == 1
     with pytest.raises(ValueError, match="jump_ns"):
         SyncConfig(jump_ns=-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference check against ROS 2's message_filters.ApproximateTimeSynchronizer (issue 11 item 9).
+# The vendored, unmodified message_filters source is installed by tools/setup.sh from
+# ../shared/vendor/ros2; where that folder is absent these tests skip.
+
+
+_EPOCH_NS = 1_600_000_000 * 10**9
+
+
+def _reference_sets(events, slop_ns: int, queue_size: int = 10) -> list[tuple]:
+    """Feed the same events to message_filters' ApproximateTimeSynchronizer (one SimpleFilter per
+    camera, as its Subscriber filters would); returns one tuple of items (camera order) per callback."""
+    message_filters = pytest.importorskip(
+        "message_filters", reason="message_filters is not installed (tools/setup.sh installs the vendored "
+                                  "source from ../shared/vendor/ros2 when that folder exists)")
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    class Stamped:  # any message with header.stamp
+        def __init__(self, stamp_ns: int, item) -> None:
+            self.header = Header(stamp=Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9))
+            self.item = item
+
+    inputs = [message_filters.SimpleFilter() for _ in CAMS]
+    reference = message_filters.ApproximateTimeSynchronizer(inputs, queue_size, slop_ns / 1e9)
+    out: list[tuple] = []
+    reference.registerCallback(lambda *msgs: out.append(tuple(m.item for m in msgs)))
+    for _, cam, stamp, item in events:
+        # builtin_interfaces/Time is unsigned: the scripts' stamps start near 0 with jitter either side.
+        inputs[CAMS.index(cam)].signalMessage(Stamped(_EPOCH_NS + stamp, item))
+    return out
+
+
+def _ours(events, **config) -> list[tuple]:
+    sync = ApproximateTimeSync(SyncConfig(**config), CAMS)
+    sets = [s for _, s in run(sync, events)] + sync.poll(events[-1][0] + 10**10)  # the end: timeouts pass
+    return [tuple(s.items.get(c) for c in CAMS) for s in sets]
+
+
+@pytest.mark.parametrize("seed, jitter_ms, slop_ms", [(0, 5, 20), (1, 5, 20), (2, 12, 30), (3, 2, 10)])
+def test_every_camera_present_same_sets_as_message_filters(seed, jitter_ms, slop_ms):
+    """Six cameras at 12 Hz with stamp jitter, every frame present: x3kd_ros.sync emits exactly the
+    sets message_filters' ApproximateTimeSynchronizer emits, in the same order."""
+    events = camera_events(120, seed=seed, jitter_ns=jitter_ms * MS)
+    reference = _reference_sets(events, slop_ms * MS)
+    ours = _ours(events, slop_ns=slop_ms * MS, timeout_ns=150 * MS)
+    assert len(reference) == 120
+    assert ours == reference
+    assert all(len({k for _, k in s}) == 1 for s in ours)  # each set is one frame of all six cameras
+
+
+def test_frames_arriving_interleaved_across_cameras_same_sets_same_order():
+    """Per-camera receive latency from 5 to 130 ms (1.5 frame periods): frame k+1 of the fast cameras
+    arrives before frame k of the slow ones, each camera's own stream in order (as DDS delivers one
+    writer's samples). Still the same sets, in the same order."""
+    rng = np.random.default_rng(7)
+    events = [(stamp + 5 * MS + CAMS.index(cam) * 25 * MS + int(rng.integers(0, 3 * MS)), cam, stamp, item)
+              for _, cam, stamp, item in camera_events(120, seed=7)]
+    events.sort(key=lambda e: e[0])
+    position = {e[3]: i for i, e in enumerate(events)}
+    assert all(position[("CAM_FRONT_LEFT", k + 1)] < position[("CAM_BACK_RIGHT", k)] for k in range(119))  # interleaved
+    reference = _reference_sets(events, 20 * MS)
+    assert len(reference) == 120
+    assert _ours(events, slop_ns=20 * MS, timeout_ns=300 * MS) == reference
+
+
+def test_where_the_synchronizers_differ_by_design():
+    """1. A camera that misses frames: message_filters never emits those frames; with policy "drop"
+    x3kd_ros.sync emits exactly the same sets, with "partial" (the detector's default) it also
+    emits them without that camera after the timeout, so the detector keeps working on five.
+    2. A dead camera: message_filters emits nothing at all; partial emits every frame on five.
+    3. The slop bound: a spread of exactly slop is a set here (spread <= slop), not for
+    message_filters (max - min < slop).
+    (Also by design, tested above with looped bags: each stream's stamps are taken to come in order,
+    as DDS delivers one writer's samples; a newer item means the older is not coming, and a step
+    back by more than the slop resets the synchronizer as a time jump. message_filters keeps
+    matching whatever its queues hold.)"""
+    skip = frozenset({("CAM_BACK", k) for k in (10, 11, 40)})
+    events = camera_events(60, seed=3, skip=skip)
+    reference = _reference_sets(events, 20 * MS)
+    assert len(reference) == 57 and not any(s[0][1] in (10, 11, 40) for s in reference)
+    assert _ours(events, slop_ns=20 * MS, timeout_ns=150 * MS, policy="drop") == reference
+    partial = _ours(events, slop_ns=20 * MS, timeout_ns=150 * MS, policy="partial")
+    assert [s for s in partial if None not in s] == reference
+    extra = [s for s in partial if None in s]
+    assert [s[0][1] for s in extra] == [10, 11, 40] and all(s[CAMS.index("CAM_BACK")] is None for s in extra)
+
+    dead = camera_events(20, seed=4, skip=frozenset(("CAM_BACK", k) for k in range(20)))
+    assert _reference_sets(dead, 20 * MS) == []
+    on_five = _ours(dead, slop_ns=20 * MS, timeout_ns=150 * MS, policy="partial")
+    assert len(on_five) == 20 and all(s[CAMS.index("CAM_BACK")] is None for s in on_five)
+
+    exact = [(0, cam, i * 10 * MS, (cam, 0)) for i, cam in enumerate(CAMS[:3])] + \
+            [(1, cam, 20 * MS, (cam, 0)) for cam in CAMS[3:]]  # stamps 0, 10, 20, 20, 20, 20 ms: spread 20 ms
+    assert _reference_sets(exact, 20 * MS) == []
+    assert len(_ours(exact, slop_ns=20 * MS, timeout_ns=150 * MS)) == 1
