@@ -184,6 +184,15 @@ def _fake_node(context, *extra):
         "-p", "qos.input.reliability:=reliable", "-p", "diagnostics_period_s:=0.2", *extra])
 
 
+def _calibrate(executor, sensors, node, spin_until) -> None:
+    """Wait until the fake sensors are matched, send every camera's CameraInfo and wait until the
+    node holds all six intrinsics (the start of most node tests)."""
+    assert spin_until(executor, sensors.matched)
+    for cam in CAMERA_NAMES:
+        sensors.publish_camera_info(cam)
+    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+
+
 def test_malformed_input_is_counted_and_the_node_keeps_working(ros_context, graph, spin_until):
     executor, sensors, add = graph
     node = add(_fake_node(ros_context, "-p", "max_input_age_s:=5.0", "-p", "sync.timeout_s:=0.3"))
@@ -245,10 +254,7 @@ def test_model_errors_are_counted_not_fatal(ros_context, graph, spin_until):
     node = add(_fake_node(ros_context))
     original = node.predictor.predict
     node.predictor.predict = lambda *a: (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))
-    assert spin_until(executor, sensors.matched)
-    for cam in CAMERA_NAMES:
-        sensors.publish_camera_info(cam)
-    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    _calibrate(executor, sensors, node, spin_until)
     rgb = np.zeros((*IMAGE_HW, 3), np.uint8)
     for f in range(2):
         if f == 1:
@@ -349,10 +355,7 @@ def test_stamps_jumping_back_reset_the_sync_and_are_reported(ros_context, graph,
     diagnostics say WARN naming the jump once, and the next report is OK again."""
     executor, sensors, add = graph
     node = add(_fake_node(ros_context))
-    assert spin_until(executor, sensors.matched)
-    for cam in CAMERA_NAMES:
-        sensors.publish_camera_info(cam)
-    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    _calibrate(executor, sensors, node, spin_until)
     base = 1_600_000_000 * 10**9
     for loop in range(2):
         for k in range(3):
@@ -378,10 +381,7 @@ def test_a_silent_camera_is_named_in_the_diagnostics_and_ok_again_when_back(ros_
                                                                               spin_for):
     executor, sensors, add = graph
     node = add(_fake_node(ros_context, "-p", "silent_after_periods:=3.0", "-p", "silent_after_min_s:=0.6"))
-    assert spin_until(executor, sensors.matched)
-    for cam in CAMERA_NAMES:
-        sensors.publish_camera_info(cam)
-    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    _calibrate(executor, sensors, node, spin_until)
     base = 1_600_000_000 * 10**9
     frame = 0
 
@@ -416,10 +416,7 @@ def test_use_sim_time_without_a_running_clock_keeps_sync_timeouts_and_diagnostic
     executor, sensors, add = graph
     node = add(_fake_node(ros_context, "-p", "use_sim_time:=true", "-p", "sync.timeout_s:=0.2"))
     assert node.get_clock().now().nanoseconds == 0  # no /clock published: ROS time stands still
-    assert spin_until(executor, sensors.matched)
-    for cam in CAMERA_NAMES:
-        sensors.publish_camera_info(cam)
-    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    _calibrate(executor, sensors, node, spin_until)
     _publish_frame(sensors, 1_600_000_000 * 10**9, CAMERA_NAMES[:5])  # CAM_BACK_RIGHT missing: waits for timeout
     assert spin_until(executor, lambda: len(sensors.detections) == 1, 10.0)
     assert node.predictor.calls == [[0, 1, 2, 3, 4]]
@@ -433,10 +430,7 @@ def test_a_transport_losing_images_is_reported_with_a_hint(ros_context, graph, s
     frame arrives for a window."""
     executor, sensors, add = graph
     node = add(_fake_node(ros_context))
-    assert spin_until(executor, sensors.matched)
-    for cam in CAMERA_NAMES:
-        sensors.publish_camera_info(cam)
-    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    _calibrate(executor, sensors, node, spin_until)
     base, period = 1_600_000_000 * 10**9, 100_000_000  # a 10 Hz camera rig; published faster than real time
     keep = [1, 1, 0, 1, 0, 0, 1, 0]  # irregular, as transport loss is: 4 of every 8 CAM_FRONT frames arrive
     others = [c for c in CAMERA_NAMES if c != "CAM_FRONT"]
@@ -480,10 +474,7 @@ def test_bayer_and_yuv422_cameras_work(ros_context, graph, spin_until):
     converted, not counted as conversion errors."""
     executor, sensors, add = graph
     node = add(_fake_node(ros_context))
-    assert spin_until(executor, sensors.matched)
-    for cam in CAMERA_NAMES:
-        sensors.publish_camera_info(cam)
-    assert spin_until(executor, lambda: len(node._intrinsics) == 6)
+    _calibrate(executor, sensors, node, spin_until)
     h, w = IMAGE_HW
     stamp = ns_to_stamp(1_600_000_000 * 10**9)
     raw = {"CAM_FRONT": ("bayer_rggb8", 1), "CAM_BACK": ("uyvy", 2), "CAM_BACK_LEFT": ("yuv422_yuy2", 2)}
