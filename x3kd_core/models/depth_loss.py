@@ -120,10 +120,10 @@ def _lidar_depth_targets(lidar_points, intrinsics, cam_to_ego, feature_hw, strid
         else:
             bin_idx = bins.bin_index(depth[valid])
             keep = bin_idx >= 0  # float rounding at max_m
-            cell = flat[valid][keep]
-            cam_of = torch.div(cell, h * w, rounding_mode="floor")
+            cell = flat[valid][keep]  # cam * h * w + row * w + col: the bin goes between cam and row
+            index = (cam_idx[valid][keep] * D + bin_idx[keep]) * (h * w) + cell % (h * w)
             counts = torch.zeros(N * D * h * w, device=device)
-            counts.index_add_(0, (cam_of * D + bin_idx[keep]) * (h * w) + cell % (h * w), torch.ones_like(cell, dtype=torch.float32))
+            counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float32))
             counts = counts.view(N, D, h, w)
             total = counts.sum(dim=1, keepdim=True)
             targets[b] = counts / total.clamp(min=1.0)
