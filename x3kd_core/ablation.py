@@ -44,6 +44,7 @@ __all__ = [
     "pending_runs",
     "run_one",
     "result_record",
+    "git_commit",
     "write_record",
     "prepare_teacher_caches",
     "run_plan",
@@ -186,7 +187,7 @@ def pending_runs(plan: AblationPlan, variants: Optional[Sequence[str]] = None,
     return [(v, s) for s in seeds for v in variants if not result_path(plan, v, s).is_file()]
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -264,7 +265,7 @@ def run_one(plan: AblationPlan, variant: str, seed: int, *, device: Optional[str
     exp = load_experiment(_experiment_path(plan), overrides)
     out = plan.runs_path / variant / f"seed{seed}"
     started = _dt.datetime.now(_dt.timezone.utc)
-    commit = _git_commit()  # the code this run starts with (the tree may change while it trains)
+    commit = git_commit()  # the code this run starts with (the tree may change while it trains)
     result = train_experiment(exp, out, device=device, source_path=plan.experiment)
     if not result.finished:
         raise RuntimeError(f"{plan.name}/{variant}/seed{seed}: training stopped at step {result.step}")

@@ -89,9 +89,9 @@ def _cmd_train(args) -> int:
     if args.result is not None:
         import datetime as dt
 
-        from x3kd_core.ablation import _git_commit
+        from x3kd_core.ablation import git_commit
 
-        started, commit = dt.datetime.now(dt.timezone.utc), _git_commit()
+        started, commit = dt.datetime.now(dt.timezone.utc), git_commit()
     try:
         result = train_experiment(exp, out, resume=args.resume, device=args.device, source_path=str(args.experiment))
     except CheckpointError as err:
