@@ -144,8 +144,8 @@ class DistillationLosses(nn.Module):
     """All enabled X3KD terms, weighted, from the student's and the teachers' outputs.
 
     Submodules (only those of enabled components exist; all are student-side, trained with it):
-    ``x_is_head`` (:class:`XISHead`), ``x_fd`` (:class:`XFDLoss`, holds the shared BEV adapter),
-    ``x_at_adapter`` (a 1x1 conv, only when X-AT is on and X-FD off), and the stateless
+    ``x_is_head`` (:class:`XISHead`), ``x_fd`` (:class:`XFDLoss`, holds X-FD's BEV adapter),
+    ``x_at_adapter`` (X-AT's own adapter, ``config.x_at.adapter``), and the stateless
     ``x_is_loss`` / ``x_od``. The X-AT discriminator is deliberately *not* a submodule; reach it
     through :attr:`x_at` and train it with :meth:`discriminator_step`.
 
@@ -179,8 +179,8 @@ class DistillationLosses(nn.Module):
         # parameters, state_dict and .to() (see x_at's module docstring).
         self._x_at: tuple[XATLoss, ...] = ()
         if config.x_at.enabled:
-            if not config.x_fd.enabled:
-                self.x_at_adapter = build_bev_adapter(student_bev_channels, teacher_bev_channels, "conv1x1")
+            self.x_at_adapter = build_bev_adapter(student_bev_channels, teacher_bev_channels,
+                                                  config.x_at.adapter, config.x_at.adapter_channels)
             self._x_at = (XATLoss.from_config(config.x_at, teacher_bev_channels),)
         if config.x_od.enabled:
             self.x_od = XODLoss.from_config(config.x_od)
@@ -255,7 +255,6 @@ class DistillationLosses(nn.Module):
             logits = self.x_is_head(student.image_features)
             out.update(_prefixed("x_is", self.x_is_loss(logits, teacher_masks), {"mask": cfg.x_is.weight}))
 
-        adapted = None
         if cfg.x_fd.enabled:
             adapted = self.x_fd.adapter(student.bev_features)
             if cfg.x_fd.foreground == "teacher_heatmap":
@@ -268,9 +267,7 @@ class DistillationLosses(nn.Module):
             out.update(_prefixed("x_fd", terms, {"feature": cfg.x_fd.weight}))
 
         if cfg.x_at.enabled:
-            if adapted is None:
-                adapted = self.x_at_adapter(student.bev_features)
-            terms = self.x_at(adapted, teacher.bev_features, record=self.training)
+            terms = self.x_at(self.x_at_adapter(student.bev_features), teacher.bev_features, record=self.training)
             out.update(_prefixed("x_at", terms, {"gen": cfg.x_at.weight}))
 
         if cfg.x_od.enabled:

@@ -6,9 +6,13 @@ make ``D`` answer 1 on its own features. Unlike X-FD this matches the *distribut
 features, not cell-wise values, so it also acts where the teacher's exact values are out of the
 camera's reach.
 
-Where it is applied (``DistillationLosses`` does this): to the *adapted* student features, i.e.
-the output of X-FD's adapter when X-FD is enabled (the two share one adapter and one forward),
-otherwise of a 1x1-conv adapter of X-AT's own; ``D`` therefore always sees C_t channels.
+Where it is applied (``DistillationLosses`` does this): to the student features mapped by X-AT's
+own adapter (never X-FD's: see :class:`~x3kd_core.distill.config.XATConfig`); ``D`` therefore
+always sees C_t channels.
+
+Keeping the contest open (:class:`InstanceNoise`): the same Gaussian noise is added to both of
+``D``'s inputs, at a level a feedback controller moves so that ``D``'s accuracy on each incoming
+batch (measured before ``D`` trains on it) stays near a target inside (0.5, 1).
 
 Two optimisers, two steps per training iteration:
 
@@ -39,6 +43,7 @@ from x3kd_core.distill.config import XATConfig
 __all__ = [
     "BevDiscriminator",
     "BevPair",
+    "InstanceNoise",
     "XATContext",
     "XATLoss",
     "DiscriminatorStep",
@@ -90,10 +95,63 @@ class BevPair:
     """Detached BEV maps of one batch, for the discriminator step.
 
     student_bev: (B, C_t, N_x, N_y) adapted student features. teacher_bev: (B, C_t, N_x, N_y).
+    noise_std: std of the instance noise the generator step used on this batch (feature units).
     """
 
     student_bev: Tensor
     teacher_bev: Tensor
+    noise_std: float = 0.0
+
+
+class InstanceNoise:
+    """Gaussian instance noise on the discriminator's inputs, its level held by a feedback controller.
+
+    The noise std of a batch is ``level * std(teacher map)`` (:meth:`std_for`); after each
+    discriminator update :meth:`update` moves ``level`` by ``rate`` towards more noise when the
+    discriminator's pre-update accuracy is above ``target_acc`` and less when below, clamped to
+    ``[0, max_level]`` (see :class:`~x3kd_core.distill.config.XATConfig`). ``rate = 0`` keeps the
+    level fixed; ``level = rate = 0`` is no noise (the default).
+
+    Args: level: initial level; target_acc: in (0.5, 1); rate: step per update; max_level: cap.
+    """
+
+    def __init__(self, level: float = 0.0, target_acc: float = 0.75, rate: float = 0.0,
+                 max_level: float = 4.0) -> None:
+        if level < 0 or rate < 0 or max_level < level:
+            raise ValueError(f"instance noise needs 0 <= level <= max_level and rate >= 0, got "
+                             f"level={level}, rate={rate}, max_level={max_level}")
+        self.level = float(level)
+        self.target_acc = float(target_acc)
+        self.rate = float(rate)
+        self.max_level = float(max_level)
+
+    @classmethod
+    def from_config(cls, config: XATConfig) -> "InstanceNoise":
+        return cls(config.noise_init, config.noise_target_acc, config.noise_rate, config.noise_max)
+
+    def std_for(self, teacher_bev: Tensor) -> float:
+        """Noise std (feature units) for a batch whose teacher map is ``teacher_bev``."""
+        if self.level == 0.0:
+            return 0.0
+        return self.level * float(teacher_bev.detach().float().std())
+
+    @staticmethod
+    def apply(x: Tensor, std: float) -> Tensor:
+        """``x + N(0, std^2)`` (``x`` itself when std is 0)."""
+        return x + std * torch.randn_like(x) if std > 0 else x
+
+    def update(self, accuracy: float) -> None:
+        """One controller step from the discriminator's pre-update accuracy on a batch."""
+        if self.rate == 0.0 or accuracy == self.target_acc:
+            return
+        step = self.rate if accuracy > self.target_acc else -self.rate
+        self.level = min(self.max_level, max(0.0, self.level + step))
+
+    def state_dict(self) -> dict:
+        return {"level": self.level}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.level = float(state["level"])
 
 
 class XATContext:
@@ -107,11 +165,12 @@ class XATContext:
     def __init__(self) -> None:
         self.pending: BevPair | None = None
 
-    def record(self, student_bev: Tensor, teacher_bev: Tensor) -> None:
-        """Keep detached student (adapted) / teacher BEV maps (B, C_t, N_x, N_y) of this batch."""
+    def record(self, student_bev: Tensor, teacher_bev: Tensor, noise_std: float = 0.0) -> None:
+        """Keep detached student (adapted) / teacher BEV maps (B, C_t, N_x, N_y) of this batch and
+        the instance-noise std the generator step used."""
         if student_bev.shape != teacher_bev.shape:
             raise ValueError(f"student {tuple(student_bev.shape)} and teacher {tuple(teacher_bev.shape)} BEV differ")
-        self.pending = BevPair(student_bev.detach(), teacher_bev.detach())
+        self.pending = BevPair(student_bev.detach(), teacher_bev.detach(), noise_std)
 
     @property
     def filled(self) -> bool:
@@ -153,14 +212,15 @@ class XATLoss(nn.Module):
         context: :class:`XATContext` filled by :meth:`forward`.
     """
 
-    def __init__(self, discriminator: BevDiscriminator) -> None:
+    def __init__(self, discriminator: BevDiscriminator, noise: InstanceNoise | None = None) -> None:
         super().__init__()
         self.discriminator = discriminator
+        self.noise = noise if noise is not None else InstanceNoise()
         self.context = XATContext()
 
     @classmethod
     def from_config(cls, config: XATConfig, teacher_channels: int) -> "XATLoss":
-        return cls(BevDiscriminator.from_config(config, teacher_channels))
+        return cls(BevDiscriminator.from_config(config, teacher_channels), InstanceNoise.from_config(config))
 
     def _follow_device(self, x: Tensor) -> None:
         # The discriminator lives outside the student's module tree, so model.to(device) does not
@@ -171,13 +231,15 @@ class XATLoss(nn.Module):
             self.discriminator.to(x.device)
 
     def discriminator_loss(
-        self, student_bev: Tensor, teacher_bev: Tensor, discriminator: nn.Module | None = None
+        self, student_bev: Tensor, teacher_bev: Tensor, discriminator: nn.Module | None = None,
+        noise_std: float = 0.0,
     ) -> dict[str, Tensor]:
         """The discriminator's objective on detached maps.
 
         Args:
             student_bev / teacher_bev: (B, C_t, N_x, N_y); detached here.
             discriminator: the module to call instead of ``self.discriminator`` (its DDP wrapper).
+            noise_std: instance noise added to both halves (independent draws).
 
         Returns:
             ``disc`` (scalar, with gradient w.r.t. D's parameters) and detached diagnostics:
@@ -189,7 +251,8 @@ class XATLoss(nn.Module):
         module = discriminator if discriminator is not None else self.discriminator
         B = teacher_bev.shape[0]
         # One forward over both halves: a DDP-wrapped D must see exactly one forward per backward.
-        logits = module(torch.cat([teacher_bev.detach(), student_bev.detach()]).float())
+        both = torch.cat([teacher_bev.detach(), student_bev.detach()]).float()
+        logits = module(InstanceNoise.apply(both, noise_std))
         lt, ls = logits[:B], logits[B:]
         loss = 0.5 * (
             F.binary_cross_entropy_with_logits(lt, torch.ones_like(lt))
@@ -200,10 +263,11 @@ class XATLoss(nn.Module):
             p_t, p_s = torch.sigmoid(lt).mean(), torch.sigmoid(ls).mean()
         return {"disc": loss, "stat/disc_acc": acc, "stat/p_teacher": p_t, "stat/p_student": p_s}
 
-    def generator_loss(self, student_bev: Tensor) -> dict[str, Tensor]:
+    def generator_loss(self, student_bev: Tensor, noise_std: float = 0.0) -> dict[str, Tensor]:
         """The student's adversarial objective; gradients reach ``student_bev`` only.
 
-        Args: student_bev: (B, C_t, N_x, N_y) adapted student features (with grad).
+        Args: student_bev: (B, C_t, N_x, N_y) adapted student features (with grad); noise_std:
+            instance noise added before ``D`` (the same level the discriminator trains under).
 
         Returns: ``gen`` (scalar) and ``stat/p_student`` (detached mean D probability of "teacher").
         """
@@ -212,19 +276,26 @@ class XATLoss(nn.Module):
         # main step cannot move D even if D's parameters were (wrongly) in the main optimiser.
         frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
         frozen.update(dict(self.discriminator.named_buffers()))
-        logits = functional_call(self.discriminator, frozen, (student_bev.float(),))
+        logits = functional_call(self.discriminator, frozen, (InstanceNoise.apply(student_bev.float(), noise_std),))
         gen = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         return {"gen": gen, "stat/p_student": torch.sigmoid(logits.detach()).mean()}
 
     def forward(self, student_bev: Tensor, teacher_bev: Tensor, record: bool = True) -> dict[str, Tensor]:
         """Generator loss on the adapted student features; with ``record``, also hand the detached
         (student, teacher) maps of this batch to :attr:`context` for the discriminator step.
+        Instance noise (:attr:`noise`) applies with ``record`` only (the training forward; this
+        module is outside the student's tree, so its own ``training`` flag is not the student's).
 
         Args: student_bev: (B, C_t, N_x, N_y) adapted student features. teacher_bev: same shape.
+
+        Returns: ``gen``, ``stat/p_student`` and ``stat/noise_std`` (the instance-noise std used).
         """
+        noise_std = self.noise.std_for(teacher_bev) if record else 0.0
         if record:
-            self.context.record(student_bev, teacher_bev)
-        return self.generator_loss(student_bev)
+            self.context.record(student_bev, teacher_bev, noise_std)
+        out = self.generator_loss(student_bev, noise_std)
+        out["stat/noise_std"] = student_bev.new_tensor(noise_std).detach()
+        return out
 
 
 def make_discriminator_optimizer(
@@ -239,10 +310,14 @@ class DiscriminatorStep:
 
     Called as ``step(batch, step_index) -> dict[str, float]`` after each main optimiser step
     (``x3kd_core.train.engine``); ``batch`` is not used: the BEV maps come from ``xat.context``,
-    filled by the main step's forward. Returns ``x_at/disc``, ``x_at/disc_acc``,
-    ``x_at/p_teacher``, ``x_at/p_student`` for the training log. ``state_dict`` /
-    ``load_state_dict`` cover the discriminator and its optimiser, so the engine checkpoints and
-    resumes them under ``extra['x_at_discriminator']``.
+    filled by the main step's forward. Returns for the training log: ``x_at/disc``,
+    ``x_at/disc_acc`` (accuracy on this batch, under the batch's instance noise, BEFORE ``D``
+    trains on it: a held-out estimate, the contest's scoreboard), ``x_at/disc_acc_clean`` (the
+    same without noise: how separable the raw features are), ``x_at/p_teacher``,
+    ``x_at/p_student`` and ``x_at/noise_level``. After the update the instance-noise controller
+    takes its step from ``x_at/disc_acc``. ``state_dict`` / ``load_state_dict`` cover the
+    discriminator, its optimiser and the noise level, so the engine checkpoints and resumes them
+    under ``extra['x_at_discriminator']``.
 
     Args:
         xat: the X-AT loss whose discriminator and context are used.
@@ -292,25 +367,34 @@ class DiscriminatorStep:
         module = self._get_module(pair.student_bev.device)
         module.train()
         self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            clean = self.xat.discriminator_loss(pair.student_bev, pair.teacher_bev, discriminator=module)
         with torch.enable_grad():
-            losses = self.xat.discriminator_loss(pair.student_bev, pair.teacher_bev, discriminator=module)
+            losses = self.xat.discriminator_loss(pair.student_bev, pair.teacher_bev, discriminator=module,
+                                                 noise_std=pair.noise_std)
             losses["disc"].backward()
         if self.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.xat.discriminator.parameters(), self.grad_clip_norm)
         self.optimizer.step()
+        accuracy = float(losses["stat/disc_acc"])
+        self.xat.noise.update(accuracy)
         return {
             "x_at/disc": float(losses["disc"].detach()),
-            "x_at/disc_acc": float(losses["stat/disc_acc"]),
+            "x_at/disc_acc": accuracy,
+            "x_at/disc_acc_clean": float(clean["stat/disc_acc"]),
             "x_at/p_teacher": float(losses["stat/p_teacher"]),
             "x_at/p_student": float(losses["stat/p_student"]),
+            "x_at/noise_level": self.xat.noise.level,
         }
 
     def state_dict(self) -> dict:
-        return {"discriminator": self.xat.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"discriminator": self.xat.discriminator.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "noise": self.xat.noise.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.xat.discriminator.load_state_dict(state["discriminator"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.xat.noise.load_state_dict(state["noise"])
 
 
 def make_discriminator_step(
