@@ -115,8 +115,11 @@ def _timed(fn, device: torch.device, warmup: int, steps: int) -> tuple[float, fl
     return statistics.median(wall), statistics.median(cpu)
 
 
-def bench(name: str, device: torch.device, train_batch: int, warmup: int, steps: int, amp: bool) -> dict:
+def bench(name: str, device: torch.device, train_batch: int, warmup: int, steps: int, amp: bool,
+          bev_pool: str | None = None) -> dict:
     cfg = load_yaml(StudentConfig, REPO_ROOT / "config" / "model" / f"student_{name}.yaml")
+    if bev_pool is not None:
+        cfg = dataclasses.replace(cfg, bev_pool=bev_pool)
     # Weights do not change the timing, and none may be downloadable here.
     cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, pretrained_weights=None))
     torch.manual_seed(0)
@@ -150,6 +153,8 @@ def bench(name: str, device: torch.device, train_batch: int, warmup: int, steps:
     infer_s, infer_cpu_s = _timed(infer_step, device, warmup, steps)
     return {
         "config": name,
+        "bev_pool": cfg.bev_pool,
+        "amp": amp,
         "image_hw": list(cfg.image_hw),
         "depth_bins": cfg.depth_bins.num_bins,
         "bev_cells": list(cfg.grid.size_xy),
@@ -176,6 +181,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--amp", action="store_true", help="autocast (fp16 on cuda, bf16 on cpu)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line per config")
+    parser.add_argument("--bev-pool", choices=["outer_product", "depth_context"], default=None,
+                        help="override the configs' bev_pool (default: as each config says)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -192,7 +199,7 @@ def main() -> None:
         f"{'samples/s':>11}{'infer b1':>11}{'(cpu)':>10}"
     )
     for name in args.configs:
-        r = bench(name, device, args.train_batch, args.warmup, args.steps, args.amp)
+        r = bench(name, device, args.train_batch, args.warmup, args.steps, args.amp, args.bev_pool)
         hw, cells = r["image_hw"], r["bev_cells"]
         print(
             f"{name:<14}{hw[0]:>4}x{hw[1]:<5}{r['depth_bins']:>5}{cells[0]:>5}x{cells[1]:<3}{r['params_M']:>8.2f}M"
