@@ -1,14 +1,15 @@
 """Launch the x3kd detector graph: ``ros2 launch x3kd_ros detector.launch.py checkpoint:=<last.pt>``.
 
 Arguments (x3kd_ros.graph.LAUNCH_ARGUMENTS): config, checkpoint, device, use_teachers, namespace,
-lidar_checkpoint, radar_checkpoint, calibration_file, fastdds_profile. Example with the teachers
-and the online comparison::
+lidar_checkpoint, radar_checkpoint, calibration_file, use_sim_time, fastdds_profile. Example with the
+teachers and the online comparison::
 
     ros2 launch x3kd_ros detector.launch.py checkpoint:=runs/student/last.pt use_teachers:=true \
         lidar_checkpoint:=runs/lidar/last.pt radar_checkpoint:=runs/radar/last.pt
 
 A teacher whose checkpoint argument is empty is not started (nor its comparison node); the launch
-log names it.
+log names it. ``use_sim_time:=true`` sets that parameter on every node (bag time from
+``python -m x3kd_ros.replay BAG --clock``, or a simulator's ``/clock``).
 
 The nodes get the Fast DDS transport profile for big images (config/dds/fastdds_large_images.xml,
 an environment action scoped to them) unless ``FASTDDS_DEFAULT_PROFILES_FILE`` is already set or

@@ -26,6 +26,9 @@ Graph file format (``config/ros/graph.yaml``)::
 ``${name}`` in any string is replaced by the launch argument ``name`` (:data:`LAUNCH_ARGUMENTS`,
 the arguments ``detector.launch.py`` declares); an unknown name is an error.
 
+Every node gets the ROS parameter ``use_sim_time`` (a bool) from the launch argument of that name, as
+ROS 2 launch files pass it; a graph file does not set it itself.
+
 A node that is enabled but ``requires`` a launch argument left empty (a teacher without its
 checkpoint) is not started: :func:`load_graph` leaves it out and, when given a ``skipped`` list,
 says why there, and the launch file and ``x3kd_run_graph`` log that reason instead of starting a
@@ -83,6 +86,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("radar_checkpoint", "", "radar teacher checkpoint (with use_teachers)"),
     LaunchArgument("calibration_file", "", "calibration YAML used where /tf_static lacks a frame (e.g. "
                    "calibration_synthetic.yaml); empty: /tf_static only"),
+    LaunchArgument("use_sim_time", "false", "every node reads ROS time from /clock (a bag replayed with "
+                   "`python -m x3kd_ros.replay --clock`, a simulator) instead of the system clock"),
     LaunchArgument("fastdds_profile", "auto", "Fast DDS transport profile of the started nodes: auto (the "
                    "package's config/dds/fastdds_large_images.xml, unless FASTDDS_DEFAULT_PROFILES_FILE is "
                    "already set or another RMW is used), off, or a path to an XML profile (x3kd_ros/transport.py)"),
@@ -209,6 +214,7 @@ def load_graph(arguments: Mapping[str, Any] = (), include_disabled: bool = False
     if not isinstance(raw, dict) or set(raw) != {"nodes"} or not isinstance(raw["nodes"], list):
         raise GraphError(f"{path}: expected a mapping with one key 'nodes' holding a list")
     namespace = _namespace(args["namespace"])
+    use_sim_time = _as_bool(args["use_sim_time"], "launch argument use_sim_time")
     specs, keys, names = [], set(), set()
     for i, entry in enumerate(raw["nodes"]):
         where = f"{path}: nodes[{i}]"
@@ -247,6 +253,9 @@ def load_graph(arguments: Mapping[str, Any] = (), include_disabled: bool = False
         remappings = entry.get("remappings") or {}
         if not isinstance(parameters, dict) or not isinstance(remappings, dict):
             raise GraphError(f"{where}: parameters and remappings must be mappings")
+        if "use_sim_time" in parameters:
+            raise GraphError(f"{where}.parameters: use_sim_time comes from the launch argument of that name")
+        parameters = {**parameters, "use_sim_time": use_sim_time}
         specs.append(NodeSpec(
             key=str(entry["key"]),
             executable=str(entry["executable"]),

@@ -45,6 +45,17 @@ Frames and flow control (:meth:`BagPlayer.play`)
     After the last message the player waits (``drain_timeout_s``) until every frame has been
     answered.
 
+Bag time on ``/clock`` (``ReplayConfig.clock_hz > 0``, CLI ``--clock [HZ]``)
+    As ``ros2 bag play --clock``: the player is a ROS time source, so nodes started with
+    ``use_sim_time:=true`` read the bag's time from ``node.get_clock()``. It publishes
+    ``rosgraph_msgs/Clock`` (best effort, depth 1, as rosbag2 does) ``clock_hz`` times a second from
+    its own thread, and once more right before every replayed message whose stamp is ahead of the
+    clock, so a node never sees a message stamped later than its clock by more than the transport's
+    reordering. With ``rate == 0`` the clock stands while the player waits for answers; with
+    ``rate > 0`` it runs at ``rate`` x real time between messages. During start-up it holds the
+    bag's first stamp, after the last message the last one; every :meth:`BagPlayer.play` (each
+    ``--loop``) starts it again from the first, so the clock jumps back exactly as the stamps do.
+
 Records (:class:`ReplayResult`)
     For every frame: its input stamps and the wall time (``time.time_ns()``, CLOCK_REALTIME) at
     which its first and last messages were handed to rmw. For every answer: the message, its
@@ -90,6 +101,7 @@ __all__ = [
     "Answer",
     "ReplayResult",
     "BagPlayer",
+    "PlaybackClock",
     "fastdds_profile_xml",
     "shm_segment_bytes",
 ]
@@ -222,6 +234,8 @@ class ReplayConfig:
         prime_topics: topics whose first message is sent before the timeline (None = every
             ``.../camera_info`` topic replayed); ``/tf_static`` is always primed.
         expected_subscribers: topic -> subscriptions to wait for (default 1 for every group input).
+        clock_hz: publish the bag's time on ``/clock`` this many times a second, and before every
+            message (0 = no ``/clock``; see *Bag time on /clock* in the module docstring).
     """
 
     rate: float = 0.0
@@ -235,6 +249,7 @@ class ReplayConfig:
     exclude_topics: tuple[str, ...] = ()
     prime_topics: Optional[tuple[str, ...]] = None
     expected_subscribers: Optional[Mapping[str, int]] = None
+    clock_hz: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.rate >= 0:
@@ -246,6 +261,8 @@ class ReplayConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 1 <= self.depth <= 10000:
             raise ValueError(f"depth must be in 1..10000, got {self.depth}")
+        if not 0 <= self.clock_hz <= 1000:
+            raise ValueError(f"clock_hz must be in 0..1000 (0 = no /clock), got {self.clock_hz}")
 
 
 @dataclass
@@ -360,6 +377,88 @@ class FrameCutter:
         return len(self.frames)
 
 
+class PlaybackClock:
+    """The bag's time, published on ``/clock`` (see *Bag time on /clock* in the module docstring).
+
+    The time is ``base_ns`` plus, when ``rate > 0``, the wall time since it was set times ``rate``.
+    A thread publishes it every ``1 / hz`` s until :meth:`stop`; :meth:`jump_to` and
+    :meth:`advance_to` publish at once.
+
+    Args:
+        publisher: an rclpy publisher of ``rosgraph_msgs/msg/Clock``.
+        hz: periodic publishing rate (Hz, > 0).
+    """
+
+    def __init__(self, publisher, hz: float) -> None:
+        if not hz > 0:
+            raise ValueError(f"clock rate must be > 0 Hz, got {hz}")
+        from rosgraph_msgs.msg import Clock
+
+        self._message = Clock
+        self.publisher = publisher
+        self.period_s = 1.0 / hz
+        self._lock = threading.Lock()
+        self._base_ns: Optional[int] = None
+        self._base_mono_ns = 0
+        self._rate = 0.0
+        self.published = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="x3kd_replay_clock", daemon=True)
+        self._thread.start()
+
+    def now_ns(self) -> Optional[int]:
+        """The current bag time (ns), or None before the first :meth:`jump_to`."""
+        with self._lock:
+            return self._now_locked()
+
+    def _now_locked(self) -> Optional[int]:
+        if self._base_ns is None:
+            return None
+        if self._rate <= 0:
+            return self._base_ns
+        return self._base_ns + int((time.monotonic_ns() - self._base_mono_ns) * self._rate)
+
+    def _publish_locked(self) -> None:
+        now = self._now_locked()
+        if now is None:
+            return
+        msg = self._message()
+        msg.clock.sec, msg.clock.nanosec = divmod(now, 1_000_000_000)
+        self.publisher.publish(msg)
+        self.published += 1
+
+    def jump_to(self, stamp_ns: int, rate: float = 0.0) -> None:
+        """Set the time to ``stamp_ns`` (also backwards), running at ``rate`` x real time (0 = standing)."""
+        with self._lock:
+            self._base_ns, self._base_mono_ns, self._rate = int(stamp_ns), time.monotonic_ns(), float(rate)
+            self._publish_locked()
+
+    def advance_to(self, stamp_ns: int) -> None:
+        """Move the time forward to ``stamp_ns`` if it is behind (never backwards), and publish it."""
+        with self._lock:
+            now = self._now_locked()
+            if now is None or stamp_ns > now:
+                self._base_ns, self._base_mono_ns = int(stamp_ns), time.monotonic_ns()
+                self._publish_locked()
+
+    def hold(self) -> None:
+        """Stop the time where it is now (the end of a playback)."""
+        with self._lock:
+            now = self._now_locked()
+            if now is not None:
+                self._base_ns, self._base_mono_ns, self._rate = now, time.monotonic_ns(), 0.0
+                self._publish_locked()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            with self._lock:
+                self._publish_locked()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
 class BagPlayer:
     """Publishes a bag into the graph and records the answers (see the module docstring).
 
@@ -425,6 +524,18 @@ class BagPlayer:
             self._subscriptions[group.name] = node.create_subscription(
                 _message_class(group.output_type), group.output_topic, self._answer_callback(group.name), reliable)
         self.primed: list[str] = []
+        self.clock: Optional[PlaybackClock] = None
+        if config.clock_hz > 0:
+            if topic_names.CLOCK_TOPIC in self.publishers:
+                raise ValueError(f"the bag has its own {topic_names.CLOCK_TOPIC}: replay it with clock_hz 0 "
+                                 "(CLI: without --clock), or exclude that topic")
+            from rosgraph_msgs.msg import Clock
+
+            # As rosbag2's player and rclpy's time source subscription: best effort, keep last 1.
+            clock_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                                   reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+            self._clock_publisher = node.create_publisher(Clock, topic_names.CLOCK_TOPIC, clock_qos)
+            self.clock = PlaybackClock(self._clock_publisher, config.clock_hz)
 
     # ------------------------------------------------------------------------------ answers
     def _answer_callback(self, name: str) -> Callable:
@@ -471,6 +582,11 @@ class BagPlayer:
                 break
         return first
 
+    def _first_stamp_ns(self) -> Optional[int]:
+        for msg in read_bag(self.bag, self.topics, decoder="raw"):
+            return msg.stamp_ns
+        return None
+
     def _not_ready(self, extra: Optional[Callable[[], Optional[str]]]) -> Optional[str]:
         waiting = [f"{t} ({self.publishers[t].get_subscription_count()}/{n} subscribers)"
                    for t, n in self.expected_subscribers.items() if self.publishers[t].get_subscription_count() < n]
@@ -504,6 +620,10 @@ class BagPlayer:
         if topic_names.TF_STATIC_TOPIC in self.publishers:
             prime = (topic_names.TF_STATIC_TOPIC,) + tuple(t for t in prime if t != topic_names.TF_STATIC_TOPIC)
         first = self._first_messages(prime)
+        if self.clock is not None:
+            start_ns = self._first_stamp_ns()
+            if start_ns is not None:
+                self.clock.jump_to(start_ns)  # use_sim_time nodes have a time while the graph comes up
         # /tf_static is transient local: published now, every later subscriber still gets it.
         if topic_names.TF_STATIC_TOPIC in first:
             self.publishers[topic_names.TF_STATIC_TOPIC].publish(first[topic_names.TF_STATIC_TOPIC])
@@ -568,6 +688,8 @@ class BagPlayer:
         for msg in read_bag(self.bag, self.topics, decoder="raw"):
             if first_stamp is None:
                 first_stamp = msg.stamp_ns
+                if self.clock is not None:  # a second play() (--loop) jumps the clock back with the stamps
+                    self.clock.jump_to(first_stamp, config.rate)
             last_stamp = msg.stamp_ns
             name = self._group_of.get(msg.topic)
             if config.rate > 0:
@@ -581,6 +703,8 @@ class BagPlayer:
                     self.node.get_logger().warning(
                         f"{name}: no answer on {self.groups[name].output_topic} for frame {needed - 1} within "
                         f"{config.ack_timeout_s} s; going on")
+            if self.clock is not None:
+                self.clock.advance_to(msg.stamp_ns)
             self.publishers[msg.topic].publish(msg.message)
             now = time.time_ns()
             if name is not None:
@@ -591,6 +715,8 @@ class BagPlayer:
                 progress(sent, total)
         for grouper in groupers.values():
             grouper.close()
+        if self.clock is not None:
+            self.clock.hold()  # bag time ends with the bag, as when `ros2 bag play` exits
         drained = self._wait_answers({n: base[n] + g.sent for n, g in groupers.items()}, config.drain_timeout_s, abort)
         wall = time.monotonic() - start_wall
         with self._lock:
@@ -607,7 +733,11 @@ class BagPlayer:
         )
 
     def destroy(self) -> None:
-        """Remove the player's publishers and subscriptions from the node."""
+        """Stop the clock; remove the player's publishers and subscriptions from the node."""
+        if self.clock is not None:
+            self.clock.stop()
+            self.node.destroy_publisher(self._clock_publisher)
+            self.clock = None
         for pub in self.publishers.values():
             self.node.destroy_publisher(pub)
         for sub in self._subscriptions.values():
@@ -643,6 +773,9 @@ def _parser():
     parser.add_argument("--ack-timeout-s", type=float, default=30.0)
     parser.add_argument("--drain-timeout-s", type=float, default=30.0)
     parser.add_argument("--settle-s", type=float, default=0.5)
+    parser.add_argument("--clock", type=float, nargs="?", const=40.0, default=0.0, metavar="HZ",
+                        help="publish the bag's time on /clock at HZ (default 40) and before every message, "
+                             "as `ros2 bag play --clock`, for nodes started with use_sim_time:=true")
     parser.add_argument("--no-fastdds-profile", action="store_true",
                         help="do not load the large shared-memory Fast DDS profile (see the module docstring)")
     return parser
@@ -657,6 +790,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = _parser().parse_args(argv)
     if options.loop < 1:
         print("replay: --loop must be >= 1", file=sys.stderr)
+        return 2
+    if not 0 <= options.clock <= 1000:
+        print(f"replay: --clock HZ must be in 0..1000, got {options.clock}", file=sys.stderr)
         return 2
     if options.rate <= 0 and not options.answer_topic:
         print("replay: --rate 0 (flow control) needs --answer-topic", file=sys.stderr)
@@ -690,7 +826,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = ReplayConfig(rate=options.rate, ack_timeout_s=options.ack_timeout_s,
                           ready_timeout_s=options.ready_timeout_s, drain_timeout_s=options.drain_timeout_s,
                           settle_s=options.settle_s, exclude_topics=tuple(options.exclude),
-                          prime_topics=() if options.no_prime else None)
+                          prime_topics=() if options.no_prime else None, clock_hz=options.clock)
     context = Context()
     rclpy.init(context=context)
     node = rclpy.create_node("x3kd_replay", context=context)

@@ -50,6 +50,7 @@ __all__ = [
     "radar_topic",
     "TF_TOPIC",
     "TF_STATIC_TOPIC",
+    "CLOCK_TOPIC",
     "GT_DETECTIONS_TOPIC",
     "GT_SAMPLE_TOKEN_TOPIC",
     "DETECTIONS_TOPIC",
@@ -66,6 +67,8 @@ LIDAR_CHANNEL = "LIDAR_TOP"
 
 TF_TOPIC = "/tf"
 TF_STATIC_TOPIC = "/tf_static"
+#: ROS time source (rosgraph_msgs/Clock) that nodes with use_sim_time follow; the replayer's --clock.
+CLOCK_TOPIC = "/clock"
 GT_DETECTIONS_TOPIC = "/ground_truth/detections"
 GT_SAMPLE_TOKEN_TOPIC = "/ground_truth/sample_token"
 DETECTIONS_TOPIC = "/x3kd/detections"

@@ -175,7 +175,7 @@ def tempfile_prefix() -> str:
 @pytest.mark.parametrize("arguments", [
     {"checkpoint": "runs/student/last.pt"},
     {"checkpoint": "s.pt", "use_teachers": "true", "lidar_checkpoint": "l.pt", "radar_checkpoint": "r.pt",
-     "namespace": "car1", "device": "cpu", "calibration_file": "calibration_synthetic.yaml"},
+     "namespace": "car1", "device": "cpu", "calibration_file": "calibration_synthetic.yaml", "use_sim_time": "true"},
 ])
 def test_launch_file_and_runner_give_the_same_command_lines(launch_stubs, arguments):
     declared, nodes = run_launch_file(arguments)
@@ -187,12 +187,15 @@ def test_launch_file_and_runner_give_the_same_command_lines(launch_stubs, argume
     teachers = arguments.get("use_teachers") == "true"
     assert len(from_launch) == (5 if teachers else 1)
     detector = from_launch["x3kd_detector"]
+    sim_time = arguments.get("use_sim_time") == "true"
     assert detector[-1] == {"checkpoint": arguments["checkpoint"], "device": arguments.get("device", "auto"),
-                            "calibration_file": arguments.get("calibration_file", "")}
+                            "calibration_file": arguments.get("calibration_file", ""), "use_sim_time": sim_time}
+    # use_sim_time reaches every node, as a bool (rclpy refuses the string "true" for it).
+    assert all(cmd[-1]["use_sim_time"] is sim_time for cmd in from_launch.values())
     if teachers:
         assert detector[:7] == ["x3kd_detector", "--ros-args", "-r", "__node:=x3kd_detector", "-r", "__ns:=/car1",
                                 "--params-file"]
-        assert from_launch["x3kd_comparison_radar"][-1] == {"teacher_name": "radar"}
+        assert from_launch["x3kd_comparison_radar"][-1] == {"teacher_name": "radar", "use_sim_time": True}
         assert from_launch["x3kd_lidar_teacher"][-1]["checkpoint"] == "l.pt"
 
 
@@ -208,6 +211,7 @@ def test_remappings_and_custom_graph_files(launch_stubs, tmp_path):
     (cmd,) = runner_commands(arguments).values()
     assert launch_ros_command(nodes[0].kwargs) == cmd == [
         "x3kd_comparison", "--ros-args", "-r", "__node:=cmp_cpu", "--params-file", str(tmp_path / "p.yaml"),
+        "--params-file", {"use_sim_time": False},
         "-r", "x3kd/detections:=/other/detections", "-r", "x3kd/comparison/lidar:=agreement"]
 
 
@@ -218,12 +222,17 @@ def test_graph_rejects_bad_input(tmp_path):
         load_graph({"use_teachers": "maybe"})
     with pytest.raises(GraphError, match="not a valid ROS namespace"):
         load_graph({"namespace": "car 1"})
+    with pytest.raises(GraphError, match="launch argument use_sim_time: expected true or false, got 'yes please'"):
+        load_graph({"use_sim_time": "yes please"})
     bad = tmp_path / "graph.yaml"
     bad.write_text("nodes:\n  - {key: a, executable: x, entry_point: 'm:f', name: a, parameters: {p: '${nope}'}}\n")
     with pytest.raises(GraphError, match=r"\$\{nope\} is not a launch argument"):
         load_graph({"config": str(bad)})
     bad.write_text("nodes:\n  - {key: a, executable: x, entry_point: 'm:f', name: a, params_files: [none.yaml]}\n")
     with pytest.raises(GraphError, match="params file not found"):
+        load_graph({"config": str(bad)})
+    bad.write_text("nodes:\n  - {key: a, executable: x, entry_point: 'm:f', name: a, parameters: {use_sim_time: true}}\n")
+    with pytest.raises(GraphError, match="use_sim_time comes from the launch argument"):
         load_graph({"config": str(bad)})
     bad.write_text("nodes:\n  - {key: a, executable: x, entry_point: 'm:f', nmae: a}\n")
     with pytest.raises(GraphError, match=r"unknown keys \['nmae'\], missing keys \['name'\]"):
@@ -300,7 +309,8 @@ def test_params_files_only_set_declared_parameters_with_their_types():
     specs = load_graph(ALL_ON)
     assert [s.key for s in specs] == ALL_NODES
     for spec in specs:
-        defaults = {p.name: p.default for p in declared[spec.executable]}
+        # use_sim_time: rclpy declares it on every node (a bool).
+        defaults = {p.name: p.default for p in declared[spec.executable]} | {"use_sim_time": False}
         for name, value in spec.parameters.items():
             assert name in defaults and _compatible(value, defaults[name]), (spec.key, name)
         for file in spec.params_files:
