@@ -5,6 +5,7 @@
     x3kd eval       --dataroot ... --version ... --split ... --results results.json --out eval/
     x3kd train      --experiment config/train/student_tiny.yaml [--out runs/X] [--set key.path=value ...] [--resume]
     x3kd demo       --out runs/demo
+    x3kd export     --checkpoint last.pt --out student.onnx [--image-hw H W] [--fp16]
     x3kd bag write  --dataroot ... --out BAG
     x3kd bag eval   BAG --checkpoint student.pt [--teacher-lidar l.pt] [--teacher-radar r.pt] [--rate 0] --out DIR
                     [--remap GRAPH_TOPIC:=BAG_TOPIC ...] [--params-file FILE ...]   (other people's bags)
@@ -208,6 +209,22 @@ def _cmd_ablate(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from x3kd_core.deploy.onnx_export import ExportError, export_checkpoint
+    from x3kd_core.train.checkpoint import CheckpointError
+
+    try:
+        info = export_checkpoint(args.checkpoint, args.out, tuple(args.image_hw) if args.image_hw else None, args.fp16)
+    except (ExportError, CheckpointError) as err:
+        raise UserError(str(err)) from err
+    size_mb = Path(args.out).stat().st_size / 1e6
+    print(f"wrote {args.out} ({size_mb:.1f} MB, opset {info.opset}{', fp16' if info.fp16 else ''}): "
+          f"{info.num_cameras} cameras x {info.image_hw[0]}x{info.image_hw[1]} -> head maps on a "
+          f"{info.grid_size[0]}x{info.grid_size[1]} grid; BEV pooling in the graph: {info.bev_pool} "
+          f"(checkpoint trained with {info.trained_bev_pool}, same weights); decoding + NMS stay in PyTorch")
+    return 0
+
+
 def _cmd_bag_write(args) -> int:
     from x3kd_ros.bag_io import BagError, BagWriteConfig, write_bag
 
@@ -303,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--results", required=True, help="nuScenes submission JSON")
     ev.add_argument("--out", required=True, help="folder for metrics_summary.json / metrics.json")
     ev.set_defaults(func=_cmd_eval)
+
+    export = sub.add_parser("export", help="camera student -> ONNX (x3kd_core.deploy.onnx_export)")
+    export.add_argument("--checkpoint", required=True, help="camera-student checkpoint (last.pt of x3kd train)")
+    export.add_argument("--out", required=True, help="ONNX file to write")
+    export.add_argument("--image-hw", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="network input size (multiples of 16; default: the checkpoint's)")
+    export.add_argument("--fp16", action="store_true", help="float16 weights and image input (for GPU runtimes)")
+    export.set_defaults(func=_cmd_export)
 
     bag = sub.add_parser("bag", help="rosbag2 files").add_subparsers(dest="bag_command", required=True)
     bag_write = bag.add_parser("write", help="a nuScenes-format split -> rosbag2 (x3kd_ros.bag_io)")

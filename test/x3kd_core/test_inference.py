@@ -166,3 +166,106 @@ def test_checkpoint_loads_once_without_the_pretrained_weights_its_config_names(t
         assert torch.equal(a, b), name
     predictor = Predictor.from_checkpoint(path, device="cpu")
     assert torch.equal(predictor.model.backbone.layer1[0].conv1.weight, task.student.backbone.layer1[0].conv1.weight)
+
+
+# ------------------------------------------------------------------------------ onnxruntime backend
+def _boxes_within(a: Boxes3D, b: Boxes3D) -> None:
+    """Decoded boxes equal within 1 mm (centres, sizes), 1e-3 rad (yaw), 1e-3 m/s and 1e-4 score.
+
+    Boxes are paired by label and nearest centre, not by position in the list: two boxes whose
+    scores differ by float rounding (seen: 0.10113783 vs 0.10113786) may swap places.
+    """
+    assert len(a) == len(b)
+    dist = np.linalg.norm(a.center[:, None, :] - b.center[None, :, :], axis=2)
+    dist[a.label[:, None] != b.label[None, :]] = np.inf
+    pair = dist.argmin(axis=1) if len(a) else np.zeros(0, dtype=np.int64)
+    assert len(set(pair.tolist())) == len(a), "boxes do not pair one to one"
+    b = b[pair]
+    np.testing.assert_array_equal(a.label, b.label)
+    np.testing.assert_allclose(a.center, b.center, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(a.size_lwh, b.size_lwh, atol=1e-3, rtol=0)
+    yaw_diff = np.angle(np.exp(1j * (a.yaw - b.yaw)))  # wrap: +pi and -pi are the same heading
+    assert np.abs(yaw_diff).max(initial=0.0) <= 1e-3
+    np.testing.assert_allclose(a.velocity, b.velocity, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(a.score, b.score, atol=1e-4, rtol=0)
+
+
+def test_onnxruntime_backend_equals_torch_on_synthetic_samples(trained):
+    """The tiny student trained on the synthetic world: head maps within 1e-4, boxes within 1 mm /
+    1e-3 rad, on raw (full-resolution) images of real samples, all cameras and one missing."""
+    from x3kd_core.deploy.onnx_export import bev_row_index
+
+    ckpt, exp, source = trained
+    torch_pred = Predictor.from_checkpoint(ckpt, device="cpu")
+    ort_pred = Predictor.from_checkpoint(ckpt, backend="onnxruntime", num_threads=1)
+    assert ort_pred.backend == "onnxruntime" and ort_pred.runner.info.bev_pool == "outer_product"
+    assert torch_pred.model.view_transform.bev_pool == "depth_context"  # the export really switched path
+    compared = 0
+    for token in source.sample_tokens[:3]:
+        sample = source.load_sample(token)
+        raw_images, raw_k = _raw_frame(source, token)
+        # Head maps on the same normalised input.
+        images, k, present = torch_pred.prepare(raw_images, raw_k)
+        assert len(present) == 6
+        rows = bev_row_index(torch_pred.model, k, sample.rig.cam_to_ego, exp.image_hw)
+        maps = ort_pred.runner.run(images, k[None], sample.rig.cam_to_ego[None], rows)
+        with torch.no_grad():
+            ref = torch_pred.model(images, torch.from_numpy(k[None]).float(),
+                                   torch.from_numpy(sample.rig.cam_to_ego[None]).float()).head
+        for name in ("heatmap", "offset", "height", "log_size", "rot", "velocity"):
+            diff = (getattr(maps, name) - getattr(ref, name)).abs().max().item()
+            assert diff <= 1e-4, (name, diff)
+        # Decoded boxes through both Predictors, end to end.
+        expected = torch_pred.predict(raw_images, raw_k, sample.rig.cam_to_ego)
+        assert len(expected) >= 5
+        _boxes_within(ort_pred.predict(raw_images, raw_k, sample.rig.cam_to_ego), expected)
+        mask = [n != 1 for n in range(6)]
+        _boxes_within(ort_pred.predict(raw_images, raw_k, sample.rig.cam_to_ego, camera_mask=mask),
+                      torch_pred.predict(raw_images, raw_k, sample.rig.cam_to_ego, camera_mask=mask))
+        compared += len(expected)
+    assert compared >= 15
+    assert len(ort_pred.predict([None] * 6, raw_k, sample.rig.cam_to_ego)) == 0
+
+
+def test_resized_input_equals_predictor_resize(trained):
+    """What the ROS node does (resize at receive time with input_transform, then resized=True)
+    gives the Predictor's own boxes exactly."""
+    ckpt, exp, source = trained
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    token = source.sample_tokens[0]
+    sample = source.load_sample(token)
+    raw_images, raw_k = _raw_frame(source, token)
+    small, small_k = [], []
+    for img, k in zip(raw_images, raw_k):
+        tf = predictor.input_transform(img.shape[:2])
+        small.append(tf.apply(img, cv2.INTER_LINEAR))
+        small_k.append(tf.intrinsics(k))
+    expected = predictor.predict(raw_images, raw_k, sample.rig.cam_to_ego)
+    _assert_same_boxes(predictor.predict(small, np.stack(small_k), sample.rig.cam_to_ego, resized=True), expected,
+                       atol=0.0)
+    with pytest.raises(ValueError, match="resized=True needs"):
+        predictor.predict(raw_images, raw_k, sample.rig.cam_to_ego, resized=True)
+
+
+def test_onnxruntime_backend_rejects_what_it_cannot_run(trained, tmp_path):
+    ckpt, exp, source = trained
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Predictor.from_checkpoint(ckpt, backend="tensorrt")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        Predictor.from_checkpoint(ckpt, device="cuda", backend="onnxruntime")
+    predictor = Predictor.from_checkpoint(ckpt, backend="onnxruntime", num_threads=1)
+    sample = source.load_sample(source.sample_tokens[0])
+    images = np.ascontiguousarray(sample.images.transpose(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="takes all 6 cameras"):
+        predictor.predict(images[:5], sample.rig.intrinsics[:5], sample.rig.cam_to_ego[:5])
+    # An exported file of this checkpoint loads as the model; one for other cameras is refused.
+    from x3kd_core.deploy.onnx_export import export_student
+
+    path = tmp_path / "student.onnx"
+    export_student(predictor.model, path, predictor.cameras)
+    from_file = Predictor.from_checkpoint(ckpt, backend="onnxruntime", onnx_model=path, num_threads=1)
+    _assert_same_boxes(from_file.predict(images, sample.rig.intrinsics, sample.rig.cam_to_ego),
+                       predictor.predict(images, sample.rig.intrinsics, sample.rig.cam_to_ego), atol=0.0)
+    export_student(predictor.model, path, predictor.cameras[::-1])
+    with pytest.raises(ValueError, match="exported for cameras"):
+        Predictor.from_checkpoint(ckpt, backend="onnxruntime", onnx_model=path)
