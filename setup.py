@@ -42,7 +42,6 @@ setup(
     # ROS packages are not pip-resolvable under their ROS names, so none are repeated here.
     install_requires=[],
     zip_safe=True,
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "x3kd = x3kd_core.cli:main",

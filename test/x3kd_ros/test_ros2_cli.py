@@ -1,9 +1,15 @@
-"""The package as a ROS 2 user runs it: the real `ros2 launch` / `ros2 run` on the set-up's venv.
+"""The package as a ROS 2 user runs it: the real `ros2 launch` / `ros2 run` on the set-up's venv,
+and in a colcon workspace.
 
 Everything goes through the README's ROS shell line (``source tools/ros_env.sh``), so the package
 is found through the ament index (AMENT_PREFIX_PATH), the launch file in ``share/x3kd_ros/launch``
 and the executables in ``lib/x3kd_ros``, exactly as on a ROS 2 install. The tools come from
 ``../shared/vendor/ros2`` (installed by tools/setup.sh); without them these tests skip.
+
+The colcon tests do what a ROS user does with a source checkout: a workspace whose ``src/`` holds
+this repository, ``colcon build --packages-select x3kd_ros`` (colcon from tools/requirements.txt,
+run with the venv's Python), ``source install/setup.bash`` over the venv's ROS shell, and then
+``ros2 pkg prefix`` / ``ros2 launch`` find the workspace's copy, not the venv's.
 
 Ctrl-C is sent as a terminal sends it: SIGINT to the whole process group (launch / ros2 run and
 every node), so each node sees it twice (the terminal's and launch's own); each must still end
@@ -30,7 +36,7 @@ from rclpy.executors import SingleThreadedExecutor
 from vision_msgs.msg import Detection3DArray
 
 from x3kd_ros import topics
-from x3kd_ros.bag_io import BagWriteConfig, write_bag
+from x3kd_ros.bag_io import BagWriteConfig, bag_summary, write_bag
 from x3kd_ros.node_utils import qos_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,11 +60,11 @@ def ros_shell(command: str, exec_: bool = True) -> list[str]:
 class Started:
     """A process started in its own session (process group); output to a file; stopped by group."""
 
-    def __init__(self, command: list[str], log: Path) -> None:
+    def __init__(self, command: list[str], log: Path, cwd: Path = REPO_ROOT) -> None:
         self.log = log
         self._out = open(log, "wb")
         self.process = subprocess.Popen(command, stdout=self._out, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO_ROOT)
+                                        stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -96,15 +102,20 @@ class Probe:
         self.node = rclpy.create_node("x3kd_test_ros2_cli_probe", context=context)
         self.detections: list[Detection3DArray] = []
         self.diagnostics: list[DiagnosticStatus] = []
+        self.diagnostic_stamps: list[tuple[str, int]] = []  # (status name, header stamp ns)
         self.node.create_subscription(Detection3DArray, topics.DETECTIONS_TOPIC, self.detections.append,
                                       qos_profile("reliable", 100))
-        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS_TOPIC,
-                                      lambda m: self.diagnostics.extend(m.status), 100)
+        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS_TOPIC, self._on_diagnostics, 100)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self.diagnostic_stamps.extend((s.name, stamp) for s in msg.status)
+        self.diagnostics.extend(msg.status)
 
     def _spin(self) -> None:
         while not self._stop.is_set():
@@ -258,3 +269,112 @@ def test_ros2_launch_gets_every_full_size_camera_image(ros_network, student_chec
     assert "fastdds_large_images.xml (shared-memory segment 64 MiB)" in result["launch_profile_note"], result
     assert Path(result["publisher_profile"].split(" ")[0]).resolve() == shipped
     assert result["exit_code"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- colcon
+@pytest.fixture(scope="module")
+def colcon_workspace(tmp_path_factory) -> Path:
+    """``<ws>/src/x3kd_ros`` -> this checkout, built with ``colcon build --packages-select x3kd_ros``."""
+    colcon = VENV_BIN / "colcon"
+    assert colcon.is_file(), (f"no colcon in {VENV_BIN}: tools/requirements.txt lists colcon-common-extensions; "
+                              "run bash tools/setup.sh")
+    ws = tmp_path_factory.mktemp("colcon_ws")
+    (ws / "src").mkdir()
+    (ws / "src" / "x3kd_ros").symlink_to(REPO_ROOT, target_is_directory=True)
+    start = time.monotonic()
+    build = subprocess.run([str(colcon), "build", "--packages-select", "x3kd_ros"], cwd=ws,
+                           capture_output=True, text=True, timeout=300)
+    print(f"\ncolcon build --packages-select x3kd_ros: {time.monotonic() - start:.1f} s")
+    assert build.returncode == 0, f"{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+    assert "1 package finished" in build.stdout, build.stdout[-2000:]
+    return ws
+
+
+def _in_workspace(ws: Path, command: str) -> list[str]:
+    """``command`` in the venv's ROS shell with the workspace sourced on top (an overlay)."""
+    return ["bash", "-c", f"source {ROS_ENV} && source {ws / 'install' / 'setup.bash'} && {command}"]
+
+
+def test_colcon_workspace_install_layout_and_package_queries(colcon_workspace):
+    """The workspace's install is an ament_python package: found first through the ament index
+    (`ros2 pkg prefix`, ament_index_python) with the venv underneath; the launch file, configs,
+    DDS profile and package.xml in share/x3kd_ros; every console script in lib/x3kd_ros running the
+    venv's Python; Python imports x3kd_ros from the workspace and reads its graph from there."""
+    ws = colcon_workspace
+    prefix = ws / "install" / "x3kd_ros"
+    share = prefix / "share" / "x3kd_ros"
+    for rel in ("launch/detector.launch.py", "package.xml", "config/ros/graph.yaml", "config/ros/detector.yaml",
+                "config/dds/fastdds_large_images.xml"):
+        assert (share / rel).is_file() and not (share / rel).is_symlink(), rel
+    assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "x3kd_ros").is_file()
+    for exe in ("x3kd", "x3kd_detector", "x3kd_lidar_teacher", "x3kd_radar_teacher", "x3kd_comparison",
+                "x3kd_run_graph"):
+        script = prefix / "lib" / "x3kd_ros" / exe
+        assert script.is_file() and os.access(script, os.X_OK), exe
+        shebang = script.read_text().splitlines()[0]
+        assert shebang.startswith("#!") and Path(shebang[2:]).parent == VENV_BIN, (exe, shebang)  # the venv's Python
+
+    probe = ("import x3kd_ros, x3kd_ros.graph as g; from ament_index_python.packages import get_package_prefix; "
+             "print(get_package_prefix('x3kd_ros')); print(x3kd_ros.__file__); print(g.default_config_path())")
+    result = subprocess.run(_in_workspace(ws, f"ros2 pkg prefix x3kd_ros && ros2 pkg executables x3kd_ros && "
+                                              f"python -c \"{probe}\""),
+                            capture_output=True, text=True, timeout=120, cwd=ws)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().split("\n")
+    assert Path(lines[0]) == prefix, lines  # ros2 pkg prefix: the overlay, not the venv
+    assert "x3kd_ros x3kd_detector" in lines[1:7]
+    assert Path(lines[7]) == prefix, lines  # ament_index_python
+    assert Path(lines[8]).is_relative_to(prefix / "lib"), lines  # the workspace's copy of the code
+    assert Path(lines[9]) == share / "config" / "ros" / "graph.yaml", lines
+
+
+def test_colcon_workspace_launch_with_sim_time_follows_the_replayed_bag_clock(
+        colcon_workspace, ros_context, bag, student_checkpoint, tmp_path):
+    """`ros2 launch x3kd_ros detector.launch.py use_sim_time:=true` from the colcon workspace, the bag
+    replayed twice with `--clock` (its time on /clock, jumping back at the loop), then Ctrl-C.
+
+    Checks: the detector process runs the workspace's executable; every frame of both loops is
+    answered (the loop's jump back in both the stamps and the node clock); the detector's
+    /diagnostics are stamped in bag time (its ROS clock follows /clock, not the system clock);
+    Ctrl-C ends it within 5 s with code 0.
+    """
+    ws = colcon_workspace
+    summary = bag_summary(bag)
+    probe = Probe(ros_context)
+    launch = Started(_in_workspace(ws, f"exec ros2 launch x3kd_ros detector.launch.py checkpoint:={student_checkpoint} "
+                                       "device:=cpu use_sim_time:=true"), tmp_path / "launch.log", cwd=ws)
+    try:
+        replay = subprocess.run(
+            [sys.executable, "-m", "x3kd_ros.replay", str(bag), "--loop", "2", "--clock",
+             "--ack-timeout-s", "20", "--drain-timeout-s", "20", "--ready-timeout-s", "150"],
+            capture_output=True, text=True, timeout=300, cwd=ws)
+        output = launch.text()
+        assert replay.returncode == 0, f"{replay.stderr}\n--- launch output:\n{output[-4000:]}"
+        loops = [json.loads(line) for line in replay.stdout.splitlines()]
+        print("\ncolcon workspace, use_sim_time: frames answered per loop: "
+              + ", ".join(f"{r['answers']}/{r['frames']}" for r in loops))
+        assert [(r["frames"], r["complete_frames"], r["answers"], r["ack_timeouts"]) for r in loops] == [(3, 3, 3, 0)] * 2
+        for r in loops:
+            assert r["answer_stamps_ns"] == r["frame_stamps_ns"], r
+        assert probe.wait_for(lambda: len(probe.detections) == 6, 10.0), len(probe.detections)
+
+        pid = int(re.search(r"\[x3kd_detector-1\]: process started with pid \[(\d+)\]", output).group(1))
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert str(ws / "install" / "x3kd_ros" / "lib" / "x3kd_ros" / "x3kd_detector").encode() in cmdline, cmdline
+
+        # Diagnostics are stamped with the node's ROS clock: 0 until the first /clock, then bag time.
+        assert probe.wait_for(lambda: any(summary.start_ns <= t <= summary.end_ns + 10**9
+                                          for n, t in probe.diagnostic_stamps if n.startswith("x3kd_detector")), 10.0)
+        stamps = [t for n, t in probe.diagnostic_stamps if n.startswith("x3kd_detector")]
+        assert all(t == 0 or summary.start_ns <= t <= summary.end_ns + 10**9 for t in stamps), \
+            (stamps, summary.start_ns, summary.end_ns)
+
+        code, seconds = launch.ctrl_c(timeout_s=30.0)
+        print(f"colcon workspace ros2 launch: Ctrl-C -> exit {code} after {seconds:.2f} s")
+        output = launch.text()
+        assert code == 0 and seconds < SHUTDOWN_LIMIT_S, f"exit {code} after {seconds:.1f} s:\n{output[-4000:]}"
+    finally:
+        launch.close()
+        probe.close()
+    assert "process has died" not in output and "Traceback" not in output
+    assert _finished_cleanly(output) == ["x3kd_detector-1"]
