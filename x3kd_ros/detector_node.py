@@ -11,7 +11,7 @@ Data flow (the node converts and publishes; matching is :mod:`x3kd_ros.sync`, th
 The model runs in its own thread so that the executor keeps receiving (and the synchronizer keeps
 timing sets by true receive times) while a frame is processed; when frames arrive faster than the
 model runs, the oldest waiting set is dropped (``busy_drops``) once ``processing_queue_size`` sets
-wait.
+wait (latest wins, see "Drop policy" below).
 
 Topics (inputs absolute, from parameters; outputs relative, so a namespace moves them)
     in   ``image_topics[i]``        sensor_msgs/Image (rgb8, bgr8, mono8, rgba8, bgra8, bayer_*8, uyvy /
@@ -39,9 +39,21 @@ differs from its CameraInfo), ``missing_camera_info`` (no valid CameraInfo withi
 ``camera_info_wait_s``), ``stale``
 (stamp older than ``max_input_age_s`` on the node clock), ``camera_info_errors`` (zero / NaN K),
 ``missing_extrinsics``. The synchronizer's counters (``sync.partial``, ``sync.dropped_sets``,
-``sync.late``, ``sync.duplicates``, ``sync.overflow``) say how sets were formed; latencies are
-``model_ms`` (Predictor.predict) and ``end_to_end_ms`` (first image of the set received ->
-detections published, i.e. sync wait + queue + model + conversion).
+``sync.late``, ``sync.duplicates``, ``sync.overflow``) say how sets were formed; latencies (each
+with ``last``, ``mean``, ``max``, ``p50``, ``p90``, ``p99`` over the last 100) are ``model_ms``
+(Predictor.predict), ``end_to_end_ms`` (first image of the set received -> detections published,
+i.e. sync wait + queue + model + conversion), ``convert_ms`` (per image: conversion + resize to the
+network input), ``overhead_ms`` (per set: its images' conversions + the synchronizer's wait after
+the last one + building and publishing the messages), ``overhead_ratio`` (overhead_ms / model_ms)
+and ``queue_ms`` (wait for a busy model).
+
+Images are resized to the network input when they arrive (one ``cv2.resize`` from the message
+buffer, :func:`x3kd_ros.conversions.image_to_rgb`), so no full-size image is kept or copied.
+
+Drop policy when the model is slower than the cameras: latest wins. At most
+``processing_queue_size`` sets wait; a new set that finds the queue full pushes out the oldest
+waiting one (``busy_drops``), so the queue never grows and the newest set is always run next.
+``backend`` picks torch or onnxruntime for the network (:class:`x3kd_core.inference.Predictor`).
 
 The diagnostics status names what is wrong: WARN with "CAM_BACK silent for 3.2 s" for a camera
 without images for ``silent_after_periods`` expected frame periods (OK again when it is back;
@@ -82,6 +94,7 @@ from x3kd_core.structures import CAMERA_NAMES
 from x3kd_ros import topics
 from x3kd_ros.conversions import (
     ConversionError,
+    ImageSizeError,
     MarkerStyle,
     boxes_to_detections,
     boxes_to_markers,
@@ -180,6 +193,11 @@ def detector_param_specs(stage: int, cameras: Optional[list[str]] = None, transp
             ParamSpec("checkpoint", "", "camera-student checkpoint (last.pt of `x3kd train`)", check=checkpoint_check),
             ParamSpec("device", "auto", "where the model runs: auto (cuda if available, else cpu), cpu, cuda, cuda:N",
                       "auto | cpu | cuda | cuda:N", check_device),
+            ParamSpec("backend", "torch", "what runs the network: torch, or onnxruntime (CPU; the checkpoint "
+                      "exported to ONNX at start-up, or onnx_file)", "torch | onnxruntime",
+                      one_of("torch", "onnxruntime")),
+            ParamSpec("onnx_file", "", "with backend onnxruntime: a file from `x3kd export` of this checkpoint "
+                      "(empty: export in memory at start-up)"),
             ParamSpec("score_threshold", 0.0, "publish boxes with score >= this (the model's own decoding "
                       "threshold applies first)", "[0, 1]", in_range(0.0, 1.0)),
             ParamSpec("sync.slop_s", 0.06, "largest stamp spread within one synchronized camera set (s); keep it "
@@ -202,8 +220,9 @@ def detector_param_specs(stage: int, cameras: Optional[list[str]] = None, transp
                       in_range(0.0, 100.0)),
             ParamSpec("max_input_age_s", 0.0, "drop images whose stamp is older than this on the node clock "
                       "(s; 0 = off; use with live sensors or use_sim_time)", ">= 0", in_range(0.0)),
-            ParamSpec("processing_queue_size", 2, "synchronized sets waiting for the model; beyond it the oldest "
-                      "is dropped (busy_drops)", "1..1000", in_range(1, 1000)),
+            ParamSpec("processing_queue_size", 2, "synchronized sets waiting for the model; a new set that finds "
+                      "it full pushes out the oldest waiting one (latest wins; counted as busy_drops)", "1..1000",
+                      in_range(1, 1000)),
             ParamSpec("publish_markers", True, "also publish a MarkerArray for RViz"),
             ParamSpec("marker_lifetime_s", 0.5, "RViz marker lifetime (s; 0 = forever)", ">= 0", in_range(0.0)),
             ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics reports (s)", "> 0",
@@ -236,12 +255,17 @@ def detector_param_specs(stage: int, cameras: Optional[list[str]] = None, transp
 class _CameraFrame:
     """One received, decoded image waiting for its set.
 
-    rgb: (H, W, 3) uint8; k: (3, 3) K from its CameraInfo (pixels); received_ns: monotonic receive time.
+    rgb: (H, W, 3) uint8, already at the network input when ``resized``; k: (3, 3) K of exactly
+    ``rgb`` (pixels); received_ns: monotonic receive time; ready_ns: monotonic time after
+    conversion; convert_ms: conversion + resize time.
     """
 
     rgb: np.ndarray
     k: np.ndarray
     received_ns: int
+    ready_ns: int = 0
+    convert_ms: float = 0.0
+    resized: bool = False
 
 
 class DetectorNode(Node):
@@ -282,8 +306,13 @@ class DetectorNode(Node):
         self._marker_style = MarkerStyle(lifetime_s=params["marker_lifetime_s"]) if params["publish_markers"] else None
 
         if predictor is None:
-            predictor = self._load_predictor(params["checkpoint"], params["device"])
+            predictor = self._load_predictor(params["checkpoint"], params["device"], params["backend"],
+                                             params["onnx_file"])
         self.predictor = predictor
+        # A predictor that says how it resizes gets images resized at receive time, straight from the
+        # message buffer (x3kd_ros.conversions.image_to_rgb(resize=...)); others get full-size images.
+        self._resize_at_receive = hasattr(predictor, "input_transform")
+        self._transforms: dict[str, tuple[Any, Any, np.ndarray]] = {}  # cam -> (CameraIntrinsics, transform, K)
         unknown = [c for c in self.cameras if c not in predictor.cameras]
         if unknown:
             raise ParameterError(f"cameras {unknown} are not cameras of the checkpoint ({', '.join(predictor.cameras)})")
@@ -328,6 +357,12 @@ class DetectorNode(Node):
         self._output_rate = RateMeter()
         self._model_ms = LatencyWindow()
         self._e2e_ms = LatencyWindow()
+        # Node overhead per set: conversion + resize of its images, synchronizer wait, publishing;
+        # the wait for a busy model (queue) is reported apart.
+        self._convert_ms = LatencyWindow()      # per image
+        self._overhead_ms = LatencyWindow()     # per set
+        self._overhead_ratio = LatencyWindow()  # per set: overhead / model time
+        self._queue_ms = LatencyWindow()        # per set
         self._last_report: dict[str, int] = {}
 
         qos_out = qos_profile(params["qos.output.reliability"], params["qos.output.depth"])
@@ -358,8 +393,8 @@ class DetectorNode(Node):
 
         steady_timer(self, _SYNC_POLL_PERIOD_S, self._poll_sync)
         steady_timer(self, params["diagnostics_period_s"], self.publish_diagnostics)
-        self.worker = BoundedWorker(self.process, params["processing_queue_size"], f"{self.get_name()}_model",
-                                    self.get_logger())
+        self.worker = BoundedWorker(lambda job: self.process(*job), params["processing_queue_size"],
+                                    f"{self.get_name()}_model", self.get_logger())
 
     # ------------------------------------------------------------------------------- set-up
     @staticmethod
@@ -368,14 +403,23 @@ class DetectorNode(Node):
 
         return Detection3DArray
 
-    def _load_predictor(self, checkpoint: str, device: str):
+    def _load_predictor(self, checkpoint: str, device: str, backend: str, onnx_file: str):
         from x3kd_core.inference import Predictor
         from x3kd_core.train.checkpoint import CheckpointError
 
+        if backend == "onnxruntime":
+            if device not in ("auto", "cpu"):
+                raise ParameterError(f"device = {device!r}: backend onnxruntime runs on the cpu here")
+            device = "cpu"
+        if onnx_file and backend != "onnxruntime":
+            raise ParameterError("onnx_file is set but backend is torch (set backend:=onnxruntime)")
         try:
-            return Predictor.from_checkpoint(checkpoint, device=resolve_device(device))
+            return Predictor.from_checkpoint(checkpoint, device=resolve_device(device), backend=backend,
+                                             onnx_model=onnx_file or None)
         except CheckpointError as err:
             raise ParameterError(f"checkpoint: {err}") from None
+        except (ValueError, FileNotFoundError) as err:
+            raise ParameterError(f"backend {backend}: {err}") from None
 
     # ------------------------------------------------------------------------------- inputs
     def _count(self, cam: str, kind: str, text: str) -> None:
@@ -431,19 +475,54 @@ class DetectorNode(Node):
                 self._count(cam, "missing_camera_info", f"image dropped: no valid CameraInfo within "
                             f"camera_info_wait_s = {self._hold_ns / 1e9:g} s")
 
+    def _network_transform(self, cam: str, intrinsics) -> tuple[Any, np.ndarray]:
+        """(resize transform, K of the resized image) for this camera's CameraInfo (cached)."""
+        cached = self._transforms.get(cam)
+        if cached is None or cached[0] is not intrinsics:
+            transform = self.predictor.input_transform(intrinsics.image_hw)
+            cached = (intrinsics, transform, transform.intrinsics(intrinsics.k))
+            self._transforms[cam] = cached
+        return cached[1], cached[2]
+
+    def _size_mismatch(self, cam: str, got_hw: tuple[int, int], intrinsics) -> None:
+        self._count(cam, "size_mismatch", f"image dropped: it is {got_hw[0]} x {got_hw[1]} but its "
+                    f"CameraInfo is for {intrinsics.image_hw[0]} x {intrinsics.image_hw[1]}")
+
     def _use_image(self, cam: str, msg, now_ns: int, intrinsics) -> None:
-        """Decode, check against the CameraInfo and hand to the synchronizer (``now_ns``: receive time)."""
+        """Decode (and resize to the network input), check against the CameraInfo and hand to the
+        synchronizer (``now_ns``: receive time)."""
         stamp_ns = stamp_to_ns(msg.header.stamp)
+        start = time.perf_counter()
+        transform, k = None, intrinsics.k
+        if self._resize_at_receive:
+            if not self._compressed and (int(msg.height), int(msg.width)) != intrinsics.image_hw:
+                self._size_mismatch(cam, (int(msg.height), int(msg.width)), intrinsics)
+                return
+            try:
+                transform, k = self._network_transform(cam, intrinsics)
+            except ValueError as err:  # an image smaller than the network input under a fixed scale
+                self._count(cam, "conversion_errors", f"image dropped: {err}")
+                return
         try:
-            rgb = compressed_to_rgb(msg) if self._compressed else image_to_rgb(msg)
+            if self._compressed:
+                rgb = compressed_to_rgb(msg, resize=transform, expected_hw=intrinsics.image_hw)
+            else:
+                rgb = image_to_rgb(msg, resize=transform)
+        except ImageSizeError as err:
+            self._size_mismatch(cam, err.actual_hw, intrinsics)
+            return
         except ConversionError as err:
             self._count(cam, "conversion_errors", f"image dropped: {err}")
             return
-        if rgb.shape[:2] != intrinsics.image_hw:
-            self._count(cam, "size_mismatch", f"image dropped: it is {rgb.shape[0]} x {rgb.shape[1]} but its "
-                        f"CameraInfo is for {intrinsics.image_hw[0]} x {intrinsics.image_hw[1]}")
+        if transform is None and rgb.shape[:2] != intrinsics.image_hw:
+            self._size_mismatch(cam, rgb.shape[:2], intrinsics)
             return
-        self._enqueue(self.sync.add(cam, stamp_ns, _CameraFrame(rgb, intrinsics.k, now_ns), time.monotonic_ns()))
+        ready_ns = time.monotonic_ns()
+        convert_ms = (time.perf_counter() - start) * 1e3
+        with self._lock:
+            self._convert_ms.add(convert_ms)
+        frame = _CameraFrame(rgb, k, now_ns, ready_ns, convert_ms, resized=transform is not None)
+        self._enqueue(self.sync.add(cam, stamp_ns, frame, time.monotonic_ns()))
 
     def _poll_sync(self) -> None:
         now_ns = time.monotonic_ns()
@@ -453,11 +532,15 @@ class DetectorNode(Node):
 
     def _enqueue(self, sets: list[SyncedSet]) -> None:
         for synced in sets:
-            self.worker.submit(synced)
+            self.worker.submit((synced, time.monotonic_ns()))
 
     # ------------------------------------------------------------------------------- model
-    def process(self, synced: SyncedSet) -> bool:
-        """Run the model on one synchronized set and publish; False if it could not be used."""
+    def process(self, synced: SyncedSet, submitted_ns: Optional[int] = None) -> bool:
+        """Run the model on one synchronized set and publish; False if it could not be used.
+
+        ``submitted_ns``: monotonic time the set left the synchronizer (None: now)."""
+        begin_ns = time.monotonic_ns()
+        submitted_ns = begin_ns if submitted_ns is None else submitted_ns
         n_model = len(self.predictor.cameras)
         images: list[Optional[np.ndarray]] = [None] * n_model
         intrinsics = np.tile(np.eye(3), (n_model, 1, 1))
@@ -474,25 +557,38 @@ class DetectorNode(Node):
             with self._lock:
                 self.counts["sets_without_extrinsics"] += 1
             return False
+        resized = any(frame.resized for frame in synced.items.values())
         start = time.perf_counter()
-        boxes = self.predictor.predict(images, intrinsics, cam_to_ego)
+        if resized:
+            boxes = self.predictor.predict(images, intrinsics, cam_to_ego, resized=True)
+        else:
+            boxes = self.predictor.predict(images, intrinsics, cam_to_ego)
         model_ms = (time.perf_counter() - start) * 1e3
+        publish_start = time.perf_counter()
         boxes = boxes[boxes.score >= self._score_threshold]
         header = Header(stamp=ns_to_stamp(synced.stamp_ns), frame_id=self._base_frame)
         detections = boxes_to_detections(boxes, header)
         markers = boxes_to_markers(boxes, header, self._marker_style) if self.markers_pub is not None else None
-        now_ns = time.monotonic_ns()
         first_ns = min(frame.received_ns for frame in synced.items.values())
+        ready_ns = max(frame.ready_ns for frame in synced.items.values())
         # Counted before publishing, so a subscriber that has the message also sees it counted.
         with self._lock:
             self.counts["published"] += 1
             self.counts["boxes"] += len(boxes)
-            self._output_rate.tick(now_ns)
-            self._model_ms.add(model_ms)
-            self._e2e_ms.add((now_ns - first_ns) / 1e6)
         self.detections_pub.publish(detections)
         if markers is not None:
             self.markers_pub.publish(markers)
+        now_ns = time.monotonic_ns()
+        publish_ms = (time.perf_counter() - publish_start) * 1e3
+        sync_ms = max(0, submitted_ns - ready_ns) / 1e6 if ready_ns else 0.0
+        overhead_ms = sum(frame.convert_ms for frame in synced.items.values()) + sync_ms + publish_ms
+        with self._lock:
+            self._output_rate.tick(now_ns)
+            self._model_ms.add(model_ms)
+            self._e2e_ms.add((now_ns - first_ns) / 1e6)
+            self._queue_ms.add((begin_ns - submitted_ns) / 1e6)
+            self._overhead_ms.add(overhead_ms)
+            self._overhead_ratio.add(overhead_ms / model_ms if model_ms > 0 else math.nan)
         return True
 
     # ------------------------------------------------------------------------------- diagnostics
@@ -504,7 +600,9 @@ class DetectorNode(Node):
             values["published"] = self.counts["published"]
             values["output_rate_hz"] = self._output_rate.rate_hz(now_ns)
             values["boxes_published"] = self.counts["boxes"]
-            for key, window in (("model_ms", self._model_ms), ("end_to_end_ms", self._e2e_ms)):
+            for key, window in (("model_ms", self._model_ms), ("end_to_end_ms", self._e2e_ms),
+                                ("convert_ms", self._convert_ms), ("overhead_ms", self._overhead_ms),
+                                ("overhead_ratio", self._overhead_ratio), ("queue_ms", self._queue_ms)):
                 for stat, value in window.summary().items():
                     values[f"{key}.{stat}"] = value
             values["sets_without_extrinsics"] = self.counts["sets_without_extrinsics"]

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import (
@@ -528,7 +529,8 @@ def steady_timer(node, period_s: float, callback: Callable[[], Any]):
 
 
 class LatencyWindow:
-    """Last ``size`` latencies (ms): last, mean, max."""
+    """Last ``size`` latencies (ms, or any per-frame figure): last, mean, max and the percentiles
+    p50 / p90 / p99 (linear interpolation between the values, numpy's default)."""
 
     def __init__(self, size: int = 100) -> None:
         self._values: collections.deque[float] = collections.deque(maxlen=size)
@@ -541,8 +543,11 @@ class LatencyWindow:
 
     def summary(self) -> dict[str, float]:
         if not self._values:
-            return {"last": math.nan, "mean": math.nan, "max": math.nan}
-        return {"last": self._values[-1], "mean": sum(self._values) / len(self._values), "max": max(self._values)}
+            return {"last": math.nan, "mean": math.nan, "max": math.nan, "p50": math.nan, "p90": math.nan,
+                    "p99": math.nan}
+        p50, p90, p99 = (float(v) for v in np.percentile(np.asarray(self._values), (50, 90, 99)))
+        return {"last": self._values[-1], "mean": sum(self._values) / len(self._values), "max": max(self._values),
+                "p50": p50, "p90": p90, "p99": p99}
 
 
 class ThrottledLog:

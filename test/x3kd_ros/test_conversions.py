@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message
@@ -14,6 +15,7 @@ from x3kd_core.structures import DETECTION_CLASSES, Boxes3D
 from x3kd_ros.conversions import (
     CLASS_COLORS_RGB,
     ConversionError,
+    ImageSizeError,
     MarkerStyle,
     boxes_to_detections,
     boxes_to_markers,
@@ -188,6 +190,65 @@ def test_image_to_rgb_matches_cv_bridge(encoding, pad):
     wire = deserialize_message(serialize_message(msg), Image)  # data as rclpy hands it to a callback
     for m in (msg, wire):
         assert np.array_equal(image_to_rgb(m), expected)
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "bayer_rggb8", "uyvy"])
+@pytest.mark.parametrize("pad", [0, 6])
+def test_resize_from_the_buffer_equals_convert_then_resize(encoding, pad):
+    """What the detector node does at receive time: the network input in one resize from the
+    message buffer, byte-equal to the full-size conversion followed by the Predictor's resize."""
+    from x3kd_core.data.nuscenes import ImageTransform
+
+    rng = np.random.default_rng(5)
+    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "uyvy": 2}.get(encoding, 1)
+    pixels = rng.integers(0, 256, (90, 160, channels) if channels > 1 else (90, 160), dtype=np.uint8)
+    msg = _packed(pixels, encoding, pad) if channels != 2 else _raw_image(pixels, encoding, pad)
+    tf = ImageTransform.fit((90, 160), (32, 48), None, 0.0)
+    small = image_to_rgb(msg, resize=tf)
+    assert small.shape == (32, 48, 3) and small.dtype == np.uint8
+    assert np.array_equal(small, tf.apply(image_to_rgb(msg), cv2.INTER_LINEAR))
+
+
+def test_resize_from_the_buffer_makes_no_full_size_copy():
+    """A 1600 x 900 rgb8 / bgr8 image resized to 176 x 99: the largest new array is the resized
+    image (52 kB), never a full-size RGB copy (4.3 MB). numpy and OpenCV's Python bindings
+    allocate output arrays through numpy, which tracemalloc sees."""
+    import tracemalloc
+
+    from x3kd_core.data.nuscenes import ImageTransform
+
+    rgb = _rgb(900, 1600)
+    tf = ImageTransform.fit((900, 1600), (64, 176), None, 0.0)
+    for encoding in ("rgb8", "bgr8"):
+        msg = rgb_to_image(rgb, encoding=encoding)
+        image_to_rgb(msg, resize=tf)  # warm-up (OpenCV's own buffers)
+        tracemalloc.start()
+        try:
+            small = image_to_rgb(msg, resize=tf)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert small.shape == (64, 176, 3)
+        assert peak < 0.5e6, (encoding, peak)
+    tracemalloc.start()
+    try:
+        tf.apply(image_to_rgb(rgb_to_image(rgb, encoding="bgr8")), cv2.INTER_LINEAR)
+        _, peak_full = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak_full > 4e6  # the check above can see a full-size copy
+
+
+def test_compressed_resize_and_size_check():
+    from x3kd_core.data.nuscenes import ImageTransform
+
+    msg = rgb_to_compressed(_rgb(90, 160), fmt="png")
+    tf = ImageTransform.fit((90, 160), (32, 48), None, 0.0)
+    assert np.array_equal(compressed_to_rgb(msg, resize=tf, expected_hw=(90, 160)),
+                          tf.apply(compressed_to_rgb(msg), cv2.INTER_LINEAR))
+    with pytest.raises(ImageSizeError, match="decodes to 90 x 160, expected 45 x 80") as err:
+        compressed_to_rgb(msg, resize=tf, expected_hw=(45, 80))
+    assert err.value.actual_hw == (90, 160)
 
 
 def test_cv_bridge_reads_a_padded_step_wrongly_so_it_never_gets_one():

@@ -104,14 +104,18 @@ def graph(ros_context):
         sensors.node.destroy_node()
 
 
-def test_one_detection_array_per_synchronized_frame(ros_context, graph, student_checkpoint, spin_until, spin_for):
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_one_detection_array_per_synchronized_frame(ros_context, graph, student_checkpoint, spin_until, spin_for,
+                                                    backend):
+    """Published boxes equal the node's Predictor called on the full-size images (the node resizes
+    at receive time: same numbers), with either backend."""
     executor, sensors, add = graph
     node = add(DetectorNode(context=ros_context, cli_args=[
         "--ros-args", "-p", f"checkpoint:={student_checkpoint}", "-p", "device:=cpu",
         "-p", "extrinsics_source:=tf_static", "-p", "qos.input.reliability:=reliable",
-        "-p", "processing_queue_size:=4",
+        "-p", "processing_queue_size:=4", "-p", f"backend:={backend}",
     ]))
-    assert node.predictor.cameras == CAMERA_NAMES
+    assert node.predictor.cameras == CAMERA_NAMES and node.predictor.backend == backend
     assert spin_until(executor, sensors.matched), "detector did not subscribe to every camera"
     sensors.publish_tf_static()
     for cam in CAMERA_NAMES:
@@ -160,6 +164,11 @@ def test_one_detection_array_per_synchronized_frame(ros_context, graph, student_
     assert (values["published"], values["sync.emitted"], values["sync.partial"], values["busy_drops"]) == (3, 3, 0, 0)
     assert values["model_ms.mean"] > 0 and values["end_to_end_ms.max"] >= values["model_ms.max"]
     assert all(values[f"{c}.received"] == 3 for c in CAMERA_NAMES)
+    # Percentiles and the overhead split, per set (3 sets) and per image (18 conversions).
+    assert values["model_ms.p50"] <= values["model_ms.p90"] <= values["model_ms.p99"] <= values["model_ms.max"]
+    assert 0 < values["convert_ms.p50"] and 0 < values["overhead_ms.p50"] <= values["end_to_end_ms.max"]
+    assert values["overhead_ratio.p50"] == pytest.approx(values["overhead_ms.p50"] / values["model_ms.p50"], rel=1.0)
+    assert all(f"{key}.{stat}" in values for key in ("queue_ms", "overhead_ratio") for stat in ("p50", "p90", "p99"))
 
 
 class FakePredictor:
@@ -268,6 +277,55 @@ def test_model_errors_are_counted_not_fatal(ros_context, graph, spin_until):
     assert node.publish_diagnostics().level == DiagnosticStatus.ERROR
 
 
+class BlockingPredictor(FakePredictor):
+    """The first call waits for ``release``: the model is busy while later sets arrive."""
+
+    def __init__(self):
+        super().__init__()
+        import threading
+
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def predict(self, images, intrinsics, cam_to_ego):
+        if not self.calls:
+            self.started.set()
+            self.release.wait(20.0)
+        return super().predict(images, intrinsics, cam_to_ego)
+
+
+@pytest.mark.parametrize("queue_size", [1, 2])
+def test_a_busy_model_drops_the_oldest_waiting_sets_latest_wins(ros_context, graph, spin_until, spin_for, queue_size):
+    """Drop policy: while the model is busy at most processing_queue_size sets wait; every newer set
+    pushes out the oldest waiting one (counted, WARN), and the newest sets are the ones run."""
+    executor, sensors, add = graph
+    predictor = BlockingPredictor()
+    node = add(DetectorNode(predictor, context=ros_context, cli_args=[
+        "--ros-args", "-p", "extrinsics_source:=file", "-p", "calibration_file:=calibration_synthetic.yaml",
+        "-p", "qos.input.reliability:=reliable", "-p", "diagnostics_period_s:=0.2",
+        "-p", f"processing_queue_size:={queue_size}"]))
+    _calibrate(executor, sensors, node, spin_until)
+    base_ns = 1_800_000_000 * 10**9
+    stamps = [base_ns + f * 83_000_000 for f in range(7)]  # 12 Hz
+    _publish_frame(sensors, stamps[0])
+    assert spin_until(executor, predictor.started.is_set)
+    for stamp in stamps[1:]:
+        _publish_frame(sensors, stamp)
+        # The synchronizer emits each set as soon as it is complete; the model is still busy.
+        assert spin_until(executor, lambda: node.sync.stats.emitted == stamps.index(stamp) + 1)
+        assert len(node.worker._queue) <= queue_size  # never a growing queue
+    predictor.release.set()
+    kept = [stamps[0], *stamps[-queue_size:]]
+    assert spin_until(executor, lambda: len(sensors.detections) == len(kept))
+    spin_for(executor, 0.5)  # nothing else comes
+    got = [d.header.stamp.sec * 10**9 + d.header.stamp.nanosec for d in sensors.detections]
+    assert got == kept
+    values = node.diagnostics_values()
+    assert values["busy_drops"] == len(stamps) - len(kept) and values["published"] == len(kept)
+    # Reported as it happened (several reports may split the count), WARN level.
+    assert spin_until(executor, lambda: any(s.level == DiagnosticStatus.WARN and "busy_drops +" in s.message
+                                            for s in _detector_statuses(sensors)))
+
+
 def test_bad_parameters_are_rejected_with_every_reason(ros_context):
     with pytest.raises(ParameterError) as err:
         _fake_node(ros_context, "-p", "image_transport:=h264", "-p", "score_threshold:=1.5",
@@ -286,6 +344,8 @@ def test_bad_parameters_are_rejected_with_every_reason(ros_context):
         DetectorNode(context=ros_context, cli_args=["--ros-args", "-p", "calibration_file:=calibration_synthetic.yaml"])
     with pytest.raises(ParameterError, match=r"calibration_file.*not found"):
         _fake_node(ros_context, "-p", "calibration_file:=no_such_calibration.yaml")
+    with pytest.raises(ParameterError, match=r"backend = 'tensorrt': must be one of 'torch', 'onnxruntime'"):
+        _fake_node(ros_context, "-p", "backend:=tensorrt")
 
     # An integer for a double is fine; per-camera lists follow the cameras and the transport.
     node = _fake_node(ros_context, "-p", "score_threshold:=0", "-p", "cameras:=[CAM_BACK,CAM_FRONT]",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -78,7 +79,10 @@ def test_latency_window_keeps_the_last_values():
     window = LatencyWindow(size=3)
     for value in (10.0, 20.0, 30.0, 60.0):
         window.add(value)
-    assert window.summary() == {"last": 60.0, "mean": pytest.approx(110 / 3), "max": 60.0}
+    assert window.summary() == {"last": 60.0, "mean": pytest.approx(110 / 3), "max": 60.0, "p50": 30.0,
+                                "p90": pytest.approx(54.0), "p99": pytest.approx(59.4)}
+    empty = LatencyWindow().summary()
+    assert set(empty) == {"last", "mean", "max", "p50", "p90", "p99"} and all(math.isnan(v) for v in empty.values())
 
 
 def test_throttled_log_reports_what_it_suppressed():
