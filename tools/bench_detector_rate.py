@@ -7,6 +7,8 @@
     .venv/bin/python tools/bench_detector_rate.py --launch             # the graph as users start it:
                                                                        # ros2 launch x3kd_ros detector.launch.py
     .venv/bin/python tools/bench_detector_rate.py --fastdds-profile off  # publisher on Fast DDS defaults
+    .venv/bin/python tools/bench_detector_rate.py --backend onnxruntime  # the network in onnxruntime
+    .venv/bin/python tools/bench_detector_rate.py --model-config config/model/student_small.yaml
 
 What it does
     1. Applies the ROS network rule (x3kd_ros.ros_env.apply_network_rule) with a private domain id
@@ -39,6 +41,14 @@ What it does
        (``busy_drops``), end-to-end latency percentiles (receive time of the detections here minus
        the time the last image of that set was published here, same monotonic clock), the node's
        model time (``model_ms`` of /diagnostics) and node overhead = end-to-end - model time.
+    6. The node's own split, per set, from /diagnostics (last 100 sets, p50 / p90 / p99):
+       ``overhead_ms`` = its images' conversion + resize + the synchronizer's wait after the last
+       image + building and publishing the messages, ``overhead_ratio`` = overhead_ms / model_ms,
+       ``queue_ms`` (wait for a busy model), ``convert_ms`` per image.
+    0. Before the node starts: the per-camera conversion + resize cost on its own, in this process
+       (``--width`` x ``--height`` rgb8 and bgr8 messages -> the checkpoint's network input;
+       median of 30 calls): the node's one-call path (x3kd_ros.conversions.image_to_rgb(resize=))
+       and, for comparison, the full-size conversion followed by the resize.
 
 Numbers depend on the machine's load: the publisher, the DDS transport (large images are
 fragmented over UDP on loopback; best effort loses fragments under load) and the model share the
@@ -85,6 +95,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="timed publishing window (s)")
     p.add_argument("--warmup-sets", type=int, default=3, help="untimed sets first (model warm-up)")
     p.add_argument("--device", default="cpu", help="detector device parameter: auto | cpu | cuda | cuda:N")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"), help="detector backend parameter")
     p.add_argument("--checkpoint", default="", help="camera-student checkpoint; empty = write a tiny untrained one")
     p.add_argument("--model-config", default="config/model/student_tiny.yaml",
                    help="model YAML of the untrained checkpoint (when --checkpoint is empty)")
@@ -146,6 +157,8 @@ def start_launch(args: argparse.Namespace, checkpoint: Path, log_path: Path, env
     if not (Path(sys.executable).parent / "ros2").is_file():
         raise SystemExit("--launch needs the ros2 command in the venv (tools/setup.sh installs the vendored "
                          "ROS 2 tools from ../shared/vendor/ros2)")
+    if args.backend != "torch":
+        raise SystemExit("--launch passes no backend argument (the launch file has none): run without --launch")
     launch = (f"ros2 launch x3kd_ros detector.launch.py checkpoint:={checkpoint} device:={args.device} "
               f"fastdds_profile:={args.detector_fastdds_profile or args.fastdds_profile}")
     print("detector: " + launch, flush=True)
@@ -198,7 +211,7 @@ def start_detector(args: argparse.Namespace, checkpoint: Path, log_path: Path, e
     exe = Path(sys.executable).parent / "x3kd_detector"
     cmd = [str(exe) if exe.is_file() else "x3kd_detector", "--ros-args", "-r", f"__node:={NODE_NAME}",
            "--params-file", args.params_file,
-           "-p", f"checkpoint:={checkpoint}", "-p", f"device:={args.device}",
+           "-p", f"checkpoint:={checkpoint}", "-p", f"device:={args.device}", "-p", f"backend:={args.backend}",
            # Extrinsics from our /tf_static only: a missing transform must show, not be filled in.
            "-p", "extrinsics_source:=tf_static",
            # Twice a second, so the before / after snapshots are close to the timed window.
@@ -352,6 +365,36 @@ class Bench:
         return None
 
 
+def conversion_cost(checkpoint: Path, width: int, height: int, calls: int = 30) -> dict[str, float]:
+    """Median ms per camera image: message -> network input (module docstring, step 0)."""
+    import cv2
+
+    from x3kd_core.config import from_dict
+    from x3kd_core.data.nuscenes import ImageTransform
+    from x3kd_core.experiment import ExperimentConfig
+    from x3kd_core.train.checkpoint import load_checkpoint
+    from x3kd_ros.conversions import image_to_rgb, rgb_to_image
+
+    exp = from_dict(ExperimentConfig, load_checkpoint(checkpoint, ("StudentTask",))["config"])
+    tf = ImageTransform.fit((height, width), tuple(exp.image_hw), exp.data.resize_scale,
+                            exp.data.crop_bottom_fraction)
+    rgb = np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = {"network_hw": list(exp.image_hw)}
+    for encoding in ("rgb8", "bgr8"):
+        msg = rgb_to_image(rgb, encoding=encoding)
+        for name, fn in ((f"{encoding} one resize from the buffer", lambda: image_to_rgb(msg, resize=tf)),
+                         (f"{encoding} full-size convert, then resize",
+                          lambda: tf.apply(np.ascontiguousarray(image_to_rgb(msg)), cv2.INTER_LINEAR))):
+            fn()
+            times = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+            out[name] = statistics.median(times)
+    return out
+
+
 def publish_loop(bench: Bench, rate_hz: float, n_sets: int, base_stamp_ns: int, stop: threading.Event) -> list[int]:
     """Publish ``n_sets`` sets at ``rate_hz`` on a fixed schedule (no drift); returns their stamps."""
     period_ns = int(1e9 / rate_hz)
@@ -413,6 +456,11 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         checkpoint = write_tiny_checkpoint(args.model_config, work / "student_tiny.pt")
         print(f"checkpoint: {checkpoint} (untrained, written in {time.perf_counter() - t0:.1f} s)", flush=True)
+
+    conv = conversion_cost(checkpoint, args.width, args.height)
+    print(f"per-camera conversion + resize ({args.width}x{args.height} -> {conv['network_hw'][1]}x"
+          f"{conv['network_hw'][0]}, median of 30, this process): " +
+          "; ".join(f"{k} {v:.2f} ms" for k, v in conv.items() if k != "network_hw"), flush=True)
 
     import rclpy
     from rclpy.context import Context
@@ -552,6 +600,20 @@ def run(args: argparse.Namespace) -> int:
           f"median of per-report last {model_med:.1f} ({len(model_last)} reports)")
     print(f"node overhead ms        p50 {p50 - model_med:.1f}  p90 {p90 - model_med:.1f}  "
           f"(end-to-end percentile - median model time)")
+
+    def pcts(key: str, fmt: str = "{:.1f}") -> str:
+        return "  ".join(f"{q} " + fmt.format(_num(a, f"{key}.{q}")) for q in ("p50", "p90", "p99"))
+
+    print(f"node model_ms           {pcts('model_ms')}  (/diagnostics, last 100 sets)")
+    print(f"node end_to_end_ms      {pcts('end_to_end_ms')}  (first image received -> published)")
+    print(f"node overhead_ms        {pcts('overhead_ms', '{:.2f}')}  (per set: conversion + resize of its images + "
+          f"sync wait + publish)")
+    print(f"node overhead / model   {pcts('overhead_ratio', '{:.3f}')}  (per set ratio)")
+    print(f"node convert_ms         {pcts('convert_ms', '{:.2f}')}  (per image, in the node)")
+    print(f"node queue_ms           {pcts('queue_ms')}  (set waiting for a busy model)")
+    dropped = len(stamps) - len(lat_ms)
+    print(f"frames dropped          {dropped} of {len(stamps)} (busy_drops {delta('busy_drops'):.0f}, sync dropped "
+          f"{delta('sync.dropped_sets'):.0f}; backend {args.backend})")
     total_published = (len(warm) + len(stamps)) * len(cams)
     total_received = sum(_num(a, f"{c}.received") for c in cams)
     print(f"all images (node total) {total_received:.0f} / {total_published} published, warm-up included")
@@ -573,6 +635,10 @@ def run(args: argparse.Namespace) -> int:
             "sync_emitted": delta("sync.emitted"), "sync_partial": delta("sync.partial"),
             "busy_drops": delta("busy_drops"), "detections_received": len(lat_ms),
             "latency_ms_p50": p50, "latency_ms_p90": p90, "load_average": list(load), "exit_code": code,
+            "latency_ms_p99": percentile(lat_ms, 99), "backend": args.backend, "conversion_ms": conv,
+            "frames_dropped": len(stamps) - len(lat_ms),
+            "node": {key: {q: _num(a, f"{key}.{q}") for q in ("p50", "p90", "p99")}
+                     for key in ("model_ms", "end_to_end_ms", "overhead_ms", "overhead_ratio", "convert_ms", "queue_ms")},
             "diagnostics_level": bench.last_message[0], "diagnostics_message": bench.last_message[1],
         }
         Path(args.json).write_text(json.dumps(summary, indent=1, default=float))

@@ -41,6 +41,9 @@ class OnnxStudentRunner:
         options.intra_op_num_threads = int(num_threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # No spin-waiting between ops (onnxruntime's default spins): on a CPU shared with other busy
+        # processes spinning threads steal the cores, as OMP_WAIT_POLICY=ACTIVE does for torch.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, options, providers=list(providers))
         self._image_dtype = np.float16 if self.info.fp16 else np.float32
