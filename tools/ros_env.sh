@@ -7,7 +7,9 @@
 # It activates the venv (PATH, VIRTUAL_ENV), puts the venv first on AMENT_PREFIX_PATH (the ament
 # index ros2 / launch_ros search for x3kd_ros, vision_msgs, ...) and applies the project's network
 # rule (x3kd_ros/ros_env.py): DDS discovery stays on this machine, a ROS_DOMAIN_ID (the one already
-# set is kept, else one derived from this shell's pid, 1..101), rcl logs under build/ros_log.
+# set is kept, else one in 1..101 derived from your user id and this checkout's path, so every
+# terminal that sources this file joins the same domain: the graph in one, a replay in another),
+# rcl logs under build/ros_log.
 # On a full ROS 2 install with a colcon workspace, `source install/setup.bash` is the equivalent.
 # Knob: X3KD_VENV (default <repo>/.venv), as for tools/setup.sh.
 
@@ -26,7 +28,7 @@ else
   export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
   export ROS_LOCALHOST_ONLY=1
   case "${ROS_DOMAIN_ID:-}" in
-    ''|*[!0-9]*) export ROS_DOMAIN_ID=$((1 + $$ % 101)) ;;
+    ''|*[!0-9]*) export ROS_DOMAIN_ID=$((1 + $(printf '%s:%s' "$(id -u)" "$_x3kd_repo" | cksum | cut -d' ' -f1) % 101)) ;;
   esac
   export ROS_LOG_DIR="${ROS_LOG_DIR:-$_x3kd_repo/build/ros_log}"
   mkdir -p "$ROS_LOG_DIR"
