@@ -1,6 +1,6 @@
 """The README's ROS 2 examples, run as written, so the README cannot drift from what works.
 
-Every fenced code block from the README's first ``## ROS 2`` heading up to ``## Numbers`` is read
+Every fenced code block of the README's sections ``## ROS 2 ...`` and ``## Big images ...`` is read
 from README.md when the test runs (nothing is copied here). Each shell block runs with bash in a
 sandbox that looks like a checkout after the set-up: every top-level entry of this repository linked
 in (the venv too), and in place of the trained models and the small dataset the README names,
@@ -49,17 +49,19 @@ BLOCK_TIMEOUT_S = 300.0
 _NOT_LINKED = {".git", "runs", "data", "build", "install", "log", "logs", ".pytest_cache"}
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[ \t]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
                     re.MULTILINE | re.DOTALL)
+#: Headings (after "## ") of the README sections whose code blocks are run.
+ROS_SECTIONS = ("ROS 2", "Big images")
 _TERMINAL = re.compile(r"^# terminal (\d+)\b")
 _ROS_COMMAND = re.compile(r"\bros2 |x3kd_ros\.replay|x3kd_run_graph")
 _DAEMON_VERBS = re.compile(r"\bros2 (topic|node|param|service|action|interface) ")
 
 
 def readme_ros_blocks() -> list[tuple[str, str]]:
-    """(language, text) of every fenced block from the first ``## ROS 2`` heading to ``## Numbers``."""
-    text = README.read_text()
-    start, end = text.find("\n## ROS 2"), text.find("\n## Numbers")
-    assert 0 < start < end, "README.md: expected '## ROS 2 ...' sections before '## Numbers'"
-    return [(m.group("lang"), textwrap.dedent(m.group("body"))) for m in _FENCE.finditer(text[start:end])]
+    """(language, text) of every fenced block of the README's ROS sections (:data:`ROS_SECTIONS`)."""
+    sections = re.split(r"^## ", README.read_text(), flags=re.MULTILINE)[1:]
+    ros = [s for s in sections if s.startswith(ROS_SECTIONS)]
+    assert len(ros) >= 4, f"README.md: expected the sections {ROS_SECTIONS}, found {[s.split(chr(10))[0] for s in ros]}"
+    return [(m.group("lang"), textwrap.dedent(m.group("body"))) for s in ros for m in _FENCE.finditer(s)]
 
 
 def split_terminals(block: str) -> list[str]:
