@@ -9,7 +9,7 @@ and the executables in ``lib/x3kd_ros``, exactly as on a ROS 2 install. The tool
 The colcon tests do what a ROS user does with a source checkout: a workspace whose ``src/`` holds
 this repository, ``colcon build --packages-select x3kd_ros`` (colcon from tools/requirements.txt,
 run with the venv's Python), ``source install/setup.bash`` over the venv's ROS shell, and then
-``ros2 pkg prefix`` / ``ros2 launch`` find the workspace's copy, not the venv's.
+``ros2 pkg prefix`` / ``ros2 launch`` / ``ros2 run`` find the workspace's copy, not the venv's.
 
 Ctrl-C is sent as a terminal sends it: SIGINT to the whole process group (launch / ros2 run and
 every node), so each node sees it twice (the terminal's and launch's own); each must still end
@@ -378,3 +378,29 @@ def test_colcon_workspace_launch_with_sim_time_follows_the_replayed_bag_clock(
         probe.close()
     assert "process has died" not in output and "Traceback" not in output
     assert _finished_cleanly(output) == ["x3kd_detector-1"]
+
+
+def test_colcon_workspace_ros2_run_detector(colcon_workspace, ros_context, student_checkpoint, tmp_path):
+    """`ros2 run x3kd_ros x3kd_detector` from the workspace: the workspace's executable starts, its
+    detector comes up (publisher + /diagnostics), and Ctrl-C ends it within 5 s with code 0."""
+    ws = colcon_workspace
+    probe = Probe(ros_context)
+    node = Started(_in_workspace(ws, f"exec ros2 run x3kd_ros x3kd_detector --ros-args -p checkpoint:={student_checkpoint} "
+                                     "-p device:=cpu -r __node:=x3kd_detector_ws"), tmp_path / "run.log", cwd=ws)
+    try:
+        up = probe.wait_for(lambda: any(s.name.startswith("x3kd_detector_ws") for s in probe.diagnostics)
+                            and probe.node.count_publishers(topics.DETECTIONS_TOPIC) == 1, 150.0)
+        assert up and node.process.poll() is None, node.text()[-3000:]
+        # ros2 run starts the executable it found as its child: the workspace's console script.
+        children = Path(f"/proc/{node.process.pid}/task/{node.process.pid}/children").read_text().split()
+        cmdlines = [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children]
+        exe = str(ws / "install" / "x3kd_ros" / "lib" / "x3kd_ros" / "x3kd_detector").encode()
+        assert any(exe in c for c in cmdlines), cmdlines
+        code, seconds = node.ctrl_c(timeout_s=30.0)
+        print(f"\ncolcon workspace ros2 run: Ctrl-C -> exit {code} after {seconds:.2f} s")
+        text = node.text()
+        assert code == 0 and seconds < SHUTDOWN_LIMIT_S, f"exit {code} after {seconds:.1f} s:\n{text[-3000:]}"
+        assert "Traceback" not in text
+    finally:
+        node.close()
+        probe.close()
