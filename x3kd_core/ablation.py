@@ -28,7 +28,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -71,6 +71,9 @@ class AblationPlan:
     baseline / reference: the two variants the bar compares (reference must beat baseline).
     results_dir / runs_dir: committed result JSON / uncommitted run folders (repo-relative).
     notes: free text copied under the table.
+    extra: overrides given on the command line (``x3kd ablate --set``), applied after ``common``
+        and before the variant's own: how the same plan runs on another world
+        (``--set data.dataroot=...``) or with other teachers (``--set teachers.lidar=...``).
     """
 
     name: str
@@ -85,10 +88,21 @@ class AblationPlan:
     runs_dir: str = ""
     notes: str = ""
     source: str = ""
+    extra: tuple[str, ...] = ()
 
     def overrides(self, variant: str, seed: int) -> list[str]:
         """All ``--set`` assignments of one run, in the order they are applied."""
-        return [*self.common, *self.variants[variant], f"train.seed={seed}"]
+        return [*self.common, *self.extra, *self.variants[variant], f"train.seed={seed}"]
+
+    def command_options(self) -> list[str]:
+        """The ``x3kd ablate`` options that re-create this plan from its file (``--set``,
+        ``--results``, ``--runs``), for child processes and result records."""
+        opts = [arg for value in self.extra for arg in ("--set", value)]
+        if self.results_dir:
+            opts += ["--results", str(self.results_path)]
+        if self.runs_dir:
+            opts += ["--runs", str(self.runs_path)]
+        return opts
 
     @property
     def results_path(self) -> Path:
@@ -117,8 +131,12 @@ def _str_list(value, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def load_plan(path: str | os.PathLike, *, check_experiments: bool = True) -> AblationPlan:
+def load_plan(path: str | os.PathLike, *, check_experiments: bool = True, extra: Sequence[str] = (),
+              results_dir: str | None = None, runs_dir: str | None = None) -> AblationPlan:
     """Read and validate a plan YAML.
+
+    ``extra`` (command-line ``--set`` overrides, see :class:`AblationPlan`), ``results_dir`` and
+    ``runs_dir`` replace or extend what the file says.
 
     With ``check_experiments`` every variant's experiment is loaded (with seed 0) so that a bad
     override fails here, naming ``variants.<name>``, not an hour into the ablation.
@@ -156,8 +174,12 @@ def load_plan(path: str | os.PathLike, *, check_experiments: bool = True) -> Abl
         common=_str_list(raw.get("common"), "common"), variants=variants, seeds=tuple(seeds),
         baseline=str(raw.get("baseline", "baseline")), reference=str(raw.get("reference", "x3kd")),
         results_dir=str(raw.get("results_dir", "")), runs_dir=str(raw.get("runs_dir", "")),
-        notes=str(raw.get("notes", "")), source=str(path),
+        notes=str(raw.get("notes", "")), source=str(path), extra=tuple(extra),
     )
+    if results_dir:
+        plan = replace(plan, results_dir=str(Path(results_dir).resolve()))
+    if runs_dir:
+        plan = replace(plan, runs_dir=str(Path(runs_dir).resolve()))
     for key in ("baseline", "reference"):
         if getattr(plan, key) not in variants:
             raise ConfigError(f"{key}: {getattr(plan, key)!r} is not one of the variants {list(variants)}")
@@ -166,7 +188,8 @@ def load_plan(path: str | os.PathLike, *, check_experiments: bool = True) -> Abl
             try:
                 load_experiment(_experiment_path(plan), plan.overrides(name, plan.seeds[0]))
             except ConfigError as err:
-                raise ConfigError(f"variants.{name}: {err}") from None
+                where = f"variants.{name}" if not extra else f"variants.{name} (with --set {' '.join(extra)})"
+                raise ConfigError(f"{where}: {err}") from None
     return plan
 
 
@@ -243,7 +266,10 @@ def result_record(exp, result, *, command: str, commit: Optional[str], started: 
         "sec_per_step": result.train_wall_s / max(result.step, 1),
         "eval_split": exp.data.val_split,
         "eval_samples": m.get("num_samples"),
-        "metrics": {k: float(m[k]) for k in METRICS},
+        # Detectors: the nuScenes metrics; other kinds (the instance-segmentation teacher): their
+        # own scalar metrics (mask AP, ...).
+        "metrics": ({k: float(m[k]) for k in METRICS} if all(k in m for k in METRICS) else
+                    {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}),
         "ap_per_class": {k: float(v) for k, v in m.get("ap_per_class", {}).items()},
         "last_losses": result.last_losses,
     }
@@ -276,7 +302,8 @@ def run_one(plan: AblationPlan, variant: str, seed: int, *, device: Optional[str
         "experiment": plan.experiment,
         "overrides": overrides,
         **result_record(exp, result, started=started, commit=commit,
-                        command=f"x3kd ablate --plan {plan.source or plan.name} --variants {variant} --seeds {seed}"),
+                        command=" ".join(["x3kd ablate --plan", plan.source or plan.name, *plan.command_options(),
+                                          "--variants", variant, "--seeds", str(seed)])),
     }
     write_record(result_path(plan, variant, seed), record)
     return record
@@ -329,8 +356,7 @@ def run_plan(plan: AblationPlan, *, variants: Optional[Sequence[str]] = None, se
         while queue and len(running) < jobs:
             variant, seed = queue.pop(0)
             cmd = [sys.executable, "-m", "x3kd_core.cli", "ablate", "--plan", str(Path(plan.source).resolve()),
-                   "--variants", variant,
-                   "--seeds", str(seed)]
+                   *plan.command_options(), "--variants", variant, "--seeds", str(seed)]
             if device:
                 cmd += ["--device", device]
             log = open(log_dir / f"{variant}_seed{seed}.log", "w")

@@ -189,7 +189,8 @@ def _cmd_ablate(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # A child run (one variant, one seed) need not re-check every variant's experiment.
     single = args.variants is not None and args.seeds is not None and "," not in args.variants + args.seeds
-    plan = load_plan(args.plan, check_experiments=not (single or args.report))
+    plan = load_plan(args.plan, check_experiments=not (single or args.report), extra=args.set or (),
+                     results_dir=args.results, runs_dir=args.runs)
     if args.report:
         benchmarks = None if args.benchmarks == "none" else Path(args.benchmarks)
         report = write_report(plan, benchmarks)
@@ -390,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--variants", default=None, help="comma-separated subset of the plan's variants")
     ablate.add_argument("--seeds", default=None, help="comma-separated subset / other seeds (default: the plan's)")
     ablate.add_argument("--jobs", type=int, default=1, help="runs at once (child processes sharing the cores)")
+    ablate.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                        help="override a config value of every run, after the plan's common ones (repeatable), "
+                             "e.g. --set data.dataroot=<another world> --set teachers.lidar=<PT>")
+    ablate.add_argument("--results", default=None, help="result folder (default: the plan's results_dir)")
+    ablate.add_argument("--runs", default=None, help="run folder (default: the plan's runs_dir)")
     ablate.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     ablate.add_argument("--list", action="store_true", help="only print the runs that have no result file yet")
     ablate.add_argument("--report", action="store_true",

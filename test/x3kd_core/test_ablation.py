@@ -124,7 +124,9 @@ def test_bad_plans_name_the_key(tiny_dataset, tiny_teachers, tmp_path):
 def test_the_shipped_plans_load():
     for path in sorted((REPO_ROOT / "config" / "ablation").glob("*.yaml")):
         plan = load_plan(path, check_experiments=False)
-        assert plan.baseline in plan.variants and plan.reference in plan.variants and len(plan.seeds) >= 3
+        assert plan.baseline in plan.variants and plan.reference in plan.variants
+        # Every benchmark plan has >= 3 seeds; the smoke plan of tools/rerun_ablation.sh's CI test has one.
+        assert len(plan.seeds) >= 3 or plan.name == "x3kd_tiny", plan.name
 
 
 def test_jobs_run_child_processes(tiny_dataset, tiny_teachers, tmp_path, capsys):
