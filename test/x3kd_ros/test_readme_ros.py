@@ -153,9 +153,11 @@ def run_block(block: str, sandbox: Path, env: dict, log_dir: Path, name: str) ->
     run.wall_s = time.monotonic() - start
     for i, (code, seconds) in enumerate(zip(run.codes, run.stop_seconds)):
         assert code == 0 and seconds < SHUTDOWN_LIMIT_S, \
-            f"README block {name}: Ctrl-C in terminal {i + 1} -> exit {code} after {seconds:.1f} s\n{run.logs[i][-3000:]}"
+            f"README block {name}: Ctrl-C in terminal {i + 1} -> exit {code} after {seconds:.1f} s\n" \
+            f"{run.logs[i][-3000:]}"
     for i, log in enumerate(run.logs):
-        assert "Traceback" not in log and "process has died" not in log, f"README block {name}, terminal {i + 1}:\n{log[-3000:]}"
+        assert "Traceback" not in log and "process has died" not in log, \
+            f"README block {name}, terminal {i + 1}:\n{log[-3000:]}"
     return run
 
 
@@ -237,6 +239,6 @@ def test_readme_ros_examples_run_as_written(sandbox, tmp_path):
         if "export FASTDDS_DEFAULT_PROFILES_FILE" in block:
             script += 'printf "%s\\n" "$FASTDDS_DEFAULT_PROFILES_FILE"\n'  # what the export left in the shell
         run = run_block(script, sandbox, env, logs, f"block{i}")
-        summary.append(f"block {i} ({run.wall_s:.0f} s, Ctrl-C {', '.join(f'{s:.1f} s' for s in run.stop_seconds) or '-'}): "
-                       + _check(block, run, sandbox))
+        stops = ", ".join(f"{s:.1f} s" for s in run.stop_seconds) or "-"
+        summary.append(f"block {i} ({run.wall_s:.0f} s, Ctrl-C {stops}): " + _check(block, run, sandbox))
     print("\nREADME ROS examples:\n  " + "\n  ".join(summary))

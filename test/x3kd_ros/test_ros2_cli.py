@@ -385,8 +385,9 @@ def test_colcon_workspace_ros2_run_detector(colcon_workspace, ros_context, stude
     detector comes up (publisher + /diagnostics), and Ctrl-C ends it within 5 s with code 0."""
     ws = colcon_workspace
     probe = Probe(ros_context)
-    node = Started(_in_workspace(ws, f"exec ros2 run x3kd_ros x3kd_detector --ros-args -p checkpoint:={student_checkpoint} "
-                                     "-p device:=cpu -r __node:=x3kd_detector_ws"), tmp_path / "run.log", cwd=ws)
+    node = Started(_in_workspace(ws, "exec ros2 run x3kd_ros x3kd_detector --ros-args "
+                                     f"-p checkpoint:={student_checkpoint} -p device:=cpu -r __node:=x3kd_detector_ws"),
+                   tmp_path / "run.log", cwd=ws)
     try:
         up = probe.wait_for(lambda: any(s.name.startswith("x3kd_detector_ws") for s in probe.diagnostics)
                             and probe.node.count_publishers(topics.DETECTIONS_TOPIC) == 1, 150.0)
