@@ -14,8 +14,12 @@ machine and command made it). A run whose result file exists is not run again.
 and the five TP errors; a bar chart with error bars) and puts the markdown table into
 BENCHMARKS.md between ``<!-- ablation:<name> -->`` markers.
 
-The bar of the plan: ``reference`` (full X3KD) must beat ``baseline`` on NDS by more than twice
-the larger of the two seed standard deviations; the report states whether it does.
+The bar of the plan (issue 12), judged on paired differences (``reference`` minus ``baseline`` run
+of the same seed): ``reference`` (full X3KD) beats ``baseline`` on EVERY seed in both NDS and
+mAP, with a mean paired ΔNDS of at least :data:`MIN_NDS_GAIN` and more than twice the standard
+deviation of the paired ΔNDS, over at least 3 seeds. The report states whether it passes, and
+which condition fails if not. With ``teacher_result`` (the LiDAR teacher's result record) it also
+reports the share of the camera -> LiDAR mAP gap that ``reference`` closes.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Metrics tabulated per variant (nuScenes detection: higher is better for mAP / NDS only).
 METRICS = ("mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE")
 
+#: The smallest mean paired NDS gain of ``reference`` over ``baseline`` that passes the bar.
+MIN_NDS_GAIN = 0.02
+
 
 @dataclass(frozen=True)
 class AblationPlan:
@@ -71,6 +78,8 @@ class AblationPlan:
     baseline / reference: the two variants the bar compares (reference must beat baseline).
     results_dir / runs_dir: committed result JSON / uncommitted run folders (repo-relative).
     notes: free text copied under the table.
+    teacher_result: the LiDAR teacher's result record (``results/models/*.json``; optional): the
+        report states the share of the camera -> teacher mAP gap that ``reference`` closes.
     extra: overrides given on the command line (``x3kd ablate --set``), applied after ``common``
         and before the variant's own: how the same plan runs on another world
         (``--set data.dataroot=...``) or with other teachers (``--set teachers.lidar=...``).
@@ -87,6 +96,7 @@ class AblationPlan:
     results_dir: str = ""
     runs_dir: str = ""
     notes: str = ""
+    teacher_result: str = ""
     source: str = ""
     extra: tuple[str, ...] = ()
 
@@ -155,7 +165,7 @@ def load_plan(path: str | os.PathLike, *, check_experiments: bool = True, extra:
     if not isinstance(raw, dict):
         raise ConfigError(f"plan: {path} must hold a mapping")
     known = {"name", "title", "experiment", "common", "variants", "seeds", "baseline", "reference",
-             "results_dir", "runs_dir", "notes"}
+             "results_dir", "runs_dir", "notes", "teacher_result"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
@@ -174,7 +184,8 @@ def load_plan(path: str | os.PathLike, *, check_experiments: bool = True, extra:
         common=_str_list(raw.get("common"), "common"), variants=variants, seeds=tuple(seeds),
         baseline=str(raw.get("baseline", "baseline")), reference=str(raw.get("reference", "x3kd")),
         results_dir=str(raw.get("results_dir", "")), runs_dir=str(raw.get("runs_dir", "")),
-        notes=str(raw.get("notes", "")), source=str(path), extra=tuple(extra),
+        notes=str(raw.get("notes", "")), teacher_result=str(raw.get("teacher_result") or ""),
+        source=str(path), extra=tuple(extra),
     )
     if results_dir:
         plan = replace(plan, results_dir=str(Path(results_dir).resolve()))
@@ -433,22 +444,49 @@ def paired_deltas(records: Sequence[dict], baseline: Sequence[dict]) -> dict[str
     return out
 
 
-def _verdict(plan: AblationPlan, summaries: dict[str, VariantSummary]) -> dict:
+def _verdict(plan: AblationPlan, summaries: dict[str, VariantSummary], paired: dict[str, dict]) -> dict:
+    """The bar (module docstring) from the paired deltas of ``reference``."""
     base, ref = summaries.get(plan.baseline), summaries.get(plan.reference)
-    if base is None or ref is None:
-        return {"decided": False, "text": f"'{plan.reference}' vs '{plan.baseline}': not both run yet"}
-    margin = ref.mean["NDS"] - base.mean["NDS"]
-    two_sigma = 2.0 * max(ref.std["NDS"], base.std["NDS"])
-    enough_seeds = min(len(ref.seeds), len(base.seeds)) >= 3
-    passed = bool(margin > two_sigma and enough_seeds)
-    text = (f"NDS {plan.reference} - {plan.baseline} = {margin:+.4f}; 2 x max seed std = {two_sigma:.4f} "
-            f"({len(ref.seeds)} / {len(base.seeds)} seeds): "
-            + ("PASSES the bar" if passed else "does NOT pass the bar" + ("" if enough_seeds else " (fewer than 3 seeds)")))
-    return {"decided": enough_seeds, "passed": passed, "nds_margin": margin, "two_sigma": two_sigma, "text": text}
+    if base is None or ref is None or plan.reference not in paired:
+        return {"decided": False, "passed": False, "text": f"'{plan.reference}' vs '{plan.baseline}': not both run yet"}
+    d_nds, d_map = paired[plan.reference]["NDS"], paired[plan.reference]["mAP"]
+    n = d_nds["n"]
+    failed = []
+    if n < 3:
+        failed.append(f"fewer than 3 paired seeds ({n})")
+    if d_nds["positive"] < n or d_map["positive"] < n:
+        failed.append(f"not up on every seed (NDS {d_nds['positive']}/{n}, mAP {d_map['positive']}/{n})")
+    if not d_nds["mean"] >= MIN_NDS_GAIN:
+        failed.append(f"mean ΔNDS {d_nds['mean']:+.4f} < {MIN_NDS_GAIN}")
+    if not d_nds["mean"] > 2.0 * d_nds["std"]:
+        failed.append(f"mean ΔNDS {d_nds['mean']:+.4f} <= 2 x std of the paired ΔNDS ({2.0 * d_nds['std']:.4f})")
+    passed = not failed
+    text = (f"{plan.reference} - {plan.baseline}, paired over {n} seeds: ΔNDS {d_nds['mean']:+.4f} ± {d_nds['std']:.4f} "
+            f"({d_nds['positive']}/{n} up), ΔmAP {d_map['mean']:+.4f} ± {d_map['std']:.4f} ({d_map['positive']}/{n} up). "
+            f"Bar: up on every seed in NDS and mAP, mean ΔNDS >= {MIN_NDS_GAIN} and > 2 x its std: "
+            + ("PASSES" if passed else "does NOT pass (" + "; ".join(failed) + ")"))
+    return {"decided": n >= 3, "passed": passed, "nds_margin": d_nds["mean"], "two_sigma": 2.0 * d_nds["std"],
+            "failed": failed, "text": text}
+
+
+def _gap_closed(plan: AblationPlan, summaries: dict[str, VariantSummary]) -> Optional[dict]:
+    """Share of the camera -> LiDAR-teacher mAP gap that ``reference`` closes (None without
+    ``teacher_result`` or either row): ``(mAP_ref - mAP_base) / (mAP_teacher - mAP_base)``, means over seeds."""
+    base, ref = summaries.get(plan.baseline), summaries.get(plan.reference)
+    if not plan.teacher_result or base is None or ref is None:
+        return None
+    path = _repo_path(plan.teacher_result)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher_result: {path} does not exist")
+    teacher_map = float(json.loads(path.read_text())["metrics"]["mAP"])
+    gap = teacher_map - base.mean["mAP"]
+    share = (ref.mean["mAP"] - base.mean["mAP"]) / gap if gap > 0 else float("nan")
+    return {"teacher_result": plan.teacher_result, "teacher_mAP": teacher_map, "baseline_mAP": base.mean["mAP"],
+            "reference_mAP": ref.mean["mAP"], "share": share}
 
 
 def _markdown(plan: AblationPlan, summaries: dict[str, VariantSummary], verdict: dict, machine: str,
-              paired: dict[str, dict]) -> str:
+              paired: dict[str, dict], gap: Optional[dict] = None) -> str:
     base = summaries.get(plan.baseline)
     lines = [f"### Ablation `{plan.name}`" + (f": {plan.title}" if plan.title else ""), ""]
     lines += [f"Command: `x3kd ablate --plan {plan.source} --jobs 2` then `x3kd ablate --plan {plan.source} --report`.",
@@ -475,6 +513,10 @@ def _markdown(plan: AblationPlan, summaries: dict[str, VariantSummary], verdict:
               "order), mean ± std over seeds, and on how many seeds it is positive. "
               "s/step is wall time per training step while two runs shared the machine (use it to compare rows, "
               "not as a benchmark).", "", f"**Bar:** {verdict['text']}.", ""]
+    if gap is not None:
+        lines += [f"**Camera -> LiDAR gap:** the LiDAR teacher ({gap['teacher_result']}) reaches mAP "
+                  f"{gap['teacher_mAP']:.4f}, the baseline {gap['baseline_mAP']:.4f}; {plan.reference} "
+                  f"({gap['reference_mAP']:.4f}) closes {100 * gap['share']:.1f} % of that gap.", ""]
     if plan.notes:
         lines += [plan.notes.strip(), ""]
     return "\n".join(lines)
@@ -525,16 +567,17 @@ def write_report(plan: AblationPlan, benchmarks_md: Optional[Path] = REPO_ROOT /
     if not records:
         raise FileNotFoundError(f"{plan.results_path}: no result files; run `x3kd ablate --plan {plan.source}` first")
     summaries = {name: summarise(recs) for name, recs in records.items()}
-    verdict = _verdict(plan, summaries)
     paired = {name: paired_deltas(recs, records[plan.baseline]) for name, recs in records.items()
               if plan.baseline in records and name != plan.baseline}
+    verdict = _verdict(plan, summaries, paired)
+    gap = _gap_closed(plan, summaries)
     machines = sorted({r["machine"] for recs in records.values() for r in recs})
-    md = _markdown(plan, summaries, verdict, "; ".join(machines), paired)
+    md = _markdown(plan, summaries, verdict, "; ".join(machines), paired, gap)
     out = plan.results_path
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(md)
     report = {"plan": plan.name, "title": plan.title, "baseline": plan.baseline, "reference": plan.reference,
-              "verdict": verdict, "machines": machines, "paired_deltas": paired,
+              "verdict": verdict, "gap_closed": gap, "machines": machines, "paired_deltas": paired,
               "variants": {name: s.to_dict() for name, s in summaries.items()}}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     _chart(plan, summaries, out / "report.png")

@@ -72,7 +72,7 @@ def test_ablate_runs_each_pair_once_and_reports(tiny_dataset, tiny_teachers, tmp
     nds = [records[("x3kd", s)]["metrics"]["NDS"] for s in (0, 1)]
     assert report["variants"]["x3kd"]["mean"]["NDS"] == pytest.approx(np.mean(nds))
     assert report["variants"]["x3kd"]["std"]["NDS"] == pytest.approx(np.std(nds, ddof=1))
-    assert "fewer than 3 seeds" in report["verdict"]["text"] and report["verdict"]["passed"] is False
+    assert "fewer than 3 paired seeds" in report["verdict"]["text"] and report["verdict"]["passed"] is False
     assert (results / "report.png").stat().st_size > 1000
     assert "| x3kd | X-FD, X-AT, X-OD | 2 |" in (results / "report.md").read_text()
     base_nds = [records[("baseline", s)]["metrics"]["NDS"] for s in (0, 1)]
@@ -87,16 +87,48 @@ def _records(variant: str, nds: list[float]) -> list[dict]:
 
 
 def test_summary_statistics_and_the_bar():
-    base = summarise(_records("baseline", [0.1, 0.2, 0.3]))
+    from x3kd_core.ablation import paired_deltas
+
+    base_records = _records("baseline", [0.1, 0.2, 0.3])
+    base = summarise(base_records)
     assert base.mean["NDS"] == pytest.approx(0.2) and base.std["NDS"] == pytest.approx(0.1)
     plan = load_plan(REPO_ROOT / "config" / "ablation" / "x3kd_small.yaml", check_experiments=False)
-    ref = summarise(_records("x3kd", [0.41, 0.41, 0.41]))
-    verdict = _verdict(plan, {"baseline": base, "x3kd": ref})
-    assert verdict["passed"] is True and verdict["nds_margin"] == pytest.approx(0.21)
-    assert verdict["two_sigma"] == pytest.approx(0.2)
-    ref = summarise(_records("x3kd", [0.39, 0.39, 0.39]))  # margin 0.19 < 2 sigma 0.2
-    assert _verdict(plan, {"baseline": base, "x3kd": ref})["passed"] is False
-    assert _verdict(plan, {"baseline": base})["decided"] is False
+
+    def verdict(ref_values):
+        ref_records = _records("x3kd", ref_values)
+        summaries = {"baseline": base, "x3kd": summarise(ref_records)}
+        return _verdict(plan, summaries, {"x3kd": paired_deltas(ref_records, base_records)})
+
+    # Paired gains 0.03, 0.025, 0.035: mean 0.03 >= 0.02 and > 2 x std 0.01, up on every seed.
+    passed = verdict([0.13, 0.225, 0.335])
+    assert passed["passed"] is True and passed["nds_margin"] == pytest.approx(0.03)
+    assert passed["two_sigma"] == pytest.approx(0.01)
+    # Large mean gain, but one seed down: fails, and says why.
+    one_down = verdict([0.25, 0.35, 0.29])
+    assert one_down["passed"] is False and "not up on every seed (NDS 2/3, mAP 2/3)" in one_down["text"]
+    # Up everywhere but below the minimum gain of 0.02.
+    small = verdict([0.11, 0.21, 0.31])
+    assert small["passed"] is False and "< 0.02" in small["text"]
+    # Mean 0.05 but spread 0.043: not > 2 x std.
+    noisy = verdict([0.101, 0.201, 0.45])
+    assert noisy["passed"] is False and "2 x std" in noisy["text"]
+    assert verdict([0.2, 0.3])["decided"] is False  # two paired seeds
+    assert _verdict(plan, {"baseline": base}, {})["decided"] is False
+
+
+def test_gap_closed_share(tmp_path):
+    from dataclasses import replace
+
+    from x3kd_core.ablation import _gap_closed
+
+    teacher = tmp_path / "teacher.json"
+    teacher.write_text(json.dumps({"metrics": {"mAP": 0.6}}))
+    plan = replace(load_plan(REPO_ROOT / "config" / "ablation" / "x3kd_small.yaml", check_experiments=False),
+                   teacher_result=str(teacher))
+    summaries = {"baseline": summarise(_records("baseline", [0.2, 0.2, 0.2])),
+                 "x3kd": summarise(_records("x3kd", [0.3, 0.3, 0.3]))}
+    assert _gap_closed(plan, summaries)["share"] == pytest.approx(0.25)  # (0.3 - 0.2) / (0.6 - 0.2)
+    assert _gap_closed(replace(plan, teacher_result=""), summaries) is None
 
 
 def test_paired_deltas_use_the_same_seed():
