@@ -138,7 +138,7 @@ def write_tiny_checkpoint(model_yaml: str, path: Path, seed: int = 0) -> Path:
 
     from x3kd_core.config import from_dict, to_dict
     from x3kd_core.experiment import ExperimentConfig, build_task
-    from x3kd_core.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from x3kd_core.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     grid = yaml.safe_load((REPO_ROOT / "config/model/student_tiny.yaml").read_text())["grid"]
     model = yaml.safe_load((REPO_ROOT / model_yaml).read_text())
@@ -372,7 +372,7 @@ def conversion_cost(checkpoint: Path, width: int, height: int, calls: int = 30) 
     from x3kd_core.config import from_dict
     from x3kd_core.data.nuscenes import ImageTransform
     from x3kd_core.experiment import ExperimentConfig
-    from x3kd_core.train.checkpoint import load_checkpoint
+    from x3kd_core.checkpoint import load_checkpoint
     from x3kd_ros.conversions import image_to_rgb, rgb_to_image
 
     exp = from_dict(ExperimentConfig, load_checkpoint(checkpoint, ("StudentTask",))["config"])

@@ -71,7 +71,7 @@ def _child(checkpoint: str, device: str, t0: float) -> dict:
 
     mark("import torchvision")
     from x3kd_core import experiment, inference  # noqa: F401
-    from x3kd_core.train import checkpoint as ckpt
+    from x3kd_core import checkpoint as ckpt
 
     mark("import x3kd_core (experiment, inference)")
     context = Context()
@@ -94,8 +94,8 @@ def _child(checkpoint: str, device: str, t0: float) -> dict:
                 active.pop()
         return wrapper
 
-    read, build, load_sd = ckpt._read, experiment.build_task, torch.nn.Module.load_state_dict
-    ckpt._read = timed("read", read)
+    read, build, load_sd = ckpt.read_checkpoint, experiment.build_task, torch.nn.Module.load_state_dict
+    ckpt.read_checkpoint = timed("read", read)
     experiment.build_task = timed("build", build)
     torch.nn.Module.load_state_dict = timed("weights", load_sd)
     try:
@@ -104,7 +104,7 @@ def _child(checkpoint: str, device: str, t0: float) -> dict:
             rclpy.parameter.Parameter("device", value=device),
             rclpy.parameter.Parameter("publish_markers", value=False)])
     finally:
-        ckpt._read, experiment.build_task, torch.nn.Module.load_state_dict = read, build, load_sd
+        ckpt.read_checkpoint, experiment.build_task, torch.nn.Module.load_state_dict = read, build, load_sd
     at = marks[-1][1]
     for name, key in (("checkpoint read (torch.load)", "read"),
                       ("model build (init; a pretrained .pth if named)", "build"),
@@ -199,7 +199,7 @@ def _untrained_checkpoint(model_yaml: str, pretrained: bool) -> str:
 
     from x3kd_core.config import from_dict, to_dict
     from x3kd_core.experiment import ExperimentConfig, build_task
-    from x3kd_core.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from x3kd_core.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     name = Path(model_yaml).stem + ("_pretrained" if pretrained else "")
     path = OUT_DIR / f"{name}.pt"

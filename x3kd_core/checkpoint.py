@@ -1,4 +1,8 @@
-"""Crash-safe checkpoint files that load with ``torch.load(weights_only=True)``.
+"""The checkpoint file format: crash-safe files that load with ``torch.load(weights_only=True)``.
+
+Training writes them (:mod:`x3kd_core.train.engine`) and deployment reads them
+(:mod:`x3kd_core.experiment.loader`); this module is the format both share, so reading one does not
+import the training code.
 
 A checkpoint is a plain dict: tensors, numbers, strings, bools, ``None`` and lists / tuples /
 dicts of those. No pickled classes, so loading never executes code from the file and a checkpoint
@@ -134,7 +138,14 @@ def save_checkpoint(path: str | Path, state: dict, keep_previous: bool = True) -
 # loading
 
 
-def _read(path: Path) -> dict:
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict of ``path`` (tensors on the CPU), checked to be an x3kd checkpoint of
+    this :data:`CHECKPOINT_FORMAT`; its ``kind`` is not checked (see :func:`load_checkpoint`).
+
+    Raises:
+        CheckpointError: missing, corrupt or truncated file, or not an x3kd checkpoint.
+    """
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -235,7 +246,7 @@ def load_checkpoint(
             values / shapes).
     """
     path = Path(path)
-    state = _read(path)
+    state = read_checkpoint(path)
     kinds = (expected_kind,) if isinstance(expected_kind, str) else tuple(expected_kind)
     if state["kind"] not in kinds:
         raise CheckpointError(f"{path} holds a '{state['kind']}' model, expected '{' or '.join(kinds)}'")
@@ -264,7 +275,7 @@ def latest_checkpoint(path: str | Path) -> Path | None:
         if not candidate.is_file():
             continue
         try:
-            _read(candidate)
+            read_checkpoint(candidate)
         except CheckpointError as err:
             _LOG.warning("skipping unreadable checkpoint: %s", err)
             continue

@@ -77,7 +77,7 @@ def _cmd_train(args) -> int:
     import logging
 
     from x3kd_core.experiment import headline, load_experiment, train_experiment
-    from x3kd_core.train.checkpoint import CheckpointError
+    from x3kd_core.checkpoint import CheckpointError
 
     if (args.experiment is None) == (args.model is None):
         raise UserError("give exactly one of --experiment FILE and --model KIND")
@@ -212,7 +212,7 @@ def _cmd_ablate(args) -> int:
 
 def _cmd_export(args) -> int:
     from x3kd_core.deploy.onnx_export import ExportError, export_checkpoint
-    from x3kd_core.train.checkpoint import CheckpointError
+    from x3kd_core.checkpoint import CheckpointError
 
     try:
         info = export_checkpoint(args.checkpoint, args.out, tuple(args.image_hw) if args.image_hw else None, args.fp16)

@@ -5,7 +5,7 @@
 
 An :class:`ExperimentConfig` names the model ``kind`` and its ``model`` config (a path to a
 ``config/model/*.yaml`` file, or the mapping inline), the ONE BEV ``grid`` of the experiment, the
-dataset and splits, the training augmentation and the :class:`~x3kd_core.train.engine.TrainConfig`.
+dataset and splits, the training augmentation and the :class:`~x3kd_core.config.TrainConfig`.
 
 One BEV grid. Every BEV tensor of x3kd (student, teachers, distillation) lives on the experiment's
 ``grid``; the teachers' model configs have no grid of their own and are built on it. A student
@@ -43,7 +43,7 @@ from x3kd_core.config import BevGridConfig, ConfigError, from_dict, to_dict
 from x3kd_core.data.augment import AugmentConfig, AugmentedDataset
 from x3kd_core.distill.config import DistillConfig
 from x3kd_core.structures import CAMERA_NAMES
-from x3kd_core.train.engine import TrainConfig
+from x3kd_core.config import TrainConfig
 
 __all__ = [
     "ModelKind",
@@ -808,7 +808,7 @@ def task_from_checkpoint(path: str | os.PathLike, kinds: Sequence[str] = tuple(T
     Raises:
         CheckpointError: unreadable file, a kind not in ``kinds``, or weights that do not fit.
     """
-    from x3kd_core.train.checkpoint import CheckpointError, check_state_dict_fits, load_checkpoint
+    from x3kd_core.checkpoint import CheckpointError, check_state_dict_fits, load_checkpoint
 
     try:
         state = load_checkpoint(path, tuple(TASK_KINDS[kind] for kind in kinds))

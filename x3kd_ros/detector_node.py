@@ -405,7 +405,7 @@ class DetectorNode(Node):
 
     def _load_predictor(self, checkpoint: str, device: str, backend: str, onnx_file: str):
         from x3kd_core.inference import Predictor
-        from x3kd_core.train.checkpoint import CheckpointError
+        from x3kd_core.checkpoint import CheckpointError
 
         if backend == "onnxruntime":
             if device not in ("auto", "cpu"):

@@ -125,7 +125,7 @@ def load_teacher(path: str, kind: str, device) -> Any:
         ParameterError: the file is missing, unreadable or of another kind.
     """
     from x3kd_core.experiment import task_from_checkpoint
-    from x3kd_core.train.checkpoint import CheckpointError
+    from x3kd_core.checkpoint import CheckpointError
 
     try:
         task, _ = task_from_checkpoint(path, kinds=(kind,))

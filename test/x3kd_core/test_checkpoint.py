@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from x3kd_core.train import checkpoint as ckpt
-from x3kd_core.train.checkpoint import (
+from x3kd_core import checkpoint as ckpt
+from x3kd_core.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     latest_checkpoint,

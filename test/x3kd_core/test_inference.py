@@ -13,7 +13,7 @@ from x3kd_core.data.nuscenes import NuScenesSource, collate_samples
 from x3kd_core.experiment import load_experiment, loader_config, train_experiment
 from x3kd_core.inference import Predictor
 from x3kd_core.structures import Boxes3D
-from x3kd_core.train.checkpoint import CheckpointError
+from x3kd_core.checkpoint import CheckpointError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CONFIGS = REPO_ROOT / "config" / "train"
@@ -138,7 +138,7 @@ def test_checkpoint_loads_once_without_the_pretrained_weights_its_config_names(t
 
     from x3kd_core.config import from_dict, to_dict
     from x3kd_core.experiment import ExperimentConfig, build_task, task_from_checkpoint
-    from x3kd_core.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from x3kd_core.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     weights = tmp_path / "resnet18_imagenet.pth"
     torch.manual_seed(1)

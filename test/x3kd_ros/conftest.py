@@ -64,7 +64,7 @@ def _write_tiny_checkpoint(kind: str, model_yaml: str, path: Path, seed: int = 0
     """A ``last.pt``-format checkpoint of an untrained ``kind`` model on the tiny student's BEV grid."""
     from x3kd_core.config import from_dict, to_dict
     from x3kd_core.experiment import ExperimentConfig, build_task
-    from x3kd_core.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from x3kd_core.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     grid = yaml.safe_load((REPO_ROOT / "config/model/student_tiny.yaml").read_text())["grid"]
     model = yaml.safe_load((REPO_ROOT / model_yaml).read_text())

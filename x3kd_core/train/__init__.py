@@ -5,7 +5,7 @@ The CLI calls :func:`run_training`; see :mod:`x3kd_core.train.engine` for the mo
 (``model.training_losses(batch) -> dict[str, Tensor]``, optional extra steps and validation).
 """
 
-from x3kd_core.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from x3kd_core.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from x3kd_core.train.distributed import DistContext, ShardedBatchSampler, init_distributed, wrap_ddp
 from x3kd_core.train.engine import TrainConfig, Trainer, TrainResult, lr_factor, run_training, seed_everything
 

@@ -45,16 +45,16 @@ import sys
 import time
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from x3kd_core.config import ConfigError, to_dict
+from x3kd_core.config import TrainConfig, to_dict
 from x3kd_core.train import distributed as xdist
-from x3kd_core.train.checkpoint import (
+from x3kd_core.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     latest_checkpoint,
@@ -74,90 +74,7 @@ LAST_CHECKPOINT = "last.pt"
 
 
 # ----------------------------------------------------------------------------------------------
-# configuration
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings of one training run (load with ``x3kd_core.config.load_yaml``).
-
-    Length: ``epochs`` and/or ``max_steps`` (optimiser steps); with both, whichever ends first.
-    ``batch_size`` is the global batch (split over torchrun processes).
-
-    LR schedule (``lr`` is the peak): ``warmup_steps`` optimiser steps first, then
-      - ``cosine``: linear warmup from lr/warmup_steps to lr, cosine decay to ``min_lr_ratio * lr``;
-      - ``onecycle``: cosine ramp from lr/25 to lr, cosine decay to lr/25/1e4 (Smith's one-cycle,
-        without momentum cycling);
-      - ``constant``: linear warmup, then lr.
-
-    Weight decay (decoupled, AdamW) applies to weights with >= 2 dims; biases and norm scales
-    (1-dim) get none unless ``decay_norm_and_bias``.
-
-    ``amp``: autocast to ``amp_dtype`` with a GradScaler for float16; only effective on CUDA (on
-    the CPU the run is float32 and a log line says so). ``grad_clip_norm``: clip the global L2
-    gradient norm (logged as ``grad_norm``). ``deterministic``: deterministic kernels where PyTorch
-    has them (warn-only where it has not). ``ckpt_every_steps``: 0 = only at the end / on stop.
-    ``eval_every_epochs``: 0 = only at the end (if a ``val_fn`` is given); ``eval_every_steps``:
-    also every this many optimiser steps (0 = never; a learning curve). ``log_every``: one
-    train.csv row (the mean over the steps since the previous row) every this many steps and at
-    every checkpoint.
-    """
-
-    out_dir: str = "runs/train"
-    epochs: int | None = None
-    max_steps: int | None = None
-    batch_size: int = 8
-    lr: float = 2e-4
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
-    decay_norm_and_bias: bool = False
-    optimizer: Literal["adamw"] = "adamw"
-    scheduler: Literal["cosine", "onecycle", "constant"] = "cosine"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    grad_clip_norm: float | None = None
-    amp: bool = False
-    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
-    seed: int = 0
-    deterministic: bool = True
-    shuffle: bool = True
-    num_workers: int = 0
-    log_every: int = 10
-    ckpt_every_steps: int = 0
-    eval_every_epochs: int = 1
-    eval_every_steps: int = 0
-    find_unused_parameters: bool = False
-    tensorboard: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs is None and self.max_steps is None:
-            raise ConfigError("set epochs or max_steps (or both)")
-        for name in ("epochs", "max_steps", "batch_size", "log_every"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
-        for name in ("warmup_steps", "num_workers", "ckpt_every_steps", "eval_every_epochs", "eval_every_steps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
-            raise ConfigError(f"grad_clip_norm must be > 0 or null, got {self.grad_clip_norm}")
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"betas must be in [0, 1), got {self.betas}")
-
-    def total_steps(self, batches_per_epoch: int) -> int:
-        """Optimiser steps of the whole run, given the global batches per epoch."""
-        limits = []
-        if self.epochs is not None:
-            limits.append(self.epochs * batches_per_epoch)
-        if self.max_steps is not None:
-            limits.append(self.max_steps)
-        return min(limits)
+# learning rate
 
 
 def lr_factor(config: TrainConfig, step: int, total_steps: int) -> float:

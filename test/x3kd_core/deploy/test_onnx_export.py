@@ -145,7 +145,7 @@ def test_bad_inputs_are_refused():
 def test_export_command(tmp_path, capsys):
     from x3kd_core.cli import main
     from x3kd_core.experiment import ExperimentConfig, build_task
-    from x3kd_core.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from x3kd_core.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     model = yaml.safe_load((REPO_ROOT / "config/model/student_tiny.yaml").read_text())
     exp = from_dict(ExperimentConfig, {"kind": "student", "model": model, "grid": model["grid"],

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from x3kd_core.config import ConfigError, from_dict
 from x3kd_core.train import engine
-from x3kd_core.train.checkpoint import CheckpointError, load_checkpoint
+from x3kd_core.checkpoint import CheckpointError, load_checkpoint
 from x3kd_core.train.engine import TrainConfig, Trainer, batch_seed, lr_factor, move_to_device, seed_everything
 
 
