@@ -11,6 +11,13 @@ the first 5/6 of them for ``--steps`` updates, under several input treatments. P
 discriminator's accuracy on the held-out 1/6: 0.5 = it cannot tell, 1.0 = it separates
 perfectly (then X-AT's generator term pushes the student towards the side the discriminator
 calls "teacher", rather than matching two overlapping distributions).
+
+    .venv/bin/python tools/diag_x_at.py --train-csv runs/ablation/x3kd_main/x3kd/seed0/train.csv
+
+reads instead the X-AT columns that training logs every step (``x_at/disc_acc``: the
+discriminator's accuracy on each incoming batch under the instance noise, before it trains on it;
+``x_at/disc_acc_clean``: the same without noise; ``x_at/noise_level``; ``x_at/gen``) and prints
+their means per tenth of the run: whether the contest stayed open, and at what noise.
 """
 
 from __future__ import annotations
@@ -72,13 +79,47 @@ def held_out_accuracy(student: torch.Tensor, teacher: torch.Tensor, steps: int, 
         return float(0.5 * ((lt > 0).float().mean() + (ls < 0).float().mean()))
 
 
+TRAJECTORY_COLUMNS = ("x_at/disc_acc", "x_at/disc_acc_clean", "x_at/noise_level", "x_at/gen")
+
+
+def trajectory(train_csv: str, parts: int = 10) -> list[dict[str, float]]:
+    """Means of :data:`TRAJECTORY_COLUMNS` per ``parts``-th of the logged steps of a run
+    (``step_from`` / ``step_to`` name each part's first and last logged step)."""
+    import csv
+
+    with open(train_csv, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("x_at/disc_acc") not in (None, "")]
+    if not rows:
+        raise SystemExit(f"{train_csv}: no x_at/disc_acc column values (was X-AT enabled?)")
+    out = []
+    for k in range(parts):
+        chunk = rows[k * len(rows) // parts:(k + 1) * len(rows) // parts]
+        if not chunk:
+            continue
+        row = {"step_from": float(chunk[0]["step"]), "step_to": float(chunk[-1]["step"])}
+        for col in TRAJECTORY_COLUMNS:
+            vals = [float(r[col]) for r in chunk if r.get(col) not in (None, "")]
+            row[col] = sum(vals) / len(vals) if vals else float("nan")
+        out.append(row)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a student trained with X-FD (x3kd ablate run)")
+    parser.add_argument("--train-csv", default=None, help="print the X-AT trajectory of a run's train.csv instead")
+    parser.add_argument("--checkpoint", default=None, help="a student trained with X-FD (x3kd ablate run)")
     parser.add_argument("--cache", default="runs/teacher_cache/small")
     parser.add_argument("--samples", type=int, default=48)
     parser.add_argument("--steps", type=int, default=150)
     args = parser.parse_args()
+    if args.train_csv:
+        print(f"{'steps':>13} " + " ".join(f"{c:>20}" for c in TRAJECTORY_COLUMNS))
+        for row in trajectory(args.train_csv):
+            print(f"{row['step_from']:>6.0f}-{row['step_to']:<6.0f} "
+                  + " ".join(f"{row[c]:>20.3f}" for c in TRAJECTORY_COLUMNS))
+        return 0
+    if not args.checkpoint:
+        parser.error("give --checkpoint (a fresh discriminator on a trained student) or --train-csv")
     s, t = features(args.checkpoint, args.cache, args.samples)
     print(f"adapted student: mean {s.mean():.3f} std {s.std():.3f} zeros {(s.abs() < 1e-6).float().mean():.3f}; "
           f"teacher: mean {t.mean():.3f} std {t.std():.3f} zeros {(t == 0).float().mean():.3f}")
