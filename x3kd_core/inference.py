@@ -1,7 +1,13 @@
-"""Predictor: raw camera images + calibration -> ego-frame 3D boxes (no ROS imports).
+"""Inference on raw sensor input -> ego-frame 3D boxes (no ROS imports, no training code).
 
     predictor = Predictor.from_checkpoint("runs/student_small/last.pt")          # cuda if available
     boxes = predictor.predict(images, intrinsics, cam_to_ego)                    # -> Boxes3D
+    teacher = TeacherPredictor.from_checkpoint("runs/lidar_small/last.pt", "lidar")
+    boxes = teacher.predict(points)                                              # (P, 5) ego frame
+
+:class:`Predictor` runs a camera (or camera + radar) student, :class:`TeacherPredictor` a LiDAR or
+radar teacher (what the ROS teacher nodes run). Both load their checkpoint through
+:func:`x3kd_core.experiment.loader.load_model`. The rest of this docstring is the Predictor's.
 
 Input handling matches training exactly:
 
@@ -48,7 +54,7 @@ from torch import nn
 from x3kd_core.data.nuscenes import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 from x3kd_core.structures import Boxes3D
 
-__all__ = ["Backend", "Predictor", "default_device"]
+__all__ = ["Backend", "Predictor", "TeacherPredictor", "default_device"]
 
 #: Where the network runs (see the module docstring).
 Backend = Literal["torch", "onnxruntime"]
@@ -136,10 +142,10 @@ class Predictor:
         Raises:
             CheckpointError: not a camera-student checkpoint, or weights that do not fit.
         """
-        from x3kd_core.experiment import task_from_checkpoint
+        from x3kd_core.experiment.loader import load_model
 
-        task, exp = task_from_checkpoint(path, kinds=("student", "camera_radar"))
-        return cls(task.student, exp, device, backend=backend, onnx_model=onnx_model, num_threads=num_threads)
+        model, exp = load_model(path, kinds=("student", "camera_radar"))
+        return cls(model, exp, device, backend=backend, onnx_model=onnx_model, num_threads=num_threads)
 
     def input_transform(self, image_hw: tuple[int, int]) -> ImageTransform:
         """The resize + crop the model's input gets for an image of ``image_hw`` (H, W) pixels:
@@ -264,3 +270,50 @@ class Predictor:
         head = self.runner.run(images, full_k[None], full_t[None], self._geometry_rows)
         with torch.inference_mode():
             return self.model.head.predict(head)[0]
+
+
+class TeacherPredictor:
+    """Runs a LiDAR or radar teacher (``LidarDetector`` / ``RadarDetector``) on one ego-frame point set.
+
+    Args:
+        model: the detector (weights loaded), or any object with ``model(points_list) -> outputs``
+            and ``model.predict(outputs) -> list[Boxes3D]`` (tests pass stand-ins). It is put in eval
+            mode when it has ``eval``; it is not moved.
+        kind: "lidar" or "radar" (what :meth:`predict`'s columns are).
+    """
+
+    def __init__(self, model: nn.Module, kind: Literal["lidar", "radar"]) -> None:
+        if kind not in ("lidar", "radar"):
+            raise ValueError(f"kind must be 'lidar' or 'radar', got {kind!r}")
+        self.kind = kind
+        self.model = model.eval() if hasattr(model, "eval") else model
+        params = model.parameters() if hasattr(model, "parameters") else iter(())
+        first = next(iter(params), None)
+        self.device = first.device if first is not None else torch.device("cpu")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, kind: Literal["lidar", "radar"],
+                        device: str | torch.device | None = None) -> "TeacherPredictor":
+        """The teacher of a ``x3kd train`` checkpoint of ``kind`` on ``device`` (None: :func:`default_device`).
+
+        Raises:
+            CheckpointError: the file is missing, unreadable or of another kind.
+        """
+        from x3kd_core.experiment.loader import load_model
+
+        model, _ = load_model(path, kinds=(kind,))
+        return cls(model.to(torch.device(device) if device is not None else default_device()), kind)
+
+    def predict(self, points: np.ndarray) -> Boxes3D:
+        """Boxes of one input.
+
+        Args:
+            points: LiDAR (P, 5) x, y, z (m, ego), intensity, time_lag_s; or radar (Q, 7) x, y, z
+                (m, ego), rcs, vx, vy (m/s), time_lag_s. Zero rows is a valid input.
+
+        Returns:
+            Boxes3D in the ego frame, as decoded by the model's head.
+        """
+        with torch.inference_mode():
+            outputs = self.model([torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(self.device)])
+            return self.model.predict(outputs)[0]

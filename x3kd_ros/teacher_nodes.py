@@ -118,20 +118,19 @@ def _describe_jump(jump: TimeJump) -> str:
 
 
 def load_teacher(path: str, kind: str, device) -> Any:
-    """The ``LidarDetector`` / ``RadarDetector`` of a ``x3kd train`` checkpoint of ``kind``
-    ("lidar" | "radar"), in eval mode on ``device``.
+    """The :class:`~x3kd_core.inference.TeacherPredictor` of a ``x3kd train`` checkpoint of ``kind``
+    ("lidar" | "radar") on ``device``.
 
     Raises:
         ParameterError: the file is missing, unreadable or of another kind.
     """
-    from x3kd_core.experiment import task_from_checkpoint
     from x3kd_core.checkpoint import CheckpointError
+    from x3kd_core.inference import TeacherPredictor
 
     try:
-        task, _ = task_from_checkpoint(path, kinds=(kind,))
+        return TeacherPredictor.from_checkpoint(path, kind, device)
     except CheckpointError as err:
         raise ParameterError(f"checkpoint: {err}") from None
-    return task.detector.to(device).eval()
 
 
 def common_param_specs(have_model: bool = False) -> list[ParamSpec]:
@@ -233,10 +232,13 @@ class _TeacherNode(Node):
         self.params = declare_parameters(self, common_param_specs(model is not None) + extra_specs)
         params = self.params
         if model is None:
-            device = resolve_device(params["device"])
-            model = load_teacher(params["checkpoint"], self.modality, device)
-        self.model = model
-        self.device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
+            self.predictor = load_teacher(params["checkpoint"], self.modality, resolve_device(params["device"]))
+        else:
+            from x3kd_core.inference import TeacherPredictor
+
+            self.predictor = TeacherPredictor(model, self.modality)
+        self.model = self.predictor.model
+        self.device = self.predictor.device
         self._base_frame = params["base_frame"]
         self._score_threshold = params["score_threshold"]
         self._marker_style = MarkerStyle(lifetime_s=params["marker_lifetime_s"]) if params["publish_markers"] else None
@@ -310,12 +312,8 @@ class _TeacherNode(Node):
         return matrix
 
     def predict(self, points: np.ndarray) -> Boxes3D:
-        """The teacher's boxes for one input (P, C) in the ego frame."""
-        import torch
-
-        with torch.inference_mode():
-            outputs = self.model([torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(self.device)])
-            return self.model.predict(outputs)[0]
+        """The teacher's boxes for one input (P, C) in the ego frame (:class:`TeacherPredictor`)."""
+        return self.predictor.predict(points)
 
     def process(self, item: _Input) -> None:
         start = time.perf_counter()

@@ -334,7 +334,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike,
     Raises:
         CheckpointError: not a camera-student checkpoint. ExportError: see :func:`export_student`.
     """
-    from x3kd_core.experiment import task_from_checkpoint
+    from x3kd_core.experiment.loader import load_model
 
-    task, exp = task_from_checkpoint(checkpoint, kinds=("student",))
-    return export_student(task.student, out, tuple(exp.data.cameras), image_hw or tuple(exp.image_hw), fp16)
+    model, exp = load_model(checkpoint, kinds=("student",))
+    return export_student(model, out, tuple(exp.data.cameras), image_hw or tuple(exp.image_hw), fp16)

@@ -37,11 +37,11 @@ def cached(tiny_dataset, tiny_teachers, tmp_path_factory):
 
 
 def _live(tiny_teachers, name):
-    from x3kd_core.experiment import _teacher_model, task_from_checkpoint
     from x3kd_core.distill import freeze_teacher
+    from x3kd_core.experiment import load_model
 
-    task, texp = task_from_checkpoint(tiny_teachers[name], kinds=(name,))
-    return freeze_teacher(_teacher_model(task)), texp
+    model, texp = load_model(tiny_teachers[name], kinds=(name,))
+    return freeze_teacher(model), texp
 
 
 def _train_batch(exp, texp, n=2):
@@ -49,9 +49,9 @@ def _train_batch(exp, texp, n=2):
     import dataclasses
 
     from x3kd_core.data.nuscenes import NuScenesDataset, NuScenesSource, collate_samples
-    from x3kd_core.experiment import _nuscenes, loader_config
+    from x3kd_core.experiment import loader_config, open_nuscenes
 
-    nusc = _nuscenes(exp)
+    nusc = open_nuscenes(exp)
     cfg = dataclasses.replace(loader_config(exp, exp.data.train_split, training=True),
                               lidar_sweeps=texp.data.lidar_sweeps, box_range=None)
     ds = NuScenesDataset(NuScenesSource(nusc.dataroot, cfg, nusc=nusc))
