@@ -51,5 +51,7 @@ setup(
             "x3kd_comparison = x3kd_ros.comparison_node:main",
             "x3kd_run_graph = x3kd_ros.run_graph:main",
         ],
+        # The ROS-side `x3kd` sub-commands: x3kd_core's CLI finds them here, never by importing x3kd_ros.
+        "x3kd.commands": ["bag = x3kd_ros.commands:register"],
     },
 )

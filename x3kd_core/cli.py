@@ -6,9 +6,8 @@
     x3kd train      --experiment config/train/student_tiny.yaml [--out runs/X] [--set key.path=value ...] [--resume]
     x3kd demo       --out runs/demo
     x3kd export     --checkpoint last.pt --out student.onnx [--image-hw H W] [--fp16]
-    x3kd bag write  --dataroot ... --out BAG
-    x3kd bag eval   BAG --checkpoint student.pt [--teacher-lidar l.pt] [--teacher-radar r.pt] [--rate 0] --out DIR
-                    [--remap GRAPH_TOPIC:=BAG_TOPIC ...] [--params-file FILE ...]   (other people's bags)
+    x3kd bag write|eval ...   (ROS 2: added by x3kd_ros through the ``x3kd.commands`` entry point,
+                               see x3kd_ros.commands; without x3kd_ros it says how to install it)
 
 Every sub-command exits 0 on success, 2 on bad input (config, paths, files) with a one-line
 message naming the problem, never a traceback for user errors.
@@ -226,71 +225,41 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _cmd_bag_write(args) -> int:
-    from x3kd_ros.bag_io import BagError, BagWriteConfig, write_bag
+#: Entry-point group through which other packages add ``x3kd`` sub-commands (x3kd_ros adds ``bag``).
+COMMANDS_ENTRY_POINTS = "x3kd.commands"
 
-    cfg = BagWriteConfig(storage=args.storage, compressed_images=args.compressed, zstd=args.zstd,
-                         max_samples=args.max_samples, include_sweeps=args.sweeps)
-    try:
-        report = write_bag(args.dataroot, args.version, args.split, args.out, cfg)
-    except BagError as err:
-        raise UserError(str(err)) from err
-    print(report.summary())
-    return 0
+#: Sub-commands that come from the ROS side, and what to do where it is missing.
+_ROS_COMMANDS = {"bag": "rosbag2 files: write a split as a bag, replay a bag through the ROS 2 graph and score it"}
 
 
-def _cmd_bag_eval(args) -> int:
-    from x3kd_ros.bag_eval import BagEvalConfig, BagEvalError, parse_remap, run_bag_eval
-    from x3kd_ros.ros_env import pid_domain_id
+def _add_plugin_commands(sub) -> None:
+    """Sub-commands registered under :data:`COMMANDS_ENTRY_POINTS` (``name = module:register``,
+    ``register(subparsers, UserError)``). x3kd_core itself imports nothing from x3kd_ros: the ROS
+    commands reach the CLI only this way, and where they are not installed a placeholder says so."""
+    from importlib.metadata import entry_points
 
-    out = Path(args.out) if args.out else REPO_ROOT / "runs" / "bag_eval" / Path(args.bag).resolve().name
-    try:
-        config = BagEvalConfig(checkpoint=args.checkpoint, lidar_checkpoint=args.teacher_lidar,
-                               radar_checkpoint=args.teacher_radar, device=args.device, rate=args.rate,
-                               ready_timeout_s=args.startup_timeout_s, ack_timeout_s=args.frame_timeout_s,
-                               drain_timeout_s=args.frame_timeout_s, dataroot=args.dataroot or "",
-                               version=args.version or "", split=args.split or "", num_pictures=args.pictures,
-                               graph_config=args.graph or "",
-                               remappings=tuple(parse_remap(r) for r in args.remap),
-                               params_files=tuple(args.params_file))
-        # A private domain by default: another graph on this host must not answer our frames.
-        domain = args.domain_id if args.domain_id is not None else pid_domain_id()
-        result = run_bag_eval(args.bag, out, config, log=lambda text: print(text, file=sys.stderr), domain_id=domain)
-    except BagEvalError as err:
-        raise UserError(str(err)) from err
-    report = result.report
-    for group, check in result.frames.items():
-        print(f"frames {group}: {check.answered_once}/{check.sent} answered exactly once "
-              f"({check.unanswered} unanswered, {check.answered_twice_or_more} more than once, "
-              f"{check.unmatched_answers} answers without a frame)")
-    if result.ground_truth is None:
-        print("no ground truth in the bag: no metrics (frames, latency, rates, drops, teacher agreement)")
-    for model, metrics in result.metrics.items():
-        line = ", ".join(f"{k}={v:.4f}" for k, v in metrics.summary().items())
-        print(f"{model} (scored from the bag): {line}")
-        if model in result.devkit_metrics:
-            line = ", ".join(f"{k}={v:.4f}" for k, v in result.devkit_metrics[model].summary().items())
-            print(f"{model} (devkit on {config.dataroot}): {line}")
-    for model, lat in report["latency"].items():
-        e2e, mdl = lat["end_to_end_ms"], lat["model_ms"]
-        fmt = lambda d: "/".join("-" if d[k] is None else f"{d[k]:.1f}" for k in ("p50", "p90", "p99"))  # noqa: E731
-        print(f"{model} latency ms p50/p90/p99: end-to-end {fmt(e2e)} (n={e2e['n']}), model {fmt(mdl)} (n={mdl['n']})")
-    for model, rate in report["rates"].items():
-        drops = ", ".join(f"{k} {rate[k]}" for k in ("busy_drops", "inference_errors") if k in rate)
-        print(f"{model} rates: {rate['answers']}/{rate['frames_sent']} frames answered, "
-              f"{rate['answers_per_s']:.2f} answers/s of replay" + (f"; {drops}" if drops else ""))
-    for teacher, comp in report["comparison"].items():
-        total = comp["total"] or {}
-        print(f"comparison with {teacher}: {comp['pairs']} pairs, precision {total.get('precision')}, "
-              f"recall {total.get('recall')}")
-    print(f"wrote {result.report_path}")
-    failed = [g for g, c in result.frames.items() if not c.ok]
-    crashed = {k: c for k, c in result.exit_codes.items() if c != 0}
-    if failed or crashed:
-        print(f"x3kd bag eval: not every frame was answered exactly once ({failed}) or a node did not exit "
-              f"cleanly ({crashed})", file=sys.stderr)
-        return 1
-    return 0
+    found: dict[str, str] = {}
+    for ep in entry_points(group=COMMANDS_ENTRY_POINTS):
+        try:
+            register = ep.load()
+        except ImportError as err:  # installed metadata, broken package: say why on use
+            found[ep.name] = f"{ep.value} does not import ({err})"
+            continue
+        register(sub, UserError)
+        found[ep.name] = ""
+    for name, help_text in _ROS_COMMANDS.items():
+        if found.get(name) == "":
+            continue
+        why = found.get(name) or "no package provides it here"
+        missing = sub.add_parser(name, help=f"{help_text} (needs x3kd_ros)", add_help=False)
+        missing.add_argument("rest", nargs=argparse.REMAINDER)
+        missing.set_defaults(func=lambda args, name=name, why=why: _ros_missing(name, why))
+
+
+def _ros_missing(name: str, why: str) -> int:
+    raise UserError(f"'x3kd {name}' is a ROS 2 command of the x3kd_ros package ({why}): install x3kd_ros "
+                    "(pip install -e . in the checkout, as tools/setup.sh does, or colcon build --packages-select "
+                    "x3kd_ros) and run it again")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,43 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--fp16", action="store_true", help="float16 weights and image input (for GPU runtimes)")
     export.set_defaults(func=_cmd_export)
 
-    bag = sub.add_parser("bag", help="rosbag2 files").add_subparsers(dest="bag_command", required=True)
-    bag_write = bag.add_parser("write", help="a nuScenes-format split -> rosbag2 (x3kd_ros.bag_io)")
-    bag_write.add_argument("--dataroot", required=True)
-    bag_write.add_argument("--version", default="v1.0-synth")
-    bag_write.add_argument("--split", default="synth_val")
-    bag_write.add_argument("--out", required=True, help="bag folder to create (must not exist)")
-    bag_write.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    bag_write.add_argument("--compressed", action="store_true", help="CompressedImage (the dataset's JPEGs) instead of rgb8 Image")
-    bag_write.add_argument("--zstd", action="store_true", help="zstd-compress the storage (mcap chunks / sqlite3 messages)")
-    bag_write.add_argument("--sweeps", action="store_true", help="also write the non-keyframe sweeps")
-    bag_write.add_argument("--max-samples", type=int, default=None, help="only the first N keyframes of the split")
-    bag_write.set_defaults(func=_cmd_bag_write)
-    bag_eval = bag.add_parser("eval", help="replay a bag through the live ROS 2 graph and score it (x3kd_ros.bag_eval)")
-    bag_eval.add_argument("bag", help="rosbag2 folder (from `x3kd bag write`: sensors + ground truth; or any bag "
-                          "whose topics --remap / --params-file map; without ground truth: no metrics)")
-    bag_eval.add_argument("--checkpoint", required=True, help="camera-student checkpoint")
-    bag_eval.add_argument("--teacher-lidar", default="", help="LiDAR teacher checkpoint (adds it and its comparison node)")
-    bag_eval.add_argument("--teacher-radar", default="", help="radar teacher checkpoint (adds it and its comparison node)")
-    bag_eval.add_argument("--rate", type=float, default=0.0,
-                          help="0: as fast as the graph answers, one frame at a time (default); 1.0: real time")
-    bag_eval.add_argument("--out", default=None, help="report folder (default: runs/bag_eval/<bag name>)")
-    bag_eval.add_argument("--device", default="auto", help="where the nodes run their models: auto, cpu, cuda, cuda:N")
-    bag_eval.add_argument("--dataroot", default=None, help="also evaluate with the devkit on these nuScenes tables")
-    bag_eval.add_argument("--version", default=None, help="tables version (default: the one recorded in the bag)")
-    bag_eval.add_argument("--split", default=None, help="split (default: the one recorded in the bag)")
-    bag_eval.add_argument("--pictures", type=int, default=3, help="BEV pictures of this many keyframes")
-    bag_eval.add_argument("--startup-timeout-s", type=float, default=120.0, help="longest wait for the nodes to come up")
-    bag_eval.add_argument("--frame-timeout-s", type=float, default=30.0, help="longest wait for one frame's answer")
-    bag_eval.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: a private one from the pid)")
-    bag_eval.add_argument("--remap", action="append", default=[], metavar="GRAPH_TOPIC:=BAG_TOPIC",
-                          help="remap rule for every node, as --ros-args -r (repeatable), e.g. "
-                               "/cameras/cam_front/image_raw:=/my/front/image")
-    bag_eval.add_argument("--params-file", action="append", default=[], metavar="FILE",
-                          help="ROS 2 params file for the nodes, as --ros-args --params-file (repeatable), e.g. "
-                               "image_topics / camera_info_topics / camera_frames of the bag's cameras")
-    bag_eval.add_argument("--graph", default=None, help="graph description YAML (default: config/ros/graph.yaml)")
-    bag_eval.set_defaults(func=_cmd_bag_eval)
+    _add_plugin_commands(sub)
 
     train = sub.add_parser("train", help="train one experiment (config/train/*.yaml), then evaluate it")
     train.add_argument("--experiment", default=None, help="ExperimentConfig YAML (config/train/*.yaml)")

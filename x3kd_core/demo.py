@@ -162,30 +162,37 @@ def _train(experiment: str, dataroot: Path, version: str, out: Path, steps: int)
 def _ros_stage(out_dir: Path, dataroot: Path, version: str, split: str, checkpoints: dict) -> dict:
     """Bag the validation split, replay it through the live graph in a fresh process.
 
-    ``x3kd bag eval`` runs as a child process because Fast DDS reads its transport profile only
-    when a process first joins the graph (see x3kd_ros/bag_eval.py).
+    Both steps are ``x3kd bag`` commands run as child processes: x3kd_core imports nothing from
+    x3kd_ros (which adds ``bag`` to the CLI), and ``x3kd bag eval`` needs a fresh process anyway
+    because Fast DDS reads its transport profile only when a process first joins the graph (see
+    x3kd_ros/bag_eval.py).
     """
     import subprocess
     import sys
-
-    from x3kd_ros.bag_io import BagWriteConfig, write_bag
 
     bag = out_dir / "bag"
     if bag.exists():
         import shutil
 
         shutil.rmtree(bag)
-    written = write_bag(dataroot, version, split, bag, BagWriteConfig())
-    print(f"[demo] wrote {bag} ({written.num_bytes / 2**20:.1f} MiB, {written.num_samples} keyframes)")
-    cmd = [sys.executable, "-m", "x3kd_core.cli", "bag", "eval", str(bag), "--checkpoint", checkpoints["student"],
-           "--teacher-lidar", checkpoints["lidar"], "--out", str(out_dir / "bag_eval"),
-           "--dataroot", str(dataroot), "--version", version, "--split", split]
-    print("[demo] replaying through the ROS 2 graph:", " ".join(cmd[1:]))
-    proc = subprocess.run(cmd, text=True, capture_output=True, timeout=900)
-    print(proc.stdout, end="")
-    if proc.returncode != 0:
-        print(proc.stderr[-4000:], file=sys.stderr)
-        raise RuntimeError(f"x3kd bag eval failed with exit code {proc.returncode}")
+
+    def x3kd_bag(*args: str, timeout_s: float) -> subprocess.CompletedProcess:
+        # Through the `x3kd` command: x3kd_core imports nothing from x3kd_ros (it adds `bag`).
+        cmd = [sys.executable, "-m", "x3kd_core.cli", "bag", *args]
+        proc = subprocess.run(cmd, text=True, capture_output=True, timeout=timeout_s)
+        print(proc.stdout, end="")
+        if proc.returncode != 0:
+            print(proc.stderr[-4000:], file=sys.stderr)
+            raise RuntimeError(f"x3kd bag {args[0]} failed with exit code {proc.returncode}")
+        return proc
+
+    x3kd_bag("write", "--dataroot", str(dataroot), "--version", version, "--split", split, "--out", str(bag),
+             timeout_s=900)
+    print(f"[demo] wrote {bag}")
+    args = ["eval", str(bag), "--checkpoint", checkpoints["student"], "--teacher-lidar", checkpoints["lidar"],
+            "--out", str(out_dir / "bag_eval"), "--dataroot", str(dataroot), "--version", version, "--split", split]
+    print("[demo] replaying through the ROS 2 graph: x3kd bag", " ".join(args))
+    proc = x3kd_bag(*args, timeout_s=900)
     report_path = out_dir / "bag_eval" / "report.json"
     return {"report": str(report_path), "exit_code": proc.returncode}
 
