@@ -1,10 +1,4 @@
-"""X3KD distillation: the four components and the module that combines them for training.
-
-* X-IS (:mod:`~x3kd_core.distill.x_is`): perspective view (stride-16 image features) <- 2D
-  instance-segmentation teacher's per-class masks;
-* X-FD (:mod:`~x3kd_core.distill.x_fd`): BEV features <- LiDAR teacher's BEV features;
-* X-AT (:mod:`~x3kd_core.distill.x_at`): BEV features vs LiDAR teacher's, through a discriminator;
-* X-OD (:mod:`~x3kd_core.distill.x_od`): dense head outputs <- LiDAR teacher's head outputs.
+"""Combining the X3KD components for training: every enabled term, weighted, from one set of outputs.
 
 :class:`DistillationLosses` holds the enabled components (and their trainable student-side parts:
 the X-IS mask head, the X-FD / X-AT adapters) and computes every enabled term from the student's
@@ -12,18 +6,17 @@ outputs, the frozen teachers' outputs and the ground-truth boxes. It returns a n
 already *weighted* scalar terms (``x_is/mask``, ``x_fd/feature``, ``x_at/gen``, ``x_od/heatmap``,
 ``x_od/regression``) plus detached diagnostics under ``stat/<component>/...``.
 
-Integration with the training engine (``x3kd_core.train.engine``), which sums every value of the
-loss dict it is given:
+What the training engine (:mod:`x3kd_core.train.engine`) does with a loss dict: it sums every
+entry whose name does not start with ``stat/`` into the optimised loss, and logs every entry,
+``stat/`` ones included, by name in ``train.csv``. In the camera tasks (:mod:`x3kd_core.train.tasks`)
+the distillation diagnostics take another route today: :class:`TaskDistillation` returns the loss
+terms only and keeps the ``stat/`` entries of the last step, which :meth:`TaskDistillation.stats_step`
+(an engine extra step) hands to the log after the optimiser step.
 
-* put this module inside the trained model (its head and adapters must be optimised with the
-  student), and hand the engine only the loss terms: ``terms, stats = split_stats(losses)``.
-  With the camera tasks of ``x3kd_core.train.tasks`` this is :class:`TaskDistillation`:
-  ``StudentTask(student, distill=TaskDistillation(losses), teachers={"lidar": ..., "instance_seg": ...})``,
-  and ``extra_steps=[..., task.distill.stats_step()]`` logs the diagnostics;
-* freeze the teachers with :func:`freeze_teacher` (no gradients, BatchNorm never updates, even
-  when the surrounding model is put in train mode);
-* with X-AT enabled, pass ``extra_steps=[distill.discriminator_step()]`` to the trainer: the
-  discriminator and its optimiser live there, not in the model (see :mod:`~x3kd_core.distill.x_at`).
+Use: ``StudentTask(student, distill=TaskDistillation(losses), teachers={"lidar": ..., "instance_seg": ...})``
+with teachers frozen by :func:`x3kd_core.distill.frozen.freeze_teacher`, and
+``extra_steps=[distill.discriminator_step(), distill.stats_step()]`` when X-AT is enabled (the
+discriminator and its optimiser live in that step, not in the model; see :mod:`~x3kd_core.distill.x_at`).
 """
 
 from __future__ import annotations
@@ -33,101 +26,29 @@ from typing import TYPE_CHECKING, Callable
 from torch import Tensor, nn
 
 from x3kd_core.config import BevGridConfig
-from x3kd_core.distill.config import DistillConfig, XATConfig, XFDConfig, XISConfig, XODConfig
-from x3kd_core.distill.x_at import (
-    BevDiscriminator,
-    DiscriminatorStep,
-    XATContext,
-    XATLoss,
-    make_discriminator_optimizer,
-    make_discriminator_step,
-)
+from x3kd_core.distill.config import DistillConfig
+from x3kd_core.distill.x_at import DiscriminatorStep, XATLoss, make_discriminator_step
 from x3kd_core.distill.x_fd import XFDLoss, bev_foreground_map, build_bev_adapter, teacher_foreground_map
-from x3kd_core.distill.x_is import XISHead, XISLoss, downsample_masks
-from x3kd_core.distill.x_od import XODLoss, soft_target_loss
+from x3kd_core.distill.x_is import XISHead, XISLoss
+from x3kd_core.distill.x_od import XODLoss
 from x3kd_core.structures import DETECTION_CLASSES, Boxes3D
 
 if TYPE_CHECKING:  # annotations only: importing the models here would pull in torchvision et al.
     from x3kd_core.models.student import StudentOutputs
     from x3kd_core.models.teachers.lidar import BevDetectorOutputs
 
-__all__ = [
-    "DistillConfig",
-    "XISConfig",
-    "XFDConfig",
-    "XATConfig",
-    "XODConfig",
-    "XISHead",
-    "XISLoss",
-    "XFDLoss",
-    "XATLoss",
-    "XODLoss",
-    "BevDiscriminator",
-    "XATContext",
-    "DiscriminatorStep",
-    "make_discriminator_optimizer",
-    "make_discriminator_step",
-    "bev_foreground_map",
-    "teacher_foreground_map",
-    "build_bev_adapter",
-    "downsample_masks",
-    "soft_target_loss",
-    "DistillationLosses",
-    "TaskDistillation",
-    "DistillStatsStep",
-    "STAT_PREFIX",
-    "split_stats",
-    "freeze_teacher",
-    "is_frozen",
-]
+__all__ = ["DistillationLosses", "TaskDistillation", "DistillStatsStep", "STAT_PREFIX", "split_stats"]
 
 #: Names starting with this are detached diagnostics, not loss terms.
 STAT_PREFIX = "stat/"
 
 
 def split_stats(losses: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Split a loss dict into (loss terms, ``stat/`` diagnostics).
-
-    The training engine sums every value it gets, so give it only the first dict; log the second.
-    """
+    """Split a loss dict into (loss terms, ``stat/`` diagnostics): what is optimised and what is
+    only reported (the engine itself leaves ``stat/`` names out of the optimised sum)."""
     terms = {k: v for k, v in losses.items() if not k.startswith(STAT_PREFIX)}
     stats = {k: v for k, v in losses.items() if k.startswith(STAT_PREFIX)}
     return terms, stats
-
-
-class _EvalOnlyTrain:
-    """Replacement ``train`` of a frozen teacher: ignores ``mode`` and keeps eval mode (BN running
-    statistics, no dropout). A plain object rather than a bound function so that the module still
-    pickles (``torch.save(model)``) and deep-copies."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __call__(self, mode: bool = True) -> nn.Module:
-        return nn.Module.train(self.module, False)
-
-
-def freeze_teacher(module: nn.Module) -> nn.Module:
-    """Freeze a teacher in place and return it.
-
-    All parameters get ``requires_grad=False`` (the engine leaves them out of the optimiser and no
-    gradient is computed for them), the module goes to eval mode, and its ``train()`` is
-    overridden on this instance to keep it there: a surrounding ``model.train()`` (which the
-    engine calls) would otherwise switch the teacher's BatchNorm back to batch statistics and
-    update its running statistics from the student's training batches.
-    """
-    module.requires_grad_(False)
-    module.train = _EvalOnlyTrain(module)
-    module.eval()
-    module._x3kd_frozen = True
-    return module
-
-
-def is_frozen(module: nn.Module) -> bool:
-    """True if ``module`` went through :func:`freeze_teacher` and is still frozen."""
-    return bool(getattr(module, "_x3kd_frozen", False)) and not module.training and not any(
-        p.requires_grad for p in module.parameters()
-    )
 
 
 def _prefixed(component: str, losses: dict[str, Tensor], weights: dict[str, float]) -> dict[str, Tensor]:

@@ -34,7 +34,8 @@ def build_distillation(exp: ExperimentConfig, student: nn.Module, device: str | 
         ConfigError: a teacher trained on another grid (key paths named).
         CheckpointError: a teacher checkpoint that is missing, unreadable or of the wrong kind.
     """
-    from x3kd_core.distill import DistillationLosses, TaskDistillation, freeze_teacher
+    from x3kd_core.distill.frozen import freeze_teacher
+    from x3kd_core.distill.losses import DistillationLosses, TaskDistillation
     from x3kd_core.experiment.loader import load_model
     from x3kd_core.models.camera_radar import CameraRadarStudent
     from x3kd_core.train.distributed import init_distributed, wrap_ddp

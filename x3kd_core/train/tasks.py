@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from x3kd_core.distill.frozen import freeze_teacher
 from x3kd_core.distill.teacher_cache import CachedTeacher
 from x3kd_core.models.camera_radar import CameraRadarStudent
 from x3kd_core.models.student import CameraStudent, StudentOutputs
@@ -158,10 +159,7 @@ class _CameraTask(nn.Module):
         super().__init__()
         self.student = student
         self.distill = distill
-        teachers = dict(teachers or {})
-        for teacher in teachers.values():
-            teacher.requires_grad_(False)
-            teacher.eval()
+        teachers = {name: freeze_teacher(teacher) for name, teacher in (teachers or {}).items()}
         # A plain dict on purpose: see the module docstring (not in state_dict / optimiser / DDP).
         self.__dict__["teachers"] = teachers
         if distill is not None and not teachers:
@@ -175,12 +173,6 @@ class _CameraTask(nn.Module):
         super()._apply(fn, *args, **kwargs)
         for teacher in self.teachers.values():
             teacher._apply(fn, *args, **kwargs)
-        return self
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for teacher in self.teachers.values():
-            teacher.eval()  # frozen BatchNorm statistics, whatever the engine asks of the student
         return self
 
     def outputs(self, batch: Batch) -> StudentOutputs:
