@@ -21,7 +21,7 @@ Two measurements, each in fresh processes (``--runs`` times, medians printed):
     ``import torch``; ``import torchvision``; the x3kd_core modules the checkpoint loader imports;
     ``rclpy.init``; ``DetectorNode`` construction, whose model load is split by timing wrappers
     around the real functions (checkpoint read = ``torch.load``; model build =
-    ``experiment.build_task``; weights = ``load_state_dict``); then two ``Predictor.predict`` calls
+    ``experiment.loader.build_model``; weights = ``load_state_dict``); then two ``Predictor.predict`` calls
     on six blank images (first inference = warm-up, second = steady state).
 
 Every ROS process keeps to the project's network rule (x3kd_ros.ros_env: localhost only, a private
@@ -70,10 +70,11 @@ def _child(checkpoint: str, device: str, t0: float) -> dict:
     import torchvision  # noqa: F401
 
     mark("import torchvision")
-    from x3kd_core import experiment, inference  # noqa: F401
     from x3kd_core import checkpoint as ckpt
+    from x3kd_core import inference  # noqa: F401
+    from x3kd_core.experiment import loader
 
-    mark("import x3kd_core (experiment, inference)")
+    mark("import x3kd_core (inference, experiment.loader)")
     context = Context()
     rclpy.init(context=context)
     mark("rclpy.init")
@@ -94,9 +95,9 @@ def _child(checkpoint: str, device: str, t0: float) -> dict:
                 active.pop()
         return wrapper
 
-    read, build, load_sd = ckpt.read_checkpoint, experiment.build_task, torch.nn.Module.load_state_dict
+    read, build, load_sd = ckpt.read_checkpoint, loader.build_model, torch.nn.Module.load_state_dict
     ckpt.read_checkpoint = timed("read", read)
-    experiment.build_task = timed("build", build)
+    loader.build_model = timed("build", build)
     torch.nn.Module.load_state_dict = timed("weights", load_sd)
     try:
         node = detector_node.DetectorNode(context=context, parameter_overrides=[
@@ -104,7 +105,7 @@ def _child(checkpoint: str, device: str, t0: float) -> dict:
             rclpy.parameter.Parameter("device", value=device),
             rclpy.parameter.Parameter("publish_markers", value=False)])
     finally:
-        ckpt.read_checkpoint, experiment.build_task, torch.nn.Module.load_state_dict = read, build, load_sd
+        ckpt.read_checkpoint, loader.build_model, torch.nn.Module.load_state_dict = read, build, load_sd
     at = marks[-1][1]
     for name, key in (("checkpoint read (torch.load)", "read"),
                       ("model build (init; a pretrained .pth if named)", "build"),
