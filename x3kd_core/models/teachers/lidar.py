@@ -15,12 +15,14 @@ stride-2 convs whose output centres sit half an input cell off the cell centres.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from x3kd_core.config import BevGridConfig, ConfigError
 from x3kd_core.models.heads.center_head import CenterHead, CenterHeadConfig, HeadOutputs
+from x3kd_core.models.teachers.centerpoint_mm import CenterPointMM, CenterPointMMConfig
 from x3kd_core.models.teachers.pillars import PillarEncoder
 from x3kd_core.structures import Boxes3D
 
@@ -167,6 +169,9 @@ class LidarDetectorConfig:
     pillar_channels: tuple[int, ...] = (64,)
     backbone: BevBackboneConfig = field(default_factory=BevBackboneConfig)
     head: CenterHeadConfig = field(default_factory=CenterHeadConfig)
+    #: When set, the detector IS an mmdet3d CenterPoint-pillar mirror (a converted zoo checkpoint,
+    #: ``x3kd convert mmdet3d-centerpoint``) and the four fields above are unused.
+    mmdet3d: Optional[CenterPointMMConfig] = None
 
 
 class LidarDetector(nn.Module):
@@ -180,6 +185,11 @@ class LidarDetector(nn.Module):
         super().__init__()
         self.config = config
         self.grid = grid
+        self.mirror: Optional[CenterPointMM] = None
+        if config.mmdet3d is not None:
+            _check_mirror_grid(config.mmdet3d, grid)
+            self.mirror = CenterPointMM(config.mmdet3d)
+            return
         self.pillars = PillarEncoder(
             grid=grid,
             pillar_size_m=config.pillar_size_m,
@@ -201,22 +211,46 @@ class LidarDetector(nn.Module):
     @property
     def bev_channels(self) -> int:
         """C_bev of ``bev_features``."""
+        if self.mirror is not None:
+            return self.mirror.bev_channels
         return self.backbone.out_channels
 
     def bev(self, lidar_points: list[Tensor]) -> Tensor:
         """lidar_points: B tensors (P_b, 5) -> bev_features (B, C_bev, N_x, N_y)."""
+        if self.mirror is not None:
+            return self.mirror(lidar_points).bev_features
         return self.backbone(self.pillars(lidar_points))
 
     def forward(self, lidar_points: list[Tensor]) -> BevDetectorOutputs:
         """lidar_points: B tensors (P_b, 5) x, y, z (m, ego), intensity, time_lag_s."""
+        if self.mirror is not None:
+            return self.mirror(lidar_points)  # type: ignore[return-value]  # same fields, plus the raw maps
         bev = self.bev(lidar_points)
         return BevDetectorOutputs(bev_features=bev, head=self.head(bev))
 
     def loss(self, outputs: BevDetectorOutputs, boxes: list[Boxes3D]) -> dict[str, Tensor]:
         """CenterHead losses (named terms) against B ground-truth Boxes3D."""
+        if self.mirror is not None:
+            return self.mirror.loss()
         return self.head.loss(outputs.head, self.head.get_targets(boxes))
 
     @torch.no_grad()
     def predict(self, outputs: BevDetectorOutputs) -> list[Boxes3D]:
         """Decoded boxes (ego frame), one Boxes3D per sample."""
+        if self.mirror is not None:
+            return self.mirror.predict(outputs)  # type: ignore[arg-type]
         return self.head.predict(outputs.head)
+
+
+def _check_mirror_grid(config: CenterPointMMConfig, grid: BevGridConfig) -> None:
+    """The mirror's head grid (its point range, cell = voxel x out_size_factor) must BE the
+    experiment's BEV grid, or its features would not line up with the student's cell by cell."""
+    pcr = config.point_cloud_range
+    mine = ((pcr[0], pcr[3]), (pcr[1], pcr[4]), config.bev_cell_m)
+    theirs = (tuple(grid.x_range_m), tuple(grid.y_range_m), grid.cell_size_m)
+    close = all(abs(a - b) < 1e-6 for a, b in zip((*mine[0], *mine[1], mine[2]), (*theirs[0], *theirs[1], theirs[2])))
+    if not close:
+        raise ConfigError(
+            f"the mmdet3d model's BEV grid (x {mine[0]}, y {mine[1]}, cell {mine[2]:g} m) differs from the "
+            f"experiment grid (x {theirs[0]}, y {theirs[1]}, cell {theirs[2]:g} m); set grid: to the model's"
+        )
