@@ -299,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--fp16", action="store_true", help="float16 weights and image input (for GPU runtimes)")
     export.set_defaults(func=_cmd_export)
 
+    from x3kd_core.convert.command import add_convert_parser  # argparse only; the converter loads on use
+
+    add_convert_parser(sub)
+
     _add_plugin_commands(sub)
 
     train = sub.add_parser("train", help="train one experiment (config/train/*.yaml), then evaluate it")

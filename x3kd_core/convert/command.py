@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 __all__ = ["add_convert_parser", "run_convert"]
 
@@ -34,8 +35,14 @@ def run_convert(args: argparse.Namespace) -> int:
     from x3kd_core.convert.mmdet3d import KNOWN_CENTERPOINT_CONFIGS, convert_centerpoint, mirror_grid
 
     config = KNOWN_CENTERPOINT_CONFIGS[args.config_name]
+    from x3kd_core.checkpoint import CheckpointError
+
     z = tuple(args.grid_z_range) if args.grid_z_range else None
-    path = convert_centerpoint(args.checkpoint, config, args.out, grid_z_range_m=z)
+    try:
+        path = convert_centerpoint(args.checkpoint, config, args.out, grid_z_range_m=z)
+    except CheckpointError as err:  # unsafe / misfit checkpoint: a user error, not a crash
+        print(f"x3kd convert: error: {err}", file=sys.stderr)
+        return 2
     grid = mirror_grid(config, z)
     print(json.dumps({
         "out": str(path), "kind": "lidar", "mmdet3d_config": config.source, "classes": list(config.class_names),

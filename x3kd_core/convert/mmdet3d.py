@@ -25,13 +25,14 @@ import torch
 
 from x3kd_core.checkpoint import CHECKPOINT_FORMAT, CheckpointError, save_checkpoint
 from x3kd_core.config import BevGridConfig, ConfigError, TrainConfig, to_dict
-from x3kd_core.models.teachers.centerpoint_mm import CenterPointMM, CenterPointMMConfig
+from x3kd_core.models.teachers.centerpoint_mm import COMMON_HEADS, CenterPointMM, CenterPointMMConfig
 
 __all__ = [
     "KNOWN_CENTERPOINT_CONFIGS",
     "MMDET3D_PREFIXES",
     "load_openmmlab_checkpoint",
     "centerpoint_state_dict",
+    "config_from_mmdet3d_model",
     "convert_centerpoint",
     "mirror_grid",
 ]
@@ -153,6 +154,86 @@ def centerpoint_state_dict(state: Mapping[str, torch.Tensor], config: CenterPoin
                                   f"architecture needs {tuple(expected[key].shape)}")
         mapped[key] = value.to(expected[key].dtype) if value.is_floating_point() else value
     return mapped
+
+
+def config_from_mmdet3d_model(model: Mapping[str, Any], source: str = "", sweeps: int = 10) -> CenterPointMMConfig:
+    """An mmdet3d CenterPoint-pillar ``model`` config (``Config.fromfile(...).model`` as a dict) -> the
+    typed mirror config. Settings the mirror does not implement are refused by name.
+
+    Raises:
+        ConfigError: a missing entry, or an unsupported choice (DCN head, legacy PillarFeatureNet,
+            distance feature, other head branches, two different score thresholds, ...).
+    """
+    def get(path: str) -> Any:
+        node: Any = model
+        for part in path.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                raise ConfigError(f"mmdet3d model config: no '{path}'")
+            node = node[part]
+        return node
+
+    def require(ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"mmdet3d model config ({source or 'given'}): {what} is not supported by the mirror")
+
+    vl, pfn, bb, neck, head = (get("data_preprocessor.voxel_layer"), get("pts_voxel_encoder"), get("pts_backbone"),
+                               get("pts_neck"), get("pts_bbox_head"))
+    test = get("test_cfg.pts")
+    require(pfn.get("type") == "PillarFeatureNet", f"voxel encoder {pfn.get('type')}")
+    require(not pfn.get("with_distance", False), "PillarFeatureNet with_distance=True")
+    require(pfn.get("legacy", True) is False, "PillarFeatureNet legacy=True")
+    require(pfn.get("with_cluster_center", True) and pfn.get("with_voxel_center", True), "a PillarFeatureNet without "
+            "cluster / voxel centre offsets")
+    require(pfn.get("mode", "max") == "max", f"PillarFeatureNet mode {pfn.get('mode')}")
+    require(bb.get("type") == "SECOND" and neck.get("type") == "SECONDFPN", f"{bb.get('type')} + {neck.get('type')}")
+    strides = tuple(float(s) for s in neck["upsample_strides"])
+    require(neck.get("use_conv_for_no_stride", False) or 1.0 not in strides, "SECONDFPN deconv at stride 1")
+    require(head.get("type") == "CenterHead", f"head {head.get('type')}")
+    sep = head.get("separate_head", {})
+    require(sep.get("type", "SeparateHead").split(".")[-1] == "SeparateHead", f"separate head {sep.get('type')}")
+    common = {k: tuple(v) for k, v in head.get("common_heads", {}).items()}
+    convs = {v[1] for v in common.values()}
+    require(tuple((k, v[0]) for k, v in common.items()) == COMMON_HEADS and len(convs) == 1,
+            f"common_heads {common} (the mirror has {dict(COMMON_HEADS)}, each with the same conv count)")
+    require(head.get("num_heatmap_convs", 2) == next(iter(convs)), "a heatmap conv count unlike the other branches'")
+    require(head.get("norm_bbox", True), "norm_bbox=False")
+    coder = head["bbox_coder"]
+    require(abs(float(coder["score_threshold"]) - float(test["score_threshold"])) < 1e-12,
+            "bbox_coder and test_cfg score thresholds that differ")
+    pcr = tuple(float(v) for v in vl["point_cloud_range"])
+    max_voxels = vl.get("max_voxels", 20000)
+    max_voxels = tuple(max_voxels) if isinstance(max_voxels, (list, tuple)) else (max_voxels, max_voxels)
+    return CenterPointMMConfig(
+        point_cloud_range=pcr,  # type: ignore[arg-type]
+        voxel_size=tuple(float(v) for v in vl["voxel_size"]),  # type: ignore[arg-type]
+        max_num_points=int(vl["max_num_points"]),
+        max_voxels=(int(max_voxels[0]), int(max_voxels[1])),
+        point_channels=int(pfn["in_channels"]),
+        pfn_channels=tuple(int(c) for c in pfn["feat_channels"]),
+        pfn_bn_eps=float(pfn.get("norm_cfg", {}).get("eps", 1e-3)),
+        backbone_channels=tuple(int(c) for c in bb["out_channels"]),
+        backbone_layers=tuple(int(c) for c in bb["layer_nums"]),
+        backbone_strides=tuple(int(c) for c in bb["layer_strides"]),
+        neck_channels=tuple(int(c) for c in neck["out_channels"]),
+        neck_upsample_strides=strides,
+        bn_eps=float(bb.get("norm_cfg", {}).get("eps", 1e-3)),
+        share_conv_channels=int(head.get("share_conv_channel", 64)),
+        head_conv_channels=int(sep.get("head_conv", 64)),
+        head_convs=int(next(iter(convs))),
+        final_kernel=int(sep.get("final_kernel", 1)),
+        tasks=tuple(tuple(t["class_names"]) for t in head["tasks"]),
+        out_size_factor=int(coder["out_size_factor"]),
+        max_num=int(coder.get("max_num", 100)),
+        score_threshold=float(coder["score_threshold"]),
+        post_center_range=tuple(float(v) for v in coder["post_center_range"]),  # type: ignore[arg-type]
+        nms_type=test["nms_type"],
+        nms_iou_threshold=float(test.get("nms_thr", 0.2)),
+        pre_max_size=int(test.get("pre_max_size", 1000)),
+        post_max_size=int(test.get("post_max_size", 83)),
+        min_radius=tuple(float(r) for r in test["min_radius"]),
+        source=source,
+        sweeps=sweeps,
+    )
 
 
 def mirror_grid(config: CenterPointMMConfig, z_range_m: tuple[float, float] | None = None) -> BevGridConfig:

@@ -263,3 +263,102 @@ def test_converted_checkpoint_loads_as_a_lidar_teacher(tmp_path):
     boxes = model.predict(out_a)
     assert len(boxes) == 2 and all(np.isin(b.label, [DETECTION_CLASSES.index(c) for c in TINY.class_names]).all()
                                    for b in boxes)
+
+
+def _nus_pillar_model_config(nms_type: str) -> dict:
+    """mmdet3d 1.4's configs/_base_/models/centerpoint_pillar02_second_secfpn_nus.py with the
+    overrides of configs/centerpoint/centerpoint_pillar02_second_secfpn_8xb4-cyclic-20e_nus-3d.py,
+    as ``Config.fromfile(...).model`` gives it (parts the mirror does not read left out)."""
+    pcr = [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]
+    return dict(
+        type="CenterPoint",
+        data_preprocessor=dict(type="Det3DDataPreprocessor", voxel=True, voxel_layer=dict(
+            max_num_points=20, voxel_size=[0.2, 0.2, 8], max_voxels=(30000, 40000), point_cloud_range=pcr)),
+        pts_voxel_encoder=dict(type="PillarFeatureNet", in_channels=5, feat_channels=[64], with_distance=False,
+                               voxel_size=(0.2, 0.2, 8), norm_cfg=dict(type="BN1d", eps=1e-3, momentum=0.01),
+                               legacy=False, point_cloud_range=pcr),
+        pts_middle_encoder=dict(type="PointPillarsScatter", in_channels=64, output_shape=(512, 512)),
+        pts_backbone=dict(type="SECOND", in_channels=64, out_channels=[64, 128, 256], layer_nums=[3, 5, 5],
+                          layer_strides=[2, 2, 2], norm_cfg=dict(type="BN", eps=1e-3, momentum=0.01),
+                          conv_cfg=dict(type="Conv2d", bias=False)),
+        pts_neck=dict(type="SECONDFPN", in_channels=[64, 128, 256], out_channels=[128, 128, 128],
+                      upsample_strides=[0.5, 1, 2], norm_cfg=dict(type="BN", eps=1e-3, momentum=0.01),
+                      upsample_cfg=dict(type="deconv", bias=False), use_conv_for_no_stride=True),
+        pts_bbox_head=dict(
+            type="CenterHead", in_channels=384,
+            tasks=[dict(num_class=1, class_names=["car"]), dict(num_class=2, class_names=["truck", "construction_vehicle"]),
+                   dict(num_class=2, class_names=["bus", "trailer"]), dict(num_class=1, class_names=["barrier"]),
+                   dict(num_class=2, class_names=["motorcycle", "bicycle"]),
+                   dict(num_class=2, class_names=["pedestrian", "traffic_cone"])],
+            common_heads=dict(reg=(2, 2), height=(1, 2), dim=(3, 2), rot=(2, 2), vel=(2, 2)),
+            share_conv_channel=64,
+            bbox_coder=dict(type="CenterPointBBoxCoder", post_center_range=[-61.2, -61.2, -10.0, 61.2, 61.2, 10.0],
+                            max_num=500, score_threshold=0.1, out_size_factor=4, voxel_size=[0.2, 0.2], code_size=9,
+                            pc_range=pcr[:2]),
+            separate_head=dict(type="SeparateHead", init_bias=-2.19, final_kernel=3), norm_bbox=True),
+        test_cfg=dict(pts=dict(post_center_limit_range=[-61.2, -61.2, -10.0, 61.2, 61.2, 10.0], max_per_img=500,
+                               max_pool_nms=False, min_radius=[4, 12, 10, 1, 0.85, 0.175], score_threshold=0.1,
+                               pc_range=pcr[:2], out_size_factor=4, voxel_size=[0.2, 0.2], nms_type=nms_type,
+                               pre_max_size=1000, post_max_size=83, nms_thr=0.2)),
+    )
+
+
+@pytest.mark.parametrize("name,nms", [(NUS, "circle"), (NUS.replace("_head-circlenms", ""), "rotate")])
+def test_known_configs_equal_what_mmdet3d_config_files_say(name, nms):
+    from x3kd_core.convert.mmdet3d import config_from_mmdet3d_model
+
+    assert config_from_mmdet3d_model(_nus_pillar_model_config(nms), source=name) == KNOWN_CENTERPOINT_CONFIGS[name]
+
+
+def test_unsupported_mmdet3d_settings_are_refused_by_name():
+    from x3kd_core.convert.mmdet3d import config_from_mmdet3d_model
+
+    dcn = _nus_pillar_model_config("circle")
+    dcn["pts_bbox_head"]["separate_head"] = dict(type="DCNSeparateHead", dcn_config={}, init_bias=-2.19, final_kernel=3)
+    with pytest.raises(ConfigError, match="DCNSeparateHead"):
+        config_from_mmdet3d_model(dcn)
+    legacy = _nus_pillar_model_config("circle")
+    legacy["pts_voxel_encoder"]["legacy"] = True
+    with pytest.raises(ConfigError, match="legacy=True"):
+        config_from_mmdet3d_model(legacy)
+
+
+def test_converted_teacher_drives_a_tiny_x3kd_run(tiny_dataset, tmp_path):
+    """`x3kd convert` output as `--teachers lidar=...`: X-FD and X-OD from the mmdet3d mirror, one step."""
+    import json
+    from pathlib import Path
+
+    from x3kd_core.cli import main
+
+    repo = Path(__file__).resolve().parents[3]
+    dataroot, _ = tiny_dataset
+    config = dataclasses.replace(TINY, sweeps=3)
+    src = tmp_path / "centerpoint.pth"
+    torch.save({"meta": {"CLASSES": TINY.class_names}, "state_dict": mmdet3d_state_dict(config, seed=8)}, src)
+    teacher = convert_centerpoint(src, config, tmp_path / "teacher.pt", grid_z_range_m=(-3.0, 5.0))
+    args = ["train", "--experiment", str(repo / "config" / "train" / "student_tiny.yaml"), "--out", str(tmp_path / "r"),
+            "--distill", "x-fd,x-od", "--teachers", f"lidar={teacher}", "--device", "cpu",
+            "--set", f"data.dataroot={dataroot}", "--set", "train.max_steps=1", "--set", "data.lidar_sweeps=3"]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert report["distill"] == ["x_fd", "x_od"]
+    assert math.isfinite(report["last_losses"]["x_od/heatmap"]) and math.isfinite(report["last_losses"]["x_fd/feature"])
+
+
+def test_cli_convert(tmp_path, capsys):
+    import json
+
+    from x3kd_core.cli import main
+
+    src = tmp_path / "cp.pth"
+    torch.save({"meta": {}, "state_dict": mmdet3d_state_dict(KNOWN_CENTERPOINT_CONFIGS[NUS])}, src)
+    out = tmp_path / "teacher.pt"
+    assert main(["convert", "mmdet3d-centerpoint", "--checkpoint", str(src), "--config-name", NUS, "--out", str(out),
+                 "--grid-z-range", "-3", "5"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["grid"]["cell_size_m"] == pytest.approx(0.8) and line["grid"]["z_range_m"] == [-3.0, 5.0]
+    assert line["nms"] == "circle" and line["lidar_sweeps"] == 10 and out.is_file()
+    torch.save({"state_dict": {"pts_backbone.blocks.0.0.weight": torch.zeros(1)}}, src)
+    assert main(["convert", "mmdet3d-centerpoint", "--checkpoint", str(src), "--config-name", NUS,
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    assert "does not match" in capsys.readouterr().err

@@ -602,17 +602,29 @@ def rotated_bev_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _rotate_nms(boxes: Tensor, scores: Tensor, threshold: float, pre_max_size: int, post_max_size: int) -> Tensor:
     """mmdet3d ``nms_bev`` (mmcv ``nms_rotated``): greedy by score over the top ``pre_max_size``,
-    suppress IoU > ``threshold``, at most ``post_max_size`` kept. IoU in float64 (mmcv: float32)."""
+    suppress IoU > ``threshold``, at most ``post_max_size`` kept. IoU in float64 (mmcv: float32).
+
+    Only the rows of kept boxes are computed, and the loop stops at ``post_max_size`` kept boxes
+    (mmcv finishes the loop and truncates afterwards: the same result).
+    """
+    import shapely
+
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long)
     order = torch.sort(scores, descending=True, stable=True).indices[:pre_max_size]
-    b = boxes[order].double().cpu().numpy()
-    iou = rotated_bev_iou(b, b)
+    polygons = shapely.polygons(_bev_corners(boxes[order].double().cpu().numpy()))
+    areas = shapely.area(polygons)
     suppressed = np.zeros(len(order), dtype=bool)
-    keep = []
+    keep: list[int] = []
     for i in range(len(order)):
         if suppressed[i]:
             continue
         keep.append(i)
-        suppressed |= iou[i] > threshold
-    return order[torch.as_tensor(keep, dtype=torch.long)][:post_max_size]
+        if len(keep) == post_max_size:
+            break
+        rest = np.nonzero(~suppressed[i + 1:])[0] + i + 1
+        if len(rest):
+            inter = shapely.area(shapely.intersection(polygons[i], polygons[rest]))
+            iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
+            suppressed[rest[iou > threshold]] = True
+    return order[torch.as_tensor(keep, dtype=torch.long)]
