@@ -52,11 +52,18 @@ build_venv() {
   # mmcv 2.1's setup.py hard-codes -std=c++17 for its CPU ops, but torch 2.14's headers refuse
   # anything below C++20 ("#error C++20 or later compatible compiler is required to use ATen"),
   # so the sdist is unpacked and that one flag raised; nothing else in mmcv changes.
+  # The unpacked tree is kept: pip builds a local folder in place, so an interrupted compile
+  # resumes from the objects already built (ninja) when this script runs again.
   local src="$VENV/src"
-  rm -rf "$src" && mkdir -p "$src"
-  "$PY" -m pip download -q --no-deps --no-binary :all: "${MM_PINS[1]}" -d "$src"
-  tar xzf "$src"/mmcv-2.1.0.tar.gz -C "$src"
-  sed -i "s/'-std=c++17'/'-std=c++20'/g" "$src/mmcv-2.1.0/setup.py"
+  if [ ! -f "$src/mmcv-2.1.0/.x3kd-patched" ]; then
+    rm -rf "$src" && mkdir -p "$src"
+    "$PY" -m pip download -q --no-deps --no-binary :all: "${MM_PINS[1]}" -d "$src"
+    tar xzf "$src"/mmcv-2.1.0.tar.gz -C "$src"
+    sed -i "s/'-std=c++17'/'-std=c++20'/g" "$src/mmcv-2.1.0/setup.py"
+    touch "$src/mmcv-2.1.0/.x3kd-patched"
+  else
+    log "resuming the mmcv build in $src/mmcv-2.1.0"
+  fi
   "$PY" -m pip install -v --no-build-isolation "${HOLD[@]}" "$src/mmcv-2.1.0"
   log "mmcv built in $((SECONDS - t1)) s"
   # mmdet / mmdet3d without their dependency lists (which would pull open3d and re-resolve mmcv);

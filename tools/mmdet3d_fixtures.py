@@ -112,11 +112,15 @@ def main() -> None:
     import mmdet
     import mmdet3d
     import mmengine
+    import mmdet.models  # noqa: F401 - fills the mmdet.* registry entries the config names (losses)
+    import mmdet3d.models  # noqa: F401 - CenterPoint and its parts
     from mmdet3d.registry import MODELS
     from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
-    from mmdet3d.utils import register_all_modules
+    from mmengine.registry import init_default_scope
 
-    register_all_modules()
+    # Only the model packages are imported (not register_all_modules): mmdet3d's dataset and metric
+    # modules pull in dataset SDKs (lyft, waymo) that building a model does not need.
+    init_default_scope("mmdet3d")
     base, config_path = base_model_config()
     cfg = small_config(base)
     torch.manual_seed(args.seed)

@@ -343,6 +343,27 @@ def test_converted_teacher_drives_a_tiny_x3kd_run(tiny_dataset, tmp_path):
     report = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert report["distill"] == ["x_fd", "x_od"]
     assert math.isfinite(report["last_losses"]["x_od/heatmap"]) and math.isfinite(report["last_losses"]["x_fd/feature"])
+    # The same teacher through the teacher-output cache (built on first use).
+    cached = [a.replace(f"lidar={teacher}", f"lidar={teacher},cache={tmp_path / 'cache'}") for a in args]
+    cached[cached.index(str(tmp_path / "r"))] = str(tmp_path / "r_cached")
+    cached += ["--set", "augment.bev={}"]  # cached outputs belong to un-augmented samples
+    assert main(cached) == 0
+    assert (tmp_path / "cache" / "lidar" / "meta.json").is_file()
+    report = json.loads((tmp_path / "r_cached" / "metrics.json").read_text())
+    assert math.isfinite(report["last_losses"]["x_od/heatmap"])
+
+
+def test_teacher_predictor_runs_a_converted_checkpoint(tmp_path):
+    """What the x3kd_lidar_teacher node runs: TeacherPredictor over a converted checkpoint."""
+    from x3kd_core.inference import TeacherPredictor
+
+    src = tmp_path / "cp.pth"
+    torch.save({"state_dict": mmdet3d_state_dict(TINY, seed=2)}, src)
+    teacher = convert_centerpoint(src, TINY, tmp_path / "teacher.pt")
+    predictor = TeacherPredictor.from_checkpoint(teacher, "lidar")
+    boxes = predictor.predict(_points(3000, seed=9).numpy())
+    assert len(boxes.label) > 0 and np.isfinite(boxes.center).all()
+    assert set(DETECTION_CLASSES[k] for k in boxes.label) <= set(TINY.class_names)
 
 
 def test_cli_convert(tmp_path, capsys):
