@@ -383,3 +383,19 @@ def test_cli_convert(tmp_path, capsys):
     assert main(["convert", "mmdet3d-centerpoint", "--checkpoint", str(src), "--config-name", NUS,
                  "--out", str(tmp_path / "x.pt")]) == 2
     assert "does not match" in capsys.readouterr().err
+
+
+def test_rotated_iou_and_rotate_nms():
+    from x3kd_core.models.teachers.centerpoint_mm import _rotate_nms, rotated_bev_iou
+
+    square = np.array([[0, 0, 0, 2, 2, 1, 0.0, 0, 0]])
+    turned = np.array([[0, 0, 0, 2, 2, 1, math.pi / 4, 0, 0]])
+    inter = 8 * (math.sqrt(2) - 1)  # the octagon shared by a square and itself turned 45 deg
+    assert rotated_bev_iou(square, turned)[0, 0] == pytest.approx(inter / (8 - inter), rel=1e-9)
+    # Greedy by score; the lower box goes at IoU >= threshold (mmcv's rule), a distant box stays.
+    boxes = torch.tensor(np.concatenate([square, turned, square + [[10, 0, 0, 0, 0, 0, 0, 0, 0]]]), dtype=torch.float32)
+    scores = torch.tensor([0.5, 0.9, 0.3])
+    iou = inter / (8 - inter)
+    assert _rotate_nms(boxes, scores, iou - 1e-6, 1000, 83).tolist() == [1, 2]
+    assert _rotate_nms(boxes, scores, iou + 1e-6, 1000, 83).tolist() == [1, 0, 2]
+    assert _rotate_nms(boxes, scores, iou + 1e-6, 1000, 2).tolist() == [1, 0]

@@ -590,7 +590,10 @@ def _bev_corners(boxes: np.ndarray) -> np.ndarray:
 
 
 def rotated_bev_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact IoU of rotated BEV footprints (shapely polygons), boxes as (N, >=7) -> (N_a, N_b)."""
+    """Exact IoU of rotated BEV footprints (shapely polygons), boxes as (N, >=7) -> (N_a, N_b).
+
+    (Kept for tests and tools; :func:`_rotate_nms` computes only the rows it needs.)
+    """
     import shapely
 
     pa = shapely.polygons(_bev_corners(a))
@@ -602,7 +605,7 @@ def rotated_bev_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _rotate_nms(boxes: Tensor, scores: Tensor, threshold: float, pre_max_size: int, post_max_size: int) -> Tensor:
     """mmdet3d ``nms_bev`` (mmcv ``nms_rotated``): greedy by score over the top ``pre_max_size``,
-    suppress IoU > ``threshold``, at most ``post_max_size`` kept. IoU in float64 (mmcv: float32).
+    suppress IoU >= ``threshold``, at most ``post_max_size`` kept. IoU in float64 (mmcv: float32).
 
     Only the rows of kept boxes are computed, and the loop stops at ``post_max_size`` kept boxes
     (mmcv finishes the loop and truncates afterwards: the same result).
@@ -626,5 +629,5 @@ def _rotate_nms(boxes: Tensor, scores: Tensor, threshold: float, pre_max_size: i
         if len(rest):
             inter = shapely.area(shapely.intersection(polygons[i], polygons[rest]))
             iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
-            suppressed[rest[iou > threshold]] = True
+            suppressed[rest[iou >= threshold]] = True  # mmcv suppresses at >= (nms_rotated_cpu.cpp)
     return order[torch.as_tensor(keep, dtype=torch.long)]
