@@ -550,3 +550,25 @@ def test_bayer_and_yuv422_cameras_work(ros_context, graph, spin_until):
     assert spin_until(executor, lambda: len(sensors.detections) == 1), node.camera_counts
     assert node.predictor.calls == [[0, 1, 2, 3, 4, 5]]
     assert all(node.camera_counts[c]["conversion_errors"] == 0 for c in CAMERA_NAMES)
+
+
+def test_markers_are_built_only_while_someone_subscribes(ros_context, graph, spin_until, spin_for):
+    """Issue 13: building markers was most of the node's per-set cost; with nobody on the marker
+    topic (volatile QoS: no late joiner could get them) the node skips them and counts what it sent."""
+    executor, sensors, add = graph
+    node = add(_fake_node(ros_context))
+    _calibrate(executor, sensors, node, spin_until)
+    assert spin_until(executor, lambda: node.markers_pub.get_subscription_count() == 1)
+    _publish_frame(sensors, 1_600_000_000 * 10**9)
+    assert spin_until(executor, lambda: len(sensors.markers) == 1 and len(sensors.detections) == 1)
+    box = sensors.markers[0].markers[1]
+    assert (box.ns, box.type, len(box.points)) == ("x3kd/boxes", box.LINE_LIST, 26)
+    assert sensors.detections[0].detections[0].bbox.center.position.x == 6.0  # the fake's box: 6 cameras
+
+    marker_sub = next(s for s in sensors.node.subscriptions if s.topic_name == topics.DETECTION_MARKERS_TOPIC)
+    sensors.node.destroy_subscription(marker_sub)
+    assert spin_until(executor, lambda: node.markers_pub.get_subscription_count() == 0)
+    _publish_frame(sensors, 1_600_000_001 * 10**9)
+    assert spin_until(executor, lambda: len(sensors.detections) == 2)
+    values = node.diagnostics_values()
+    assert (values["published"], values["marker_arrays_published"]) == (2, 1)
