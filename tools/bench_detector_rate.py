@@ -9,6 +9,7 @@
     .venv/bin/python tools/bench_detector_rate.py --fastdds-profile off  # publisher on Fast DDS defaults
     .venv/bin/python tools/bench_detector_rate.py --backend onnxruntime  # the network in onnxruntime
     .venv/bin/python tools/bench_detector_rate.py --model-config config/model/student_small.yaml
+    .venv/bin/python tools/bench_detector_rate.py --markers            # also subscribe to the markers (RViz)
 
 What it does
     1. Applies the ROS network rule (x3kd_ros.ros_env.apply_network_rule) with a private domain id
@@ -45,10 +46,17 @@ What it does
        ``overhead_ms`` = its images' conversion + resize + the synchronizer's wait after the last
        image + building and publishing the messages, ``overhead_ratio`` = overhead_ms / model_ms,
        ``queue_ms`` (wait for a busy model), ``convert_ms`` per image.
+    7. Boxes per set the node published, and marker arrays: the node builds markers only while the
+       marker topic has a subscriber, and this process subscribes to it only with ``--markers``
+       (standing for RViz), so runs with and without it show what drawing the boxes costs.
     0. Before the node starts: the per-camera conversion + resize cost on its own, in this process
        (``--width`` x ``--height`` rgb8 and bgr8 messages -> the checkpoint's network input;
        median of 30 calls): the node's one-call path (x3kd_ros.conversions.image_to_rgb(resize=))
        and, for comparison, the full-size conversion followed by the resize.
+    0b. Also before the node starts: the per-set cost of the output messages for ``--message-boxes``
+       boxes (default 100, what an untrained model decodes), in this process, median of 15
+       interleaved calls: message objects + rclpy serialization (what publish() did with them) vs
+       the CDR bytes the node publishes now (x3kd_ros.message_bytes).
 
 Numbers depend on the machine's load: the publisher, the DDS transport (large images are
 fragmented over UDP on loopback; best effort loses fragments under load) and the model share the
@@ -123,6 +131,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "side of the link needs it: the publisher's)")
     p.add_argument("--work-dir", default=str(WORK_DIR), help="checkpoint, logs and rcl logs go here")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
+    p.add_argument("--message-boxes", type=int, default=100, help="boxes per set for step 0b (0 = skip it)")
+    p.add_argument("--markers", action="store_true",
+                   help="subscribe to the detector's MarkerArray topic as RViz would (the node builds markers "
+                        "only while someone subscribes)")
     args = p.parse_args(argv)
     if args.launch and (args.qos != "sensor" or args.param or args.params_file != str(DETECTOR_YAML)):
         p.error("--launch starts the graph with the launch file's parameters: drop --qos/--param/--params-file")
@@ -248,7 +260,8 @@ def stop_child(proc: subprocess.Popen, timeout_s: float = 10.0) -> Optional[int]
 class Bench:
     """Publisher of camera sets and collector of detections and diagnostics (one rclpy node)."""
 
-    def __init__(self, context, width: int, height: int, qos: str = "sensor", node_name: str = NODE_NAME) -> None:
+    def __init__(self, context, width: int, height: int, qos: str = "sensor", node_name: str = NODE_NAME,
+                 markers: bool = False) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import qos_profile_sensor_data
@@ -297,9 +310,21 @@ class Bench:
         self.node.create_subscription(Detection3DArray, topics.DETECTIONS_TOPIC, self._on_detections,
                                       qos_profile("reliable", 10))
         self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS_TOPIC, self._on_diagnostics, 10)
+        self.marker_arrays = 0
+        self.marker_sub = None
+        if markers:
+            from visualization_msgs.msg import MarkerArray
+
+            self.marker_sub = self.node.create_subscription(MarkerArray, topics.DETECTION_MARKERS_TOPIC,
+                                                            self._on_markers, qos_profile("reliable", 10))
 
     def matched(self) -> bool:
-        return all(p.get_subscription_count() >= 1 for p in [*self.image_pubs.values(), *self.info_pubs.values()])
+        inputs = all(p.get_subscription_count() >= 1 for p in [*self.image_pubs.values(), *self.info_pubs.values()])
+        return inputs and (self.marker_sub is None or self.marker_sub.get_publisher_count() >= 1)
+
+    def _on_markers(self, msg) -> None:
+        with self.lock:
+            self.marker_arrays += 1
 
     def publish_tf_static(self) -> None:
         from geometry_msgs.msg import TransformStamped
@@ -395,6 +420,37 @@ def conversion_cost(checkpoint: Path, width: int, height: int, calls: int = 30) 
     return out
 
 
+def message_cost(n_boxes: int = 100, calls: int = 15) -> dict[str, float]:
+    """Median ms per set to turn ``n_boxes`` boxes into the node's two output messages, ready to
+    send (module docstring, step 0b): message objects (x3kd_ros.conversions) + rclpy's
+    serialization, which publish() does for objects, vs the CDR bytes the node publishes
+    (x3kd_ros.message_bytes); calls of the two interleaved."""
+    from builtin_interfaces.msg import Time
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Header
+
+    from x3kd_core.structures import Boxes3D
+    from x3kd_ros import message_bytes
+    from x3kd_ros.conversions import MarkerStyle, boxes_to_detections, boxes_to_markers
+
+    rng = np.random.default_rng(2)
+    boxes = Boxes3D(center=rng.uniform(-50, 50, (n_boxes, 3)), size_lwh=rng.uniform(0.3, 10, (n_boxes, 3)),
+                    yaw=rng.uniform(-np.pi, np.pi, n_boxes), velocity=np.zeros((n_boxes, 2)),
+                    label=rng.integers(0, 10, n_boxes), score=rng.uniform(0, 1, n_boxes))
+    header, style = Header(stamp=Time(sec=1, nanosec=2), frame_id="base_link"), MarkerStyle()
+    fns = {"detections objects + serialize": lambda: serialize_message(boxes_to_detections(boxes, header)),
+           "detections bytes": lambda: message_bytes.detections_cdr(boxes, header),
+           "markers objects + serialize": lambda: serialize_message(boxes_to_markers(boxes, header, style)),
+           "markers bytes": lambda: message_bytes.markers_cdr(boxes, header, style)}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(calls + 1):  # the first round is a warm-up
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
+
+
 def publish_loop(bench: Bench, rate_hz: float, n_sets: int, base_stamp_ns: int, stop: threading.Event) -> list[int]:
     """Publish ``n_sets`` sets at ``rate_hz`` on a fixed schedule (no drift); returns their stamps."""
     period_ns = int(1e9 / rate_hz)
@@ -462,6 +518,11 @@ def run(args: argparse.Namespace) -> int:
           f"{conv['network_hw'][0]}, median of 30, this process): " +
           "; ".join(f"{k} {v:.2f} ms" for k, v in conv.items() if k != "network_hw"), flush=True)
 
+    messages = message_cost(args.message_boxes) if args.message_boxes > 0 else {}
+    if messages:
+        print(f"output messages per set ({args.message_boxes} boxes, median of 15, this process): " +
+              "; ".join(f"{k} {v:.2f} ms" for k, v in messages.items()), flush=True)
+
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -480,7 +541,8 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     bench = None
     try:
-        bench = Bench(context, args.width, args.height, args.qos, LAUNCH_NODE_NAME if args.launch else NODE_NAME)
+        bench = Bench(context, args.width, args.height, args.qos, LAUNCH_NODE_NAME if args.launch else NODE_NAME,
+                      markers=args.markers)
         executor.add_node(bench.node)
         t0 = time.monotonic()
         up = spin_until(executor, lambda: proc.poll() is not None or (bench.matched() and bench.last_diagnostics()),
@@ -584,7 +646,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"other drops             sets_without_extrinsics {delta('sets_without_extrinsics'):.0f}, "
           f"inference_errors {delta('inference_errors'):.0f}, missing_camera_info "
           f"{sum(delta(f'{c}.missing_camera_info') for c in cams):.0f}")
-    print(f"node published          {delta('published'):.0f}")
+    print(f"node published          {delta('published'):.0f} sets, {delta('boxes_published'):.0f} boxes "
+          f"({delta('boxes_published') / max(1.0, delta('published')):.1f} per set), marker arrays "
+          f"{delta('marker_arrays_published'):.0f} (nan: a node without that counter; marker subscriber here: "
+          f"{'yes' if args.markers else 'no'})")
     print(f"Detection3DArray recvd  {len(lat_ms)} / {len(stamps)} sets ({len(stamps) - len(lat_ms)} without "
           f"detections; {unmatched} unmatched or duplicate messages)")
     if lat_ms:
@@ -640,6 +705,8 @@ def run(args: argparse.Namespace) -> int:
             "node": {key: {q: _num(a, f"{key}.{q}") for q in ("p50", "p90", "p99")}
                      for key in ("model_ms", "end_to_end_ms", "overhead_ms", "overhead_ratio", "convert_ms", "queue_ms")},
             "diagnostics_level": bench.last_message[0], "diagnostics_message": bench.last_message[1],
+            "message_ms": messages, "markers_subscribed": args.markers, "boxes_published": delta("boxes_published"),
+            "marker_arrays_published": delta("marker_arrays_published"),
         }
         Path(args.json).write_text(json.dumps(summary, indent=1, default=float))
     return 0
