@@ -675,6 +675,9 @@ def run(args: argparse.Namespace) -> int:
           f"sync wait + publish)")
     print(f"node overhead / model   {pcts('overhead_ratio', '{:.3f}')}  (per set ratio)")
     print(f"node convert_ms         {pcts('convert_ms', '{:.2f}')}  (per image, in the node)")
+    print(f"node sync_wait_ms       {pcts('sync_wait_ms', '{:.2f}')}  (per set: last image ready -> set complete or "
+          f"timed out)")
+    print(f"node publish_ms         {pcts('publish_ms', '{:.2f}')}  (per set: build + publish the messages)")
     print(f"node queue_ms           {pcts('queue_ms')}  (set waiting for a busy model)")
     dropped = len(stamps) - len(lat_ms)
     print(f"frames dropped          {dropped} of {len(stamps)} (busy_drops {delta('busy_drops'):.0f}, sync dropped "
@@ -703,7 +706,8 @@ def run(args: argparse.Namespace) -> int:
             "latency_ms_p99": percentile(lat_ms, 99), "backend": args.backend, "conversion_ms": conv,
             "frames_dropped": len(stamps) - len(lat_ms),
             "node": {key: {q: _num(a, f"{key}.{q}") for q in ("p50", "p90", "p99")}
-                     for key in ("model_ms", "end_to_end_ms", "overhead_ms", "overhead_ratio", "convert_ms", "queue_ms")},
+                     for key in ("model_ms", "end_to_end_ms", "overhead_ms", "overhead_ratio", "convert_ms", "queue_ms",
+                                 "sync_wait_ms", "publish_ms")},
             "diagnostics_level": bench.last_message[0], "diagnostics_message": bench.last_message[1],
             "message_ms": messages, "markers_subscribed": args.markers, "boxes_published": delta("boxes_published"),
             "marker_arrays_published": delta("marker_arrays_published"),

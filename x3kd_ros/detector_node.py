@@ -47,7 +47,9 @@ with ``last``, ``mean``, ``max``, ``p50``, ``p90``, ``p99`` over the last 100) a
 i.e. sync wait + queue + model + conversion), ``convert_ms`` (per image: conversion + resize to the
 network input), ``overhead_ms`` (per set: its images' conversions + the synchronizer's wait after
 the last one + building and publishing the messages), ``overhead_ratio`` (overhead_ms / model_ms)
-and ``queue_ms`` (wait for a busy model).
+and ``queue_ms`` (wait for a busy model); ``sync_wait_ms`` and ``publish_ms`` are two parts of
+``overhead_ms`` (a set that waits for a late or lost camera until ``sync.timeout_s`` shows in the
+first; building + publishing the messages is the second).
 
 Outputs are published as serialized CDR bytes written with numpy (:mod:`x3kd_ros.message_bytes`:
 the same messages on the wire as :func:`~x3kd_ros.conversions.boxes_to_detections` /
@@ -372,6 +374,8 @@ class DetectorNode(Node):
         self._overhead_ms = LatencyWindow()     # per set
         self._overhead_ratio = LatencyWindow()  # per set: overhead / model time
         self._queue_ms = LatencyWindow()        # per set
+        self._sync_wait_ms = LatencyWindow()    # per set: last image ready -> set left the synchronizer
+        self._publish_ms = LatencyWindow()      # per set: building + publishing the output messages
         self._last_report: dict[str, int] = {}
 
         qos_out = qos_profile(params["qos.output.reliability"], params["qos.output.depth"])
@@ -614,6 +618,8 @@ class DetectorNode(Node):
             self._queue_ms.add((begin_ns - submitted_ns) / 1e6)
             self._overhead_ms.add(overhead_ms)
             self._overhead_ratio.add(overhead_ms / model_ms if model_ms > 0 else math.nan)
+            self._sync_wait_ms.add(sync_ms)
+            self._publish_ms.add(publish_ms)
         return True
 
     # ------------------------------------------------------------------------------- diagnostics
@@ -628,7 +634,8 @@ class DetectorNode(Node):
             values["marker_arrays_published"] = self.counts["marker_arrays"]
             for key, window in (("model_ms", self._model_ms), ("end_to_end_ms", self._e2e_ms),
                                 ("convert_ms", self._convert_ms), ("overhead_ms", self._overhead_ms),
-                                ("overhead_ratio", self._overhead_ratio), ("queue_ms", self._queue_ms)):
+                                ("overhead_ratio", self._overhead_ratio), ("queue_ms", self._queue_ms),
+                                ("sync_wait_ms", self._sync_wait_ms), ("publish_ms", self._publish_ms)):
                 for stat, value in window.summary().items():
                     values[f"{key}.{stat}"] = value
             values["sets_without_extrinsics"] = self.counts["sets_without_extrinsics"]

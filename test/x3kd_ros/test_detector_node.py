@@ -572,3 +572,6 @@ def test_markers_are_built_only_while_someone_subscribes(ros_context, graph, spi
     assert spin_until(executor, lambda: len(sensors.detections) == 2)
     values = node.diagnostics_values()
     assert (values["published"], values["marker_arrays_published"]) == (2, 1)
+    # The overhead's parts: building + publishing, and the synchronizer's wait (complete sets: ~0).
+    assert 0 < values["publish_ms.max"] <= values["overhead_ms.max"]
+    assert 0 <= values["sync_wait_ms.p50"] <= values["overhead_ms.max"]
