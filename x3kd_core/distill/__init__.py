@@ -20,8 +20,7 @@ not import the loss modules.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from x3kd_core.lazy_exports import lazy_exports
 
 #: Public name -> the module of this package that defines it.
 _EXPORTS: dict[str, str] = {
@@ -57,14 +56,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
