@@ -303,7 +303,9 @@ def run_one(plan: AblationPlan, variant: str, seed: int, *, device: Optional[str
     out = plan.runs_path / variant / f"seed{seed}"
     started = _dt.datetime.now(_dt.timezone.utc)
     commit = git_commit()  # the code this run starts with (the tree may change while it trains)
-    result = train_experiment(exp, out, device=device, source_path=plan.experiment)
+    # A run stopped part-way (machine gone, session over) continues from its last checkpoint: the
+    # engine's resume is exact, so the result equals an uninterrupted run's.
+    result = train_experiment(exp, out, device=device, source_path=plan.experiment, resume=True)
     if not result.finished:
         raise RuntimeError(f"{plan.name}/{variant}/seed{seed}: training stopped at step {result.step}")
     record = {

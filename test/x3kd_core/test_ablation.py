@@ -169,3 +169,20 @@ def test_jobs_run_child_processes(tiny_dataset, tiny_teachers, tmp_path, capsys)
         rec = json.loads((tmp_path / "results" / variant / "seed3.json").read_text())
         assert rec["seed"] == 3 and rec["machine"].endswith("threads)")
         assert (tmp_path / "runs" / "logs" / f"{variant}_seed3.log").is_file()
+
+
+def test_an_interrupted_run_continues_from_its_checkpoint(tiny_dataset, tiny_teachers, tmp_path, caplog):
+    import logging
+
+    from x3kd_core.ablation import run_one
+    from x3kd_core.experiment import load_experiment, train_experiment
+
+    plan = load_plan(_plan_file(tmp_path, tiny_dataset, tiny_teachers, seeds=[0]))
+    exp = load_experiment(plan.experiment, plan.overrides("baseline", 0))
+    out = plan.runs_path / "baseline" / "seed0"
+    stopped = train_experiment(exp, out, device="cpu", stop_at_step=1)
+    assert stopped.step == 1 and not stopped.finished
+    with caplog.at_level(logging.INFO, logger="x3kd.train"):
+        record = run_one(plan, "baseline", 0, device="cpu")
+    assert record["steps"] == 2
+    assert "resumed from" in caplog.text and "at step 1" in caplog.text  # not retrained from step 0
