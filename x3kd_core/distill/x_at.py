@@ -367,12 +367,14 @@ class DiscriminatorStep:
         module = self._get_module(pair.student_bev.device)
         module.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            clean = self.xat.discriminator_loss(pair.student_bev, pair.teacher_bev, discriminator=module)
         with torch.enable_grad():
             losses = self.xat.discriminator_loss(pair.student_bev, pair.teacher_bev, discriminator=module,
                                                  noise_std=pair.noise_std)
             losses["disc"].backward()
+        clean = losses  # without noise the scored inputs are the clean ones: no second forward
+        if pair.noise_std > 0:
+            with torch.no_grad():
+                clean = self.xat.discriminator_loss(pair.student_bev, pair.teacher_bev, discriminator=module)
         if self.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.xat.discriminator.parameters(), self.grad_clip_norm)
         self.optimizer.step()
