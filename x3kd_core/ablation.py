@@ -32,7 +32,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -183,14 +183,12 @@ def load_plan(path: str | os.PathLike, *, check_experiments: bool = True, extra:
         name=str(raw["name"]), title=str(raw.get("title", "")), experiment=str(raw["experiment"]),
         common=_str_list(raw.get("common"), "common"), variants=variants, seeds=tuple(seeds),
         baseline=str(raw.get("baseline", "baseline")), reference=str(raw.get("reference", "x3kd")),
-        results_dir=str(raw.get("results_dir", "")), runs_dir=str(raw.get("runs_dir", "")),
+        # Command-line folders (--results / --runs) replace the file's, resolved against the caller's cwd.
+        results_dir=str(Path(results_dir).resolve()) if results_dir else str(raw.get("results_dir", "")),
+        runs_dir=str(Path(runs_dir).resolve()) if runs_dir else str(raw.get("runs_dir", "")),
         notes=str(raw.get("notes", "")), teacher_result=str(raw.get("teacher_result") or ""),
         source=str(path), extra=tuple(extra),
     )
-    if results_dir:
-        plan = replace(plan, results_dir=str(Path(results_dir).resolve()))
-    if runs_dir:
-        plan = replace(plan, runs_dir=str(Path(runs_dir).resolve()))
     for key in ("baseline", "reference"):
         if getattr(plan, key) not in variants:
             raise ConfigError(f"{key}: {getattr(plan, key)!r} is not one of the variants {list(variants)}")
