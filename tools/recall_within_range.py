@@ -26,6 +26,48 @@ from collections import defaultdict
 import numpy as np
 
 
+def load_boxes(dataroot: str, version: str, split: str, results: str):
+    """(pred, gt) devkit EvalBoxes of a submission and of ``split``'s ground truth, with the centre
+    distances added and the ground truth filtered by the devkit's class ranges and point counts,
+    exactly as ``DetectionEval`` prepares them (custom splits from ``<version>/splits.json``)."""
+    from nuscenes import NuScenes
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.common.loaders import (add_center_dist, filter_eval_boxes, get_samples_of_custom_split,
+                                              load_gt, load_gt_of_sample_tokens, load_prediction)
+    from nuscenes.eval.detection.data_classes import DetectionBox
+    from nuscenes.utils.splits import is_predefined_split
+
+    nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
+    cfg = config_factory("detection_cvpr_2019")
+    pred, _ = load_prediction(results, cfg.max_boxes_per_sample, DetectionBox, verbose=False)
+    if is_predefined_split(split):
+        gt = load_gt(nusc, split, DetectionBox, verbose=False)
+    else:
+        gt = load_gt_of_sample_tokens(nusc, get_samples_of_custom_split(split, nusc), DetectionBox, verbose=False)
+    pred, gt = add_center_dist(nusc, pred), add_center_dist(nusc, gt)
+    return pred, filter_eval_boxes(nusc, gt, cfg.class_range, verbose=False)
+
+
+def match_boxes(preds: list, gts: list, match_m: float) -> list[tuple[object, int]]:
+    """Greedy devkit-style matching: predictions in the given order (sort by score first) each take
+    the nearest unmatched ground-truth box of the same class within ``match_m`` (centre distance on
+    the ground). Returns (prediction, index into ``gts``) pairs."""
+    taken = np.zeros(len(gts), dtype=bool)
+    pairs = []
+    for b in preds:
+        best, best_d = -1, match_m
+        for i, g in enumerate(gts):
+            if taken[i] or g.detection_name != b.detection_name:
+                continue
+            d = float(np.hypot(g.translation[0] - b.translation[0], g.translation[1] - b.translation[1]))
+            if d <= best_d:
+                best, best_d = i, d
+        if best >= 0:
+            taken[best] = True
+            pairs.append((b, best))
+    return pairs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataroot", required=True)
@@ -38,22 +80,7 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args()
 
-    from nuscenes import NuScenes
-    from nuscenes.eval.common.config import config_factory
-    from nuscenes.eval.common.loaders import (add_center_dist, filter_eval_boxes, get_samples_of_custom_split,
-                                              load_gt, load_gt_of_sample_tokens, load_prediction)
-    from nuscenes.utils.splits import is_predefined_split
-    from nuscenes.eval.detection.data_classes import DetectionBox
-
-    nusc = NuScenes(version=args.version, dataroot=args.dataroot, verbose=False)
-    cfg = config_factory("detection_cvpr_2019")
-    pred, _ = load_prediction(args.results, cfg.max_boxes_per_sample, DetectionBox, verbose=False)
-    if is_predefined_split(args.split):
-        gt = load_gt(nusc, args.split, DetectionBox, verbose=False)
-    else:  # a custom split from <dataroot>/<version>/splits.json, as the devkit's DetectionEval reads it
-        gt = load_gt_of_sample_tokens(nusc, get_samples_of_custom_split(args.split, nusc), DetectionBox, verbose=False)
-    pred, gt = add_center_dist(nusc, pred), add_center_dist(nusc, gt)
-    gt = filter_eval_boxes(nusc, gt, cfg.class_range, verbose=False)
+    pred, gt = load_boxes(args.dataroot, args.version, args.split, args.results)
 
     found, total, kept, kept_true = defaultdict(int), defaultdict(int), 0, 0
     for token in gt.sample_tokens:
@@ -61,18 +88,10 @@ def main() -> None:
         preds = sorted((b for b in pred[token] if b.detection_score >= args.score and b.ego_dist <= args.range_m),
                        key=lambda b: -b.detection_score)
         kept += len(preds)
+        pairs = match_boxes(preds, gts, args.match_m)
         taken = np.zeros(len(gts), dtype=bool)
-        for b in preds:
-            best, best_d = -1, args.match_m
-            for i, g in enumerate(gts):
-                if taken[i] or g.detection_name != b.detection_name:
-                    continue
-                d = float(np.hypot(g.translation[0] - b.translation[0], g.translation[1] - b.translation[1]))
-                if d <= best_d:
-                    best, best_d = i, d
-            if best >= 0:
-                taken[best] = True
-                kept_true += 1
+        taken[[i for _, i in pairs]] = True
+        kept_true += len(pairs)
         for g, t in zip(gts, taken):
             total[g.detection_name] += 1
             found[g.detection_name] += int(t)
