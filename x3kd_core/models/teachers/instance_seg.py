@@ -1,7 +1,9 @@
 """2D instance-segmentation teacher for X-IS: torchvision Mask R-CNN on every camera image.
 
 Built from torchvision parts (``MaskRCNN`` + ``BackboneWithFPN`` over a ResNet), randomly
-initialised unless a local ResNet state dict is given; nothing is downloaded. Trained from the
+initialised unless a local ResNet state dict is given; nothing is downloaded. The same network can
+instead carry an mmdet Mask R-CNN's weights (``x3kd convert mmdet-maskrcnn``,
+:mod:`x3kd_core.convert.mmdet`), built with ``conventions="mmdet"``. Trained from the
 dataset's per-camera instance maps (``Batch.instance_masks``), whose ids index the sample's 3D
 boxes, so the 2D class of an instance is the class of its 3D box.
 
