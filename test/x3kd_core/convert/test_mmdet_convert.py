@@ -309,6 +309,13 @@ def test_mask_paste_covers_the_pixels_whose_centres_lie_in_the_box():
     expect = torch.zeros(12, 14)
     expect[3:9, 2:10] = 1.0
     torch.testing.assert_close(out[0, 0], expect)
+    # A 112 px box stretches each of the 28 mask cells over 4 px: the blend with zero spans 2 px on
+    # each side of the box edge (1 - 0.375 at pixel 20, 0.375 at 19, 0.125 at 18), but only one
+    # pixel beyond the box is pasted (mmdet's box + 1 px region).
+    wide = paste_masks_grid_sample(masks, torch.tensor([[20.0, 20.0, 132.0, 132.0]]), (160, 160))[0, 0]
+    torch.testing.assert_close(wide[60, 17:23], torch.tensor([0.0, 0.0, 0.375, 0.625, 0.875, 1.0]))
+    torch.testing.assert_close(wide[60, 129:135], torch.tensor([1.0, 0.875, 0.625, 0.375, 0.0, 0.0]))
+    assert wide[22:130, 22:130].min().item() == pytest.approx(1.0, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------ config files and CLI

@@ -14,8 +14,9 @@ geometry they were trained with. The differences, all sub-pixel to a few pixels:
   per bin (``sampling_ratio=0``); torchvision's ``MultiScaleRoIAlign`` uses ``aligned=False``.
   Level assignment is the same rule in both (``floor(log2(sqrt(area) / 56))`` clamped to 0..3).
 * mask pasting (:class:`GridSamplePasteTransform`): mmdet resamples each 28 x 28 mask into its
-  box with ``grid_sample`` at pixel centres; torchvision pads the mask by one pixel and resizes it
-  onto the integer box.
+  box with ``grid_sample`` at pixel centres (on the CPU into the box plus one pixel only; on a GPU
+  into the whole image, which differs from this only in the faint rim of boxes over 56 px);
+  torchvision pads the mask by one pixel and resizes it onto the integer box.
 
 What these do NOT change (checked to be the same already): anchor order (ratio-major, h/w ratio),
 the RPN's per-level top-k + level-batched NMS, box deltas ``(dx, dy, dw, dh)`` with mmdet's target
@@ -129,7 +130,11 @@ def paste_masks_grid_sample(masks: Tensor, boxes: Tensor, image_hw: tuple[int, i
         image_hw: (H, W) of the output image.
 
     Returns:
-        (K, 1, H, W): bilinear samples of each mask at every pixel centre, 0 outside its box.
+        (K, 1, H, W): bilinear samples of each mask at the pixel centres from one pixel before
+        the box to one after it (``floor(x0) - 1 .. ceil(x1) + 1``, the region mmdet pastes into
+        on the CPU), 0 elsewhere. Within half a mask cell of the box edge, on both sides, the
+        mask blends with grid_sample's zero padding; a mask of ones exceeds 0.5 exactly at the
+        pixel centres inside the box.
     """
     H, W = int(image_hw[0]), int(image_hw[1])
     K = masks.shape[0]
@@ -144,7 +149,14 @@ def paste_masks_grid_sample(masks: Tensor, boxes: Tensor, image_hw: tuple[int, i
     gy = torch.where(torch.isinf(gy), torch.zeros_like(gy), gy)
     gx = torch.where(torch.isinf(gx), torch.zeros_like(gx), gx)
     grid = torch.stack([gx[:, None, :].expand(K, H, W), gy[:, :, None].expand(K, H, W)], dim=3)
-    return F.grid_sample(masks.float(), grid, align_corners=False)
+    pasted = F.grid_sample(masks.float(), grid, align_corners=False)
+    # Large boxes stretch a mask cell over several pixels, so the blend with grid_sample's zero
+    # padding would reach beyond the box; mmdet (CPU) only pastes into the box plus one pixel.
+    cols = torch.arange(W, device=masks.device)
+    rows = torch.arange(H, device=masks.device)
+    inside_x = (cols[None] >= torch.floor(x0)[:, None] - 1) & (cols[None] < torch.ceil(x1)[:, None] + 1)
+    inside_y = (rows[None] >= torch.floor(y0)[:, None] - 1) & (rows[None] < torch.ceil(y1)[:, None] + 1)
+    return pasted * (inside_y[:, :, None] & inside_x[:, None, :])[:, None].to(pasted.dtype)
 
 
 class GridSamplePasteTransform(GeneralizedRCNNTransform):
