@@ -244,7 +244,8 @@ def maskrcnn_state_dict(state: Mapping[str, Tensor], source: MaskRCNNSource,
         elif new.endswith("box_predictor.bbox_pred.weight") or new.endswith("box_predictor.bbox_pred.bias"):
             if value.shape[0] != 4 * len(perm):
                 raise CheckpointError(f"{where}: {key} has {value.shape[0]} rows, class-specific boxes for "
-                                      f"{len(perm)} classes need {4 * len(perm)} (class-agnostic regression is not mirrored)")
+                                      f"{len(perm)} classes need {4 * len(perm)} "
+                                      "(class-agnostic regression is not mirrored)")
             value = _to_torchvision_rows(value, perm, 4, "none")
         elif new.endswith("mask_predictor.mask_fcn_logits.weight") or new.endswith("mask_predictor.mask_fcn_logits.bias"):
             if value.shape[0] != len(perm):

@@ -141,7 +141,8 @@ def test_full_nuimages_config_fills_every_parameter_from_every_key():
     model.load_state_dict(mapped)  # strict
     # Parameters: the mmdet ones plus torchvision's never-read background slots (4 box deltas and
     # one mask channel, each with a bias) and nothing else.
-    mmdet_params = sum(v.numel() for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    mmdet_params = sum(v.numel() for k, v in sd.items() if not k.endswith(buffers))
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params == mmdet_params + 4 * (1024 + 1) + (256 + 1)
     assert 43.5e6 < n_params < 44.2e6  # Mask R-CNN R50-FPN's published ~44 M, less 70 of COCO's 80 class rows
@@ -157,7 +158,8 @@ def test_missing_extra_and_misshaped_keys_are_named():
     with pytest.raises(CheckpointError, match=r"not in the mirror 1: \['roi_head.bbox_head.1.shared_fcs.0.weight'\]"):
         maskrcnn_state_dict(cascade, TINY)
     wide = dict(sd, **{"rpn_head.rpn_conv.weight": torch.zeros(16, 32, 3, 3)})
-    with pytest.raises(CheckpointError, match=r"rpn.head.conv.0.0.weight has shape \(16, 32, 3, 3\).*needs \(16, 16, 3, 3\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"rpn.head.conv.0.0.weight has shape \(16, 32, 3, 3\).*needs \(16, 16, 3, 3\)"):
         maskrcnn_state_dict(wide, TINY)
     agnostic = dict(sd, **{"roi_head.bbox_head.fc_reg.weight": torch.zeros(4, 32)})
     with pytest.raises(CheckpointError, match="class-agnostic regression"):
@@ -184,7 +186,8 @@ def test_class_rows_move_to_the_x3kd_class_slot_and_background_to_row_0():
     assert torch.equal(out[p + "box_predictor.cls_score.bias"][0], cls_b[10])
     assert not out[p + "box_predictor.bbox_pred.weight"][:4].any() and not out[p + "mask_predictor.mask_fcn_logits.bias"][0]
     # Everything else is copied untouched.
-    assert torch.equal(out["model.backbone.body.layer3.0.downsample.1.running_var"], sd["backbone.layer3.0.downsample.1.running_var"])
+    assert torch.equal(out["model.backbone.body.layer3.0.downsample.1.running_var"],
+                       sd["backbone.layer3.0.downsample.1.running_var"])
     assert torch.equal(out["model.roi_heads.mask_predictor.conv5_mask.weight"], sd["roi_head.mask_head.upsample.weight"])
 
 
@@ -248,7 +251,8 @@ def test_bad_class_lists_are_errors_naming_the_classes(tmp_path):
     swapped = list(NUIMAGES_CLASSES)
     swapped[2], swapped[3] = swapped[3], swapped[2]
     src = _save(tmp_path / "m.pth", mmdet_maskrcnn_state_dict(TINY), classes=swapped)
-    with pytest.raises(CheckpointError, match=r"classes \['car', 'truck', 'bus', 'trailer'.*differ.*\['car', 'truck', 'trailer', 'bus'"):
+    with pytest.raises(CheckpointError,
+                       match=r"classes \['car', 'truck', 'bus', 'trailer'.*differ.*\['car', 'truck', 'trailer', 'bus'"):
         convert_maskrcnn(src, TINY, tmp_path / "out.pt")
     # mmdet 3.x records them under dataset_meta; the same list as the config's converts.
     torch.save({"meta": {"dataset_meta": {"classes": NUIMAGES_CLASSES}}, "state_dict": mmdet_maskrcnn_state_dict(TINY)}, src)
