@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the committed OpenMMLab parity fixtures (test/fixtures/mmdet3d/) with the REAL
-# mmdet3d 1.4 / mmdet 3.3 forward. One command:
+# mmdet3d 1.4 / mmdet 3.3 forward: centerpoint_pillar_tiny.pt (mmdet3d CenterPoint-pillar) and
+# maskrcnn_tiny.pt (mmdet Mask R-CNN, mmdet3d's nuImages base config). One command:
 #
 #   bash tools/make_mmdet3d_fixtures.sh            # build the side venv (stamped), write fixtures
 #   bash tools/make_mmdet3d_fixtures.sh --venv-only  # only build / check the side venv

@@ -13,6 +13,15 @@ Saved to <out>/centerpoint_pillar_tiny.pt (tensors, numbers, strings only: loads
 weights_only=True): the state dict (mmdet3d key names), the two input clouds, mmdet3d's hard
 voxels, the neck output, every task's head maps, the decoded boxes per task before NMS and the
 final predictions for both NMS types, plus the config and versions used.
+
+It also writes <out>/maskrcnn_tiny.pt from mmdet's Mask R-CNN: mmdet3d's own
+configs/_base_/models/mask-rcnn_r50_fpn.py with the nuImages class list of
+configs/_base_/datasets/nuim-instance.py, shrunk to CI size (ResNet-18, 16-channel FPN, slim heads,
+anchor scale 2, 100 proposals), seeded random weights, run by mmdet's DetDataPreprocessor ->
+extract_feat -> rpn_head.predict -> roi_head.predict on one 56 x 120 RGB image (padded to 64 x 128,
+no resize). Saved: the state dict, the image, the FPN levels, the RPN proposals, and the final
+boxes / scores / labels with binary (0.5) and 8-bit soft masks. (This part was written without an
+mmcv build at hand and has not been run yet; see test_mmdet_parity.py.)
 """
 
 from __future__ import annotations
@@ -106,7 +115,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--what", nargs="+", choices=("centerpoint", "maskrcnn"), default=["centerpoint", "maskrcnn"])
     args = parser.parse_args()
+    if "centerpoint" in args.what:
+        centerpoint_fixture(args)
+    if "maskrcnn" in args.what:
+        maskrcnn_fixture(args)
+
+
+def centerpoint_fixture(args: argparse.Namespace) -> None:
 
     import mmcv
     import mmdet
@@ -175,6 +192,123 @@ def main() -> None:
     n_final = {k: [int(r["scores_3d"].numel()) for r in v] for k, v in final.items()}
     print(json.dumps({"written": str(out / "centerpoint_pillar_tiny.pt"), "voxels": int(voxel_dict["coors"].shape[0]),
                       "neck": list(neck[0].shape), "final_boxes": n_final, "versions": fixture["versions"]}))
+
+
+MASKRCNN_SMALL = dict(depth=18, stage_channels=[64, 128, 256, 512], fpn=16, fc=32, mask_convs=2, mask_channels=16,
+                      anchor_scale=2, proposals=100, max_per_img=20, image_hw=(56, 120))
+
+#: mmdet's ImageNet normalisation of the nuImages configs (RGB order).
+IMG_MEAN, IMG_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+
+
+def maskrcnn_model_config() -> tuple[dict, tuple[str, ...], str]:
+    """mmdet3d's Mask R-CNN base model config and the nuImages class names, as installed."""
+    import mmdet3d
+    from mmengine.config import Config
+
+    root = Path(mmdet3d.__file__).parent / ".mim" / "configs" / "_base_"
+    model_path, data_path = root / "models" / "mask-rcnn_r50_fpn.py", root / "datasets" / "nuim-instance.py"
+    for path in (model_path, data_path):
+        if not path.is_file():
+            raise SystemExit(f"mmdet3d's config {path} is not installed (mmdet3d installed without its .mim configs?)")
+    model = Config.fromfile(str(model_path)).to_dict()["model"]
+    classes = tuple(Config.fromfile(str(data_path)).to_dict()["class_names"])
+    return model, classes, str(model_path)
+
+
+def small_maskrcnn_config(model: dict, num_classes: int) -> dict:
+    """The base config at CI size; every structural setting (heads, coders, RoIAlign, NMS) unchanged."""
+    m = copy.deepcopy(model)
+    s = MASKRCNN_SMALL
+    m.pop("pretrained", None)  # no download: weights are random here
+    m.pop("_scope_", None)
+    m["data_preprocessor"] = dict(type="DetDataPreprocessor", mean=IMG_MEAN, std=IMG_STD, bgr_to_rgb=False,
+                                  pad_size_divisor=32)
+    m["backbone"].update(depth=s["depth"], init_cfg=None)
+    m["neck"].update(in_channels=s["stage_channels"], out_channels=s["fpn"])
+    rpn = m["rpn_head"]
+    rpn.update(in_channels=s["fpn"], feat_channels=s["fpn"])
+    rpn["anchor_generator"]["scales"] = [s["anchor_scale"]]
+    roi = m["roi_head"]
+    for extractor in ("bbox_roi_extractor", "mask_roi_extractor"):
+        roi[extractor]["out_channels"] = s["fpn"]
+    roi["bbox_head"].update(in_channels=s["fpn"], fc_out_channels=s["fc"], num_classes=num_classes)
+    roi["mask_head"].update(in_channels=s["fpn"], conv_out_channels=s["mask_channels"], num_convs=s["mask_convs"],
+                            num_classes=num_classes)
+    for key in ("rpn", "rpn_proposal"):
+        if key in m["test_cfg"]:
+            m["test_cfg"][key].update(nms_pre=s["proposals"], max_per_img=s["proposals"])
+    m["test_cfg"]["rcnn"]["max_per_img"] = s["max_per_img"]
+    return m
+
+
+def make_image(seed: int, hw: tuple[int, int]) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB: noise with a few flat rectangles (so features have edges to respond to)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = hw
+    img = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8)
+    for _ in range(6):
+        y0, x0 = int(torch.randint(0, h - 8, (1,), generator=g)), int(torch.randint(0, w - 8, (1,), generator=g))
+        dy, dx = int(torch.randint(6, h // 2, (1,), generator=g)), int(torch.randint(6, w // 3, (1,), generator=g))
+        img[y0:y0 + dy, x0:x0 + dx] = torch.randint(0, 256, (3,), generator=g, dtype=torch.uint8)
+    return img
+
+
+def maskrcnn_fixture(args: argparse.Namespace) -> None:
+    import mmcv
+    import mmdet
+    import mmengine
+    import mmdet.models  # noqa: F401 - MaskRCNN and its parts
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmengine.registry import init_default_scope
+
+    init_default_scope("mmdet")
+    base, classes, config_path = maskrcnn_model_config()
+    cfg = small_maskrcnn_config(base, len(classes))
+    torch.manual_seed(args.seed)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    randomise(model, args.seed)
+    model.eval()
+
+    h, w = MASKRCNN_SMALL["image_hw"]
+    image = make_image(args.seed + 3, (h, w))
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0))
+    with torch.no_grad():
+        data = model.data_preprocessor({"inputs": [image.permute(2, 0, 1).contiguous()],
+                                        "data_samples": [DetDataSample(metainfo=dict(meta))]}, False)
+        inputs, samples = data["inputs"], data["data_samples"]
+        feats = model.extract_feat(inputs)
+        proposals = model.rpn_head.predict(feats, samples, rescale=False)
+        outputs = {}
+        for name, thr in (("binary", 0.5), ("soft_u8", -1.0)):
+            model.roi_head.test_cfg["mask_thr_binary"] = thr
+            (res,) = model.roi_head.predict(feats, copy.deepcopy(proposals), samples, rescale=True)
+            outputs[name] = {"bboxes": res.bboxes.clone(), "scores": res.scores.clone(),
+                             "labels": res.labels.long().clone(), "masks": res.masks.clone()}
+    fixture = {
+        "description": "mmdet Mask R-CNN (mmdet3d's nuImages base config, CI-size channels) forward on one image",
+        "versions": {"mmdet": mmdet.__version__, "mmcv": mmcv.__version__, "mmengine": mmengine.__version__,
+                     "torch": torch.__version__},
+        "config_file": config_path.split(".mim/")[-1],
+        "model_config": json.dumps(cfg, default=str),
+        "class_names": list(classes),
+        "test_scale": [w, h],  # (long, short): this image is tested at its own size
+        "small": json.dumps(MASKRCNN_SMALL),
+        "seed": args.seed,
+        "state_dict": {k: v.clone() for k, v in model.state_dict().items()},
+        "image_rgb_u8": image,
+        "batch_input": inputs.clone(),
+        "fpn": [f.clone() for f in feats],
+        "proposals": {"bboxes": proposals[0].bboxes.clone(), "scores": proposals[0].scores.clone()},
+        "final": outputs,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(fixture, out / "maskrcnn_tiny.pt")
+    print(json.dumps({"written": str(out / "maskrcnn_tiny.pt"), "proposals": int(proposals[0].bboxes.shape[0]),
+                      "detections": int(outputs["binary"]["bboxes"].shape[0]), "versions": fixture["versions"]}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """``x3kd convert``: the command-line face of :mod:`x3kd_core.convert`.
 
     x3kd convert mmdet3d-centerpoint --checkpoint X.pth --config-name NAME --out teacher.pt
+    x3kd convert mmdet-maskrcnn --checkpoint X.pth --config-name NAME --out teacher.pt
 """
 
 from __future__ import annotations
@@ -26,12 +27,21 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     cp.add_argument("--grid-z-range", type=float, nargs=2, default=None, metavar=("Z_MIN", "Z_MAX"),
                     help="z range of the recorded BEV grid (default: the model's point range); the student's grid "
                          "must equal the teacher's, z included")
+    from x3kd_core.convert.mmdet import KNOWN_MASKRCNN_CONFIGS
+
+    mr = kinds.add_parser("mmdet-maskrcnn", help="mmdet Mask R-CNN on nuImages (.pth) -> x3kd instance-seg teacher")
+    mr.add_argument("--checkpoint", required=True, help="the mmdet checkpoint (.pth)")
+    mr.add_argument("--config-name", required=True, choices=sorted(KNOWN_MASKRCNN_CONFIGS),
+                    help="the mmdet3d nuImages config the checkpoint was trained with (file name without .py)")
+    mr.add_argument("--out", required=True, help="x3kd checkpoint to write (use it as teachers.instance_seg)")
     convert.set_defaults(func=run_convert)
     return convert
 
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert, then print one JSON line saying what was written."""
+    if args.source == "mmdet-maskrcnn":
+        return _run_maskrcnn(args)
     from x3kd_core.convert.mmdet3d import KNOWN_CENTERPOINT_CONFIGS, convert_centerpoint, mirror_grid
 
     config = KNOWN_CENTERPOINT_CONFIGS[args.config_name]
@@ -49,5 +59,23 @@ def run_convert(args: argparse.Namespace) -> int:
         "grid": {"x_range_m": grid.x_range_m, "y_range_m": grid.y_range_m, "z_range_m": grid.z_range_m,
                  "cell_size_m": grid.cell_size_m},
         "lidar_sweeps": config.sweeps, "nms": config.nms_type,
+    }))
+    return 0
+
+
+def _run_maskrcnn(args: argparse.Namespace) -> int:
+    from x3kd_core.checkpoint import CheckpointError
+    from x3kd_core.convert.mmdet import KNOWN_MASKRCNN_CONFIGS, convert_maskrcnn
+
+    source = KNOWN_MASKRCNN_CONFIGS[args.config_name]
+    try:
+        path = convert_maskrcnn(args.checkpoint, source, args.out)
+    except CheckpointError as err:  # unsafe / misfit checkpoint: a user error, not a crash
+        print(f"x3kd convert: error: {err}", file=sys.stderr)
+        return 2
+    seg = source.segmenter_config()
+    print(json.dumps({
+        "out": str(path), "kind": "instance_seg", "mmdet_config": source.source, "classes": list(source.class_names),
+        "backbone": seg.backbone, "test_scale": list(source.test_scale), "conventions": seg.conventions,
     }))
     return 0

@@ -10,7 +10,7 @@ dataset and splits, the training augmentation and the :class:`~x3kd_core.config.
 One BEV grid. Every BEV tensor of x3kd (student, teachers, distillation) lives on the experiment's
 ``grid``; the teachers' model configs have no grid of their own and are built on it. A student
 model config carries a grid (the student is usable on its own); it must equal the experiment's,
-and a teacher checkpoint used for distillation must have been trained on the same grid. Any
+and a BEV teacher checkpoint used for distillation must have been trained on the same grid. Any
 disagreement is a :class:`ConfigError` naming both key paths.
 
 This module only describes and checks; reading files and ``--set`` is :mod:`.load`, building is
@@ -142,7 +142,8 @@ class TeachersConfig:
     """Frozen teachers of a distilled camera student: ``last.pt`` files of earlier ``x3kd train`` runs.
 
     lidar / radar / instance_seg: checkpoint paths (null = none). Each must come from a run of
-        that kind on the SAME grid as this experiment (checked when loading).
+        that kind (or ``x3kd convert``); the BEV teachers on the SAME grid as this experiment
+        (checked when loading; the 2D instance_seg teacher's grid is not used).
     bev_teacher: which BEV teacher feeds X-FD / X-AT / X-OD (``lidar``; ``radar`` for the paper's
         radar variant). The instance_seg teacher feeds X-IS.
     cache: null = run the teachers every step; a folder = read their outputs from

@@ -31,7 +31,7 @@ def build_distillation(exp: ExperimentConfig, student: nn.Module, device: str | 
         the engine extra steps (X-AT discriminator update when enabled; distillation diagnostics).
 
     Raises:
-        ConfigError: a teacher trained on another grid (key paths named).
+        ConfigError: a BEV teacher trained on another grid (key paths named).
         CheckpointError: a teacher checkpoint that is missing, unreadable or of the wrong kind.
     """
     from x3kd_core.distill.frozen import freeze_teacher
@@ -46,7 +46,9 @@ def build_distillation(exp: ExperimentConfig, student: nn.Module, device: str | 
     for name in exp.teachers.required(exp.distill):
         path = resolve_path(getattr(exp.teachers, name))
         model, texp = load_model(path, kinds=(name,))
-        if texp.grid != exp.grid:
+        # A 2D teacher has no BEV output, so the grid recorded with it (a converted one has x3kd's
+        # default) is not compared.
+        if name != "instance_seg" and texp.grid != exp.grid:
             raise ConfigError(f"teachers.{name}: {path} was trained with "
                               f"{grid_differences(texp.grid, exp.grid, 'grid', 'this experiment grid')}")
         if hasattr(model, "bev_channels"):

@@ -4,7 +4,8 @@
   student's BEV grid (X-FD, X-AT, X-OD).
 * :mod:`.radar` — radar BEV encoder (also the radar branch of a camera+radar student) and a
   radar-only detector.
-* :mod:`.instance_seg` — Mask R-CNN per camera image (X-IS).
+* :mod:`.instance_seg` — Mask R-CNN per camera image (X-IS); :mod:`.rcnn_ops` — its anchor,
+  RoI-pooling and mask-pasting parts in OpenMMLab mmdet's conventions (for converted zoo weights).
 * :mod:`.pillars` — dynamic pillar voxelisation + PointNet pillar features, shared by LiDAR and radar.
 """
 

@@ -1,7 +1,9 @@
 """2D instance-segmentation teacher for X-IS: torchvision Mask R-CNN on every camera image.
 
 Built from torchvision parts (``MaskRCNN`` + ``BackboneWithFPN`` over a ResNet), randomly
-initialised unless a local ResNet state dict is given; nothing is downloaded. Trained from the
+initialised unless a local ResNet state dict is given; nothing is downloaded. The same network can
+instead carry an mmdet Mask R-CNN's weights (``x3kd convert mmdet-maskrcnn``,
+:mod:`x3kd_core.convert.mmdet`), built with ``conventions="mmdet"``. Trained from the
 dataset's per-camera instance maps (``Batch.instance_masks``), whose ids index the sample's 3D
 boxes, so the 2D class of an instance is the class of its 3D box.
 
@@ -38,6 +40,11 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from x3kd_core.config import ConfigError
+from x3kd_core.models.teachers.rcnn_ops import (
+    AlignedMultiScaleRoIAlign,
+    FixedStrideAnchorGenerator,
+    GridSamplePasteTransform,
+)
 from x3kd_core.structures import DETECTION_CLASSES, Boxes3D
 
 __all__ = [
@@ -51,6 +58,9 @@ __all__ = [
 ]
 
 NUM_CLASSES = len(DETECTION_CLASSES)
+
+#: Strides (px) of the FPN levels P2..P6 on the padded input image.
+FPN_STRIDES: tuple[int, ...] = (4, 8, 16, 32, 64)
 
 #: Names of the loss terms returned by :meth:`InstanceSegmenter.loss` (torchvision's names).
 MASK_RCNN_LOSS_NAMES: tuple[str, ...] = (
@@ -87,6 +97,13 @@ class InstanceSegConfig:
     rpn_proposals_train / rpn_proposals_test: RoIs kept per image after the RPN (the same number
         is also the pre-NMS top-k per FPN level); torchvision's 2000 / 1000 are sized for 800 px.
     rpn_batch_size_per_image / box_batch_size_per_image: anchors / RoIs sampled for the losses.
+    anchor_ratios: anchor height / width ratios at every level (ratio-major anchor order).
+    conventions: ``torchvision`` (the default, for teachers trained here) or ``mmdet``: anchors,
+        RoI pooling and mask pasting as OpenMMLab mmdet computes them (see
+        :mod:`~x3kd_core.models.teachers.rcnn_ops`), for weights converted from an mmdet
+        checkpoint (``x3kd convert mmdet-maskrcnn``).
+    source: free text naming where the weights came from (the mmdet config of a converted
+        teacher; "" for teachers trained here).
     """
 
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
@@ -105,6 +122,9 @@ class InstanceSegConfig:
     rpn_proposals_test: int = 500
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 256
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    conventions: Literal["torchvision", "mmdet"] = "torchvision"
+    source: str = ""
 
     def __post_init__(self) -> None:
         for name in ("fpn_channels", "box_head_dim", "mask_head_channels", "mask_head_layers", "min_size_px",
@@ -114,6 +134,8 @@ class InstanceSegConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if len(self.anchor_sizes_px) != 5:
             raise ConfigError(f"anchor_sizes_px needs one size per FPN level (5), got {len(self.anchor_sizes_px)}")
+        if not self.anchor_ratios or min(self.anchor_ratios) <= 0:
+            raise ConfigError(f"anchor_ratios must be positive, got {self.anchor_ratios}")
         if not 0.0 <= self.score_threshold < 1.0:
             raise ConfigError(f"score_threshold must be in [0, 1), got {self.score_threshold}")
 
@@ -261,6 +283,9 @@ class InstanceSegmenter(nn.Module):
         backbone = _build_backbone(config)
         c = config.fpn_channels
         levels = ["0", "1", "2", "3"]
+        sizes, ratios = tuple((s,) for s in config.anchor_sizes_px), (tuple(config.anchor_ratios),) * 5
+        mmdet = config.conventions == "mmdet"
+        anchors = FixedStrideAnchorGenerator(sizes, ratios, FPN_STRIDES) if mmdet else AnchorGenerator(sizes, ratios)
         self.model = MaskRCNN(
             backbone,
             num_classes=None,
@@ -268,9 +293,7 @@ class InstanceSegmenter(nn.Module):
             max_size=config.max_size_px,
             image_mean=[0.0, 0.0, 0.0],
             image_std=[1.0, 1.0, 1.0],
-            rpn_anchor_generator=AnchorGenerator(
-                sizes=tuple((s,) for s in config.anchor_sizes_px), aspect_ratios=((0.5, 1.0, 2.0),) * 5
-            ),
+            rpn_anchor_generator=anchors,
             rpn_pre_nms_top_n_train=config.rpn_proposals_train,
             rpn_post_nms_top_n_train=config.rpn_proposals_train,
             rpn_pre_nms_top_n_test=config.rpn_proposals_test,
@@ -286,6 +309,15 @@ class InstanceSegmenter(nn.Module):
             mask_head=MaskRCNNHeads(c, [config.mask_head_channels] * config.mask_head_layers, 1),
             mask_predictor=MaskRCNNPredictor(config.mask_head_channels, config.mask_head_channels, NUM_CLASSES + 1),
         )
+        if mmdet:
+            # Swapped in after construction: MaskRCNN's constructor type-checks its poolers against
+            # torchvision's own class. None of the three holds parameters, so the state dict is unchanged.
+            heads = self.model.roi_heads
+            heads.box_roi_pool = AlignedMultiScaleRoIAlign(levels, FPN_STRIDES[:4], 7, sampling_ratio=0)
+            heads.mask_roi_pool = AlignedMultiScaleRoIAlign(levels, FPN_STRIDES[:4], 14, sampling_ratio=0)
+            old = self.model.transform
+            self.model.transform = GridSamplePasteTransform(old.min_size, old.max_size, old.image_mean,
+                                                            old.image_std, size_divisible=old.size_divisible)
 
     @staticmethod
     def _flatten(images: Tensor) -> tuple[list[Tensor], int, int]:
