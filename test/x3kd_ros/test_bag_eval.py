@@ -1,4 +1,5 @@
-"""Bag evaluation (x3kd_ros.bag_eval, x3kd_ros.replay, `x3kd bag eval`).
+"""Bag evaluation (x3kd_ros.bag_eval, x3kd_ros.replay, `x3kd bag eval`) and the tables-free scorer
+(x3kd_core.eval.keyframes) on a bag's ground truth.
 
 The end-to-end test is the CI test of the deployment path: the tiny synthetic dataset is written
 as a bag, the real node processes (student detector, LiDAR teacher, comparison node) are started
@@ -30,6 +31,7 @@ import pytest
 import yaml
 
 from x3kd_core.eval.detection import evaluate, write_submission
+from x3kd_core.eval.keyframes import keyframe_submission, score_keyframes
 from x3kd_core.structures import CAMERA_NAMES, DETECTION_CLASSES, Boxes3D
 from x3kd_ros import topics
 from x3kd_ros.bag_eval import (
@@ -38,7 +40,6 @@ from x3kd_ros.bag_eval import (
     apply_remaps,
     eval_graph_specs,
     has_ground_truth,
-    keyframe_submission,
     match_answers_to_frames,
     match_to_keyframes,
     node_parameters,
@@ -46,7 +47,6 @@ from x3kd_ros.bag_eval import (
     percentiles,
     read_keyframes,
     run_bag_eval,
-    score_keyframes,
 )
 from x3kd_ros.bag_eval import _eval_graph, _topic_warnings
 from x3kd_ros.bag_io import BagWriteConfig, bag_summary, write_bag
