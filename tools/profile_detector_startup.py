@@ -44,7 +44,8 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from x3kd_core.paths import REPO_ROOT  # noqa: E402
+
 OUT_DIR = REPO_ROOT / "build" / "profile_detector_startup"
 READY_MARK = "model on "
 

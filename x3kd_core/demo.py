@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from x3kd_core.config import load_yaml
+from x3kd_core.paths import REPO_ROOT
 from x3kd_core.structures import Boxes3D
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def perturb_boxes(

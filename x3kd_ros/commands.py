@@ -14,9 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["register"]
+from x3kd_core.paths import REPO_ROOT
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["register"]
 
 
 def register(sub, user_error: type[Exception]) -> None:
@@ -78,7 +78,7 @@ def _cmd_bag_eval(args, user_error: type[Exception]) -> int:
     from x3kd_ros.bag_eval import BagEvalConfig, BagEvalError, parse_remap, run_bag_eval
     from x3kd_ros.ros_env import pid_domain_id
 
-    out = Path(args.out) if args.out else _REPO_ROOT / "runs" / "bag_eval" / Path(args.bag).resolve().name
+    out = Path(args.out) if args.out else REPO_ROOT / "runs" / "bag_eval" / Path(args.bag).resolve().name
     try:
         config = BagEvalConfig(checkpoint=args.checkpoint, lidar_checkpoint=args.teacher_lidar,
                                radar_checkpoint=args.teacher_radar, device=args.device, rate=args.rate,

@@ -44,6 +44,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
+from x3kd_ros.share import PACKAGE, shipped_file
+
 __all__ = [
     "PACKAGE",
     "GraphError",
@@ -58,8 +60,6 @@ __all__ = [
     "ros_arguments",
 ]
 
-PACKAGE = "x3kd_ros"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 _GRAPH_FILE = Path("config") / "ros" / "graph.yaml"
 
 
@@ -118,15 +118,7 @@ class NodeSpec:
 
 def default_config_path() -> Path:
     """``share/x3kd_ros/config/ros/graph.yaml`` of the installed package, else this checkout's."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory(PACKAGE)) / _GRAPH_FILE
-        if installed.is_file():
-            return installed
-    except Exception:  # not installed as an ament package
-        pass
-    return _REPO_ROOT / _GRAPH_FILE
+    return shipped_file(_GRAPH_FILE)
 
 
 def resolve_arguments(values: Mapping[str, Any]) -> dict[str, str]:

@@ -55,8 +55,10 @@ from rclpy.exceptions import (
 )
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from x3kd_core.paths import REPO_ROOT, find_file
 from x3kd_ros import topics
 from x3kd_ros.extrinsics import ExtrinsicsError, StaticTransformTree, load_calibration_yaml
+from x3kd_ros.share import share_dir
 
 __all__ = [
     "ParameterError",
@@ -92,8 +94,6 @@ __all__ = [
     "spin_node",
     "spin_until",
 ]
-
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ParameterError(ValueError):
@@ -276,15 +276,8 @@ def resolve_device(text: str):
 def config_search_dirs() -> list[Path]:
     """Folders a relative config file name is looked up in: the working directory, the installed
     package's ``share/x3kd_ros/config/ros`` and this checkout's ``config/ros``."""
-    dirs = [Path.cwd()]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        dirs.append(Path(get_package_share_directory("x3kd_ros")) / "config" / "ros")
-    except Exception:  # not installed as an ament package (plain checkout)
-        pass
-    dirs.append(_REPO_ROOT / "config" / "ros")
-    return dirs
+    share = share_dir()
+    return [Path.cwd(), *([share / "config" / "ros"] if share is not None else []), REPO_ROOT / "config" / "ros"]
 
 
 def resolve_config_file(path: str) -> Path:
@@ -294,17 +287,13 @@ def resolve_config_file(path: str) -> Path:
         ParameterError: not found anywhere (the folders tried are named).
     """
     candidate = Path(os.path.expanduser(path))
+    folders = [] if candidate.is_absolute() else config_search_dirs()
+    found = find_file(candidate, folders)
+    if found is not None:
+        return found if candidate.is_absolute() else found.resolve()
     if candidate.is_absolute():
-        if candidate.is_file():
-            return candidate
         raise ParameterError(f"file not found: {candidate}")
-    tried = []
-    for folder in config_search_dirs():
-        full = folder / candidate
-        tried.append(str(folder))
-        if full.is_file():
-            return full.resolve()
-    raise ParameterError(f"file {path!r} not found (looked in {', '.join(tried)})")
+    raise ParameterError(f"file {path!r} not found (looked in {', '.join(str(f) for f in folders)})")
 
 
 # ----------------------------------------------------------------------------------------------

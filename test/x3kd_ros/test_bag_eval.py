@@ -32,6 +32,7 @@ import yaml
 
 from x3kd_core.eval.detection import evaluate, write_submission
 from x3kd_core.eval.keyframes import keyframe_submission, score_keyframes
+from x3kd_core.paths import REPO_ROOT
 from x3kd_core.structures import CAMERA_NAMES, DETECTION_CLASSES, Boxes3D
 from x3kd_ros import topics
 from x3kd_ros.bag_eval import (
@@ -52,14 +53,9 @@ from x3kd_ros.bag_eval import _eval_graph, _topic_warnings
 from x3kd_ros.bag_io import BagWriteConfig, bag_summary, write_bag
 from x3kd_ros.replay import Answer, FrameGroup, SentFrame, FrameCutter
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SPLIT = "synth_val"
 # Whole end-to-end run (graph start-up ~6-10 s on 2 CPU cores, replay < 1 s, scoring ~2 s).
 E2E_TIMEOUT_S = 150
-
-
-
-
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,13 @@ import rclpy
 import yaml
 from rclpy.executors import SingleThreadedExecutor
 
+from x3kd_core.paths import REPO_ROOT
 from x3kd_ros.comparison_node import comparison_param_specs
 from x3kd_ros.detector_node import detector_param_specs
 from x3kd_ros.graph import GraphError, LAUNCH_ARGUMENTS, load_graph
 from x3kd_ros.run_graph import GraphRunner, main as run_graph_main
 from x3kd_ros.teacher_nodes import common_param_specs, lidar_param_specs, radar_param_specs
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO_ROOT / "launch" / "detector.launch.py"
 ALL_NODES = ["detector", "lidar_teacher", "radar_teacher", "comparison_lidar", "comparison_radar"]
 #: Launch arguments that start every node of the default graph.

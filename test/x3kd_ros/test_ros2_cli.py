@@ -35,11 +35,11 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.executors import SingleThreadedExecutor
 from vision_msgs.msg import Detection3DArray
 
+from x3kd_core.paths import REPO_ROOT
 from x3kd_ros import topics
 from x3kd_ros.bag_io import BagWriteConfig, bag_summary, write_bag
 from x3kd_ros.node_utils import qos_profile
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ROS_ENV = REPO_ROOT / "tools" / "ros_env.sh"
 VENV_BIN = Path(sys.executable).parent
 SHUTDOWN_LIMIT_S = 5.0  # ros2 launch escalates to SIGTERM after 5 s

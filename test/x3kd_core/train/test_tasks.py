@@ -4,7 +4,6 @@ experiment configs (one grid)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,16 +13,12 @@ from x3kd_core.config import ConfigError
 from x3kd_core.experiment import build_model, build_task, load_experiment, loader_config
 from x3kd_core.models.teachers.instance_seg import MASK_RCNN_LOSS_NAMES, InstancePredictions
 from x3kd_core.models.teachers.lidar import BevDetectorOutputs, LidarDetector
+from x3kd_core.paths import REPO_ROOT
 from x3kd_core.structures import Boxes3D
 from x3kd_core.train.tasks import StudentTask, run_teachers
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 TRAIN_CONFIGS = REPO_ROOT / "config" / "train"
 HEAD_TERMS = {"heatmap", "offset", "height", "size", "rot", "velocity"}
-
-
-
-
 
 
 @pytest.fixture(scope="module")
