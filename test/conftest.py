@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 
 from x3kd_core.paths import REPO_ROOT
-from x3kd_ros.ros_env import apply_network_rule, pid_domain_id
+from x3kd_ros.graph.environment import apply_network_rule, pid_domain_id
 
 
 # Explicit pid-derived domain (not an inherited ROS_DOMAIN_ID): two test sessions must never share one.

@@ -1,6 +1,6 @@
 """Scoring ego-frame predictions against ego-frame ground truth without the dataset tables.
 
-A :class:`KeyFrame` carries what a recording (a rosbag2 file, see ``x3kd_ros.bag_eval``) knows of
+A :class:`KeyFrame` carries what a recording (a rosbag2 file, see ``x3kd_ros.bag.evaluate``) knows of
 one nuScenes keyframe: its sample token, the ground-truth boxes in the ego frame and the ego pose.
 :func:`score_keyframes` scores predictions on such keyframes with the devkit's own algorithms:
 
@@ -85,7 +85,7 @@ def score_keyframes(keyframes: Sequence[KeyFrame], predictions: Mapping[str, Box
     """nuScenes detection metrics of ``predictions`` against the keyframes' ground truth, tables-free.
 
     Args:
-        keyframes: ground truth (e.g. ``x3kd_ros.bag_eval.read_keyframes``).
+        keyframes: ground truth (e.g. ``x3kd_ros.bag.evaluate.read_keyframes``).
         predictions: sample token -> boxes in that keyframe's ego frame (missing token = nothing
             detected; tokens not among the keyframes are ignored).
         config_name: devkit evaluation config.

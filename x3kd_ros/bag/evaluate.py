@@ -10,13 +10,13 @@ What happens (:func:`run_bag_eval`)
        ``map -> base_link`` from ``/tf`` at that stamp.
     2. The graph (``config/ros/graph.yaml``: student detector, and for each teacher checkpoint
        given, that teacher plus its comparison node) is started as real processes through
-       :class:`~x3kd_ros.run_graph.GraphRunner`, with evaluation overrides
+       :class:`~x3kd_ros.graph.runner.GraphRunner`, with evaluation overrides
        (:func:`eval_graph_specs`): reliable input QoS and deep queues (``processing_queue_size``
        1000) so that no frame is dropped, no RViz markers, diagnostics every 0.2 s, the bag's
        cameras / radars / image transport, sync slops equal to the player's frame spans. This
        process and the nodes load the replay's Fast DDS profile (a shared-memory segment large
-       enough for a frame of the bag; see *Transport* in :mod:`x3kd_ros.replay`).
-    3. :class:`~x3kd_ros.replay.BagPlayer` replays the bag (flow-controlled by default, or at
+       enough for a frame of the bag; see *Transport* in :mod:`x3kd_ros.bag.replay`).
+    3. :class:`~x3kd_ros.bag.replay.BagPlayer` replays the bag (flow-controlled by default, or at
        ``rate`` x real time) and records every frame sent and every answer; the comparison
        nodes' JSON and ``/diagnostics`` are collected beside it.
     4. The graph is stopped (SIGINT, exit codes recorded), then everything is scored:
@@ -84,7 +84,7 @@ from x3kd_core import geometry
 from x3kd_core.eval.keyframes import KeyFrame, keyframe_submission, score_keyframes
 from x3kd_core.structures import CAMERA_NAMES, RADAR_NAMES, Boxes3D
 from x3kd_ros import topics
-from x3kd_ros.bag_io import bag_summary, read_bag, transform_to_matrix
+from x3kd_ros.bag.io import bag_summary, read_bag, transform_to_matrix
 
 __all__ = [
     "BagEvalError",
@@ -175,7 +175,7 @@ def has_ground_truth(msgtypes: Mapping[str, str], topic_names: Optional[Mapping[
 
 
 def read_keyframes(path: str | os.PathLike, topic_names: Optional[Mapping[str, str]] = None) -> BagGroundTruth:
-    """Ground truth and ego poses of every keyframe of a bag written by :func:`x3kd_ros.bag_io.write_bag`.
+    """Ground truth and ego poses of every keyframe of a bag written by :func:`x3kd_ros.bag.io.write_bag`.
 
     The ego pose is the ``map -> base_link`` transform on ``/tf`` at the keyframe stamp (the
     LiDAR keyframe's own pose, the one nuScenes evaluates with); the nearest one if no stamp
@@ -343,7 +343,7 @@ class BagEvalConfig:
         device: where the nodes run their models (auto | cpu | cuda | cuda:N).
         rate: 0 = flow-controlled, as fast as the graph answers; > 0 = this factor x real time.
         max_outstanding: with rate 0, frames a model may have waiting at once.
-        ack_timeout_s / ready_timeout_s / drain_timeout_s: see :class:`~x3kd_ros.replay.ReplayConfig`.
+        ack_timeout_s / ready_timeout_s / drain_timeout_s: see :class:`~x3kd_ros.bag.replay.ReplayConfig`.
         match_tolerance_s: largest |answer stamp - keyframe stamp| for an answer to score that
             keyframe (s); below half the keyframe period (nuScenes: 0.5 s).
         dataroot / version / split: the dataset tables, to also evaluate with the devkit's
@@ -352,7 +352,7 @@ class BagEvalConfig:
         picture_score_threshold: student boxes drawn from this score on.
         stop_timeout_s: grace time of each stop signal to the node processes.
         graph_config: graph description YAML ("" = config/ros/graph.yaml).
-        fastdds_profile: load the replay's Fast DDS profile (:mod:`x3kd_ros.replay`, *Transport*)
+        fastdds_profile: load the replay's Fast DDS profile (:mod:`x3kd_ros.bag.replay`, *Transport*)
             in this process and the nodes, unless the user set a profile file or another RMW.
         remappings: ``(FROM, TO)`` remap rules given to every node (``-r FROM:=TO``; FROM the
             graph's topic name, TO the bag's; ``node:FROM`` limits a rule to that node), ahead
@@ -575,7 +575,7 @@ def _nested(dotted: Mapping[str, Any]) -> dict:
 
 
 def resolve_bag_topics(specs, msgtypes: Mapping[str, str]) -> BagTopics:
-    """Where the inputs of the graph ``specs`` (:class:`~x3kd_ros.graph.NodeSpec`, as started:
+    """Where the inputs of the graph ``specs`` (:class:`~x3kd_ros.graph.description.NodeSpec`, as started:
     params files, inline parameters, remappings) are in a bag with topics ``msgtypes``.
 
     Cameras: the detector's ``cameras`` with ``image_topics`` (default
@@ -665,7 +665,7 @@ def _topic_warnings(config: BagEvalConfig, sensors: BagTopics, msgtypes: Mapping
 
 
 def eval_graph_specs(config: BagEvalConfig, msgtypes: Mapping[str, str]):
-    """The graph's :class:`~x3kd_ros.graph.NodeSpec` s for an evaluation of a bag with these topics.
+    """The graph's :class:`~x3kd_ros.graph.description.NodeSpec` s for an evaluation of a bag with these topics.
 
     The student detector always; the LiDAR / radar teacher and its comparison node when its
     checkpoint is given. ``config.remappings`` go to every node ahead of the graph's own and
@@ -695,7 +695,7 @@ def eval_graph_specs(config: BagEvalConfig, msgtypes: Mapping[str, str]):
 
 def _eval_graph(config: BagEvalConfig, msgtypes: Mapping[str, str]):
     """(specs, :class:`BagTopics`) of :func:`eval_graph_specs`."""
-    from x3kd_ros.graph import GraphError, load_graph
+    from x3kd_ros.graph.description import GraphError, load_graph
 
     for name, path in (("checkpoint", config.checkpoint), ("lidar checkpoint", config.lidar_checkpoint),
                        ("radar checkpoint", config.radar_checkpoint)):
@@ -765,7 +765,7 @@ class _Collector:
         from diagnostic_msgs.msg import DiagnosticArray
         from std_msgs.msg import String
 
-        from x3kd_ros.node_utils import qos_profile
+        from x3kd_ros.nodes.node_utils import qos_profile
 
         self._lock = threading.Lock()
         self.comparison: dict[str, list[dict]] = {t: [] for t in comparisons}
@@ -870,7 +870,7 @@ class BagEvalResult:
 _MODEL_OF_GROUP = {"detector": "student", "lidar": "lidar", "radar": "radar"}
 def _transport_environment(bag: Path, out: Path, enabled: bool) -> tuple[dict[str, str], str]:
     """Environment variables that load the replay's Fast DDS profile, and a note for the report."""
-    from x3kd_ros.replay import fastdds_profile_environment, shm_segment_bytes
+    from x3kd_ros.bag.replay import fastdds_profile_environment, shm_segment_bytes
 
     if not enabled:
         return {}, "off"
@@ -889,7 +889,7 @@ def _log_tail(runner, key: str, lines: int = 15) -> str:
 class _LiveRun:
     """What the live part of an evaluation collected (graph stopped)."""
 
-    replay: Any  # x3kd_ros.replay.ReplayResult
+    replay: Any  # x3kd_ros.bag.replay.ReplayResult
     comparison: dict[str, list[dict]]
     diagnostics: dict[str, dict[str, str]]
     model_samples: dict[str, dict[int, float]]
@@ -902,7 +902,7 @@ class _LiveRun:
 
 def _eval_groups(sensors: BagTopics, teachers: Sequence[str]):
     """The player's frame groups: the detector's camera frames, and each teacher's input."""
-    from x3kd_ros.replay import FrameGroup
+    from x3kd_ros.bag.replay import FrameGroup
 
     groups = [FrameGroup("detector", tuple(sensors.image_topics()), topics.DETECTIONS_TOPIC, span_s=CAMERA_SPAN_S)]
     if "lidar" in teachers:
@@ -924,8 +924,8 @@ def _live_run(bag: Path, out: Path, specs, groups, teachers: Sequence[str], msgt
     import rclpy
     from rclpy.context import Context
 
-    from x3kd_ros.replay import BagPlayer, ReplayConfig, ReplayError
-    from x3kd_ros.run_graph import GraphRunner
+    from x3kd_ros.bag.replay import BagPlayer, ReplayConfig, ReplayError
+    from x3kd_ros.graph.runner import GraphRunner
 
     # Publishers wait for these subscriptions: the detector's cameras, /tf_static of every model
     # node, each teacher's sensor topics (names in the bag: BagTopics).
@@ -1104,7 +1104,7 @@ def run_bag_eval(bag: str | os.PathLike, out: str | os.PathLike, config: BagEval
             not come up (its log tail is in the text).
     """
     from x3kd_core.eval.detection import EvaluationError, evaluate, submission_meta, write_submission
-    from x3kd_ros.ros_env import apply_network_rule
+    from x3kd_ros.graph.environment import apply_network_rule
 
     say = log or (lambda text: None)
     bag, out = Path(bag), Path(out)

@@ -1,7 +1,7 @@
 """ROS 2 teacher nodes: ``x3kd_lidar_teacher`` and ``x3kd_radar_teacher``.
 
 At deployment only the camera student is needed; the teachers run online beside it so that the
-comparison node (:mod:`x3kd_ros.comparison_node`) can report how well the student agrees with
+comparison node (:mod:`x3kd_ros.nodes.comparison_node`) can report how well the student agrees with
 them. Both publish exactly like the detector: ``vision_msgs/Detection3DArray`` in ``base_frame``
 (class_id = nuScenes class name), optional MarkerArray, and ``/diagnostics``.
 
@@ -67,7 +67,7 @@ from x3kd_ros.conversions import (
     ns_to_stamp,
     stamp_to_ns,
 )
-from x3kd_ros.node_utils import (
+from x3kd_ros.nodes.node_utils import (
     BoundedWorker,
     ExtrinsicsProvider,
     LatencyWindow,
@@ -564,5 +564,5 @@ def radar_main(args: Optional[list[str]] = None) -> int:
 if __name__ == "__main__":
     kinds = {"lidar": lidar_main, "radar": radar_main}
     if len(sys.argv) < 2 or sys.argv[1] not in kinds:
-        sys.exit("usage: python -m x3kd_ros.teacher_nodes {lidar|radar} [--ros-args ...]")
+        sys.exit("usage: python -m x3kd_ros.nodes.teacher_nodes {lidar|radar} [--ros-args ...]")
     sys.exit(kinds[sys.argv.pop(1)]())

@@ -47,7 +47,7 @@ from x3kd_core.structures import Boxes3D
 from x3kd_ros import topics
 from x3kd_ros.comparison import AgreementStats, AgreementTracker, MatchConfig
 from x3kd_ros.conversions import ConversionError, detections_to_boxes, stamp_to_ns
-from x3kd_ros.node_utils import (
+from x3kd_ros.nodes.node_utils import (
     ParamSpec,
     ThrottledLog,
     declare_parameters,

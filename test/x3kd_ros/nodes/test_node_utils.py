@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from x3kd_ros.node_utils import (
+from x3kd_ros.nodes.node_utils import (
     BoundedWorker,
     DeliveryMeter,
     LatencyWindow,

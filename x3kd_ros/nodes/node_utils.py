@@ -840,7 +840,7 @@ def spin_node(factory: Callable[[], Any], args: Optional[Sequence[str]] = None) 
     Returns the process exit code: 0 after a normal stop (Ctrl-C, SIGTERM, shutdown), 2 for invalid
     parameters (the message names them), 1 for another start-up error.
     """
-    from x3kd_ros.ros_env import apply_network_rule
+    from x3kd_ros.graph.environment import apply_network_rule
 
     apply_network_rule()  # keeps a ROS_DOMAIN_ID / ROS_LOG_DIR the caller chose
     import rclpy

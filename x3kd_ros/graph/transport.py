@@ -117,7 +117,7 @@ def profile_environment(choice: str = "auto",
         # files miss *.xml): the same profile, written by its generator (a test keeps them equal).
         import tempfile
 
-        from x3kd_ros.replay import fastdds_profile_xml
+        from x3kd_ros.bag.replay import fastdds_profile_xml
 
         path = Path(tempfile.gettempdir()) / f"x3kd_fastdds_large_images_{os.getuid()}.xml"
         path.write_text(fastdds_profile_xml(PROFILE_SEGMENT_BYTES))

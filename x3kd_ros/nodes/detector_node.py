@@ -5,7 +5,7 @@ Data flow (the node converts and publishes; matching is :mod:`x3kd_ros.sync`, th
 
     Image | CompressedImage per camera --decode, check against CameraInfo--> ApproximateTimeSync
     CameraInfo per camera                --> latest K and image size of that camera
-    /tf_static and/or calibration YAML   --> camera -> base_link (x3kd_ros.node_utils.ExtrinsicsProvider)
+    /tf_static and/or calibration YAML   --> camera -> base_link (x3kd_ros.nodes.node_utils.ExtrinsicsProvider)
     synchronized set --> bounded work queue --> worker thread: Predictor.predict --> publish
 
 The model runs in its own thread so that the executor keeps receiving (and the synchronizer keeps
@@ -70,7 +70,7 @@ without images for ``silent_after_periods`` expected frame periods (OK again whe
 ``<camera>.silent_s`` holds the seconds since its last image); "images arriving at 21 % of the
 camera rate ...: check the DDS transport / profile" when a camera's received stamps have gaps,
 i.e. fewer than ``transport_warn_percent`` of the frames the stamps imply arrive over the last
-5 s (:class:`~x3kd_ros.node_utils.DeliveryMeter`; ``<camera>.arriving_percent`` and
+5 s (:class:`~x3kd_ros.nodes.node_utils.DeliveryMeter`; ``<camera>.arriving_percent`` and
 ``<camera>.camera_rate_hz`` hold the figures): the sign of a transport that loses big images,
 README "Big images"; "time jumped back 1.00 s on
 CAM_FRONT" after stamps went backwards (a looped bag, a simulator reset: the synchronizer is reset,
@@ -115,7 +115,7 @@ from x3kd_ros.conversions import (
     ns_to_stamp,
     stamp_to_ns,
 )
-from x3kd_ros.node_utils import (
+from x3kd_ros.nodes.node_utils import (
     BoundedWorker,
     DeliveryMeter,
     ExtrinsicsProvider,
