@@ -275,7 +275,7 @@ class Bench:
         from x3kd_core.structures import CAMERA_NAMES
         from x3kd_ros import topics
         from x3kd_ros.conversions import intrinsics_to_camera_info, rgb_to_image
-        from x3kd_ros.nodes.node_utils import qos_profile, static_tf_qos
+        from x3kd_ros.nodes.qos import qos_profile, static_tf_qos
 
         self.node = rclpy.create_node("x3kd_bench_cameras", context=context)
         self.node_name = node_name
@@ -373,7 +373,7 @@ class Bench:
                 self.unmatched += 1
 
     def _on_diagnostics(self, msg) -> None:
-        from x3kd_ros.nodes.node_utils import diagnostics_values
+        from x3kd_ros.nodes.meters import diagnostics_values
 
         now = time.monotonic_ns()
         for status in msg.status:
@@ -527,7 +527,7 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
 
-    from x3kd_ros.nodes.node_utils import spin_until
+    from x3kd_ros.nodes.spin import spin_until
 
     log_path = work / ("launch.log" if args.launch else "detector.log")
     if args.launch:

@@ -19,7 +19,7 @@ import yaml
 from rclpy.context import Context
 
 from x3kd_core.paths import REPO_ROOT
-from x3kd_ros.nodes.node_utils import spin_until as _node_spin_until
+from x3kd_ros.nodes.spin import spin_until as _node_spin_until
 
 SPIN_DEADLINE_S = 20.0
 

@@ -38,7 +38,7 @@ from vision_msgs.msg import Detection3DArray
 from x3kd_core.paths import REPO_ROOT
 from x3kd_ros import topics
 from x3kd_ros.bag.io import BagWriteConfig, bag_summary, write_bag
-from x3kd_ros.nodes.node_utils import qos_profile
+from x3kd_ros.nodes.qos import qos_profile
 
 ROS_ENV = REPO_ROOT / "tools" / "ros_env.sh"
 VENV_BIN = Path(sys.executable).parent

@@ -765,7 +765,7 @@ class _Collector:
         from diagnostic_msgs.msg import DiagnosticArray
         from std_msgs.msg import String
 
-        from x3kd_ros.nodes.node_utils import qos_profile
+        from x3kd_ros.nodes.qos import qos_profile
 
         self._lock = threading.Lock()
         self.comparison: dict[str, list[dict]] = {t: [] for t in comparisons}

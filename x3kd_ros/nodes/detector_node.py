@@ -5,7 +5,7 @@ Data flow (the node converts and publishes; matching is :mod:`x3kd_ros.sync`, th
 
     Image | CompressedImage per camera --decode, check against CameraInfo--> ApproximateTimeSync
     CameraInfo per camera                --> latest K and image size of that camera
-    /tf_static and/or calibration YAML   --> camera -> base_link (x3kd_ros.nodes.node_utils.ExtrinsicsProvider)
+    /tf_static and/or calibration YAML   --> camera -> base_link (x3kd_ros.nodes.extrinsics_source.ExtrinsicsProvider)
     synchronized set --> bounded work queue --> worker thread: Predictor.predict --> publish
 
 The model runs in its own thread so that the executor keeps receiving (and the synchronizer keeps
@@ -70,7 +70,7 @@ without images for ``silent_after_periods`` expected frame periods (OK again whe
 ``<camera>.silent_s`` holds the seconds since its last image); "images arriving at 21 % of the
 camera rate ...: check the DDS transport / profile" when a camera's received stamps have gaps,
 i.e. fewer than ``transport_warn_percent`` of the frames the stamps imply arrive over the last
-5 s (:class:`~x3kd_ros.nodes.node_utils.DeliveryMeter`; ``<camera>.arriving_percent`` and
+5 s (:class:`~x3kd_ros.nodes.meters.DeliveryMeter`; ``<camera>.arriving_percent`` and
 ``<camera>.camera_rate_hz`` hold the figures): the sign of a transport that loses big images,
 README "Big images"; "time jumped back 1.00 s on
 CAM_FRONT" after stamps went backwards (a looped bag, a simulator reset: the synchronizer is reset,
@@ -115,32 +115,30 @@ from x3kd_ros.conversions import (
     ns_to_stamp,
     stamp_to_ns,
 )
-from x3kd_ros.nodes.node_utils import (
-    BoundedWorker,
+from x3kd_ros.nodes.extrinsics_source import ExtrinsicsProvider, extrinsics_param_specs
+from x3kd_ros.nodes.meters import (
     DeliveryMeter,
-    ExtrinsicsProvider,
     LatencyWindow,
-    ParameterError,
-    ParamSpec,
     RateMeter,
+    StreamWatch,
     ThrottledLog,
+    make_status,
+    silence_param_specs,
+)
+from x3kd_ros.nodes.params import (
+    ParamSpec,
+    ParameterError,
     check_device,
     declare_parameters,
-    describe_qos,
-    extrinsics_param_specs,
     in_range,
-    make_status,
     non_empty,
     one_of,
-    qos_param_specs,
-    qos_profile,
     resolve_device,
     same_length,
-    silence_param_specs,
-    spin_node,
-    steady_timer,
-    StreamWatch,
 )
+from x3kd_ros.nodes.qos import describe_qos, qos_param_specs, qos_profile
+from x3kd_ros.nodes.spin import spin_node, steady_timer
+from x3kd_ros.nodes.worker import BoundedWorker
 from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet, TimeJump
 
 __all__ = ["DetectorNode", "detector_param_specs", "main"]

@@ -67,31 +67,22 @@ from x3kd_ros.conversions import (
     ns_to_stamp,
     stamp_to_ns,
 )
-from x3kd_ros.nodes.node_utils import (
-    BoundedWorker,
-    ExtrinsicsProvider,
-    LatencyWindow,
-    ParameterError,
+from x3kd_ros.nodes.extrinsics_source import ExtrinsicsProvider, extrinsics_param_specs
+from x3kd_ros.nodes.meters import LatencyWindow, RateMeter, StreamWatch, ThrottledLog, make_status, silence_param_specs
+from x3kd_ros.nodes.params import (
     ParamSpec,
-    RateMeter,
-    ThrottledLog,
+    ParameterError,
     check_device,
     declare_parameters,
-    describe_qos,
-    extrinsics_param_specs,
     in_range,
-    make_status,
     non_empty,
     one_of,
-    qos_param_specs,
-    qos_profile,
     resolve_device,
     same_length,
-    silence_param_specs,
-    spin_node,
-    steady_timer,
-    StreamWatch,
 )
+from x3kd_ros.nodes.qos import describe_qos, qos_param_specs, qos_profile
+from x3kd_ros.nodes.spin import spin_node, steady_timer
+from x3kd_ros.nodes.worker import BoundedWorker
 from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet, TimeJump
 
 __all__ = [

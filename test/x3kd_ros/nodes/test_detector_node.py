@@ -31,7 +31,9 @@ from x3kd_core.structures import CAMERA_NAMES, DETECTION_CLASSES, Boxes3D
 from x3kd_ros import topics
 from x3kd_ros.conversions import detections_to_boxes, intrinsics_to_camera_info, ns_to_stamp, rgb_to_image
 from x3kd_ros.nodes.detector_node import DetectorNode
-from x3kd_ros.nodes.node_utils import ParameterError, diagnostics_values, qos_profile, static_tf_qos
+from x3kd_ros.nodes.meters import diagnostics_values
+from x3kd_ros.nodes.params import ParameterError
+from x3kd_ros.nodes.qos import qos_profile, static_tf_qos
 
 IMAGE_HW = (112, 200)
 SPECS = {s.name: s for s in camera_specs(SynthConfig(image_width=IMAGE_HW[1], image_height=IMAGE_HW[0]))}
