@@ -45,11 +45,11 @@ setup(
     entry_points={
         "console_scripts": [
             "x3kd = x3kd_core.cli:main",
-            "x3kd_detector = x3kd_ros.detector_node:main",
-            "x3kd_lidar_teacher = x3kd_ros.teacher_nodes:lidar_main",
-            "x3kd_radar_teacher = x3kd_ros.teacher_nodes:radar_main",
-            "x3kd_comparison = x3kd_ros.comparison_node:main",
-            "x3kd_run_graph = x3kd_ros.run_graph:main",
+            "x3kd_detector = x3kd_ros.nodes.detector_node:main",
+            "x3kd_lidar_teacher = x3kd_ros.nodes.teacher_nodes:lidar_main",
+            "x3kd_radar_teacher = x3kd_ros.nodes.teacher_nodes:radar_main",
+            "x3kd_comparison = x3kd_ros.nodes.comparison_node:main",
+            "x3kd_run_graph = x3kd_ros.graph.runner:main",
         ],
         # The ROS-side `x3kd` sub-commands: x3kd_core's CLI finds them here, never by importing x3kd_ros.
         "x3kd.commands": ["bag = x3kd_ros.commands:register"],

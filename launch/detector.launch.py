@@ -1,6 +1,6 @@
 """Launch the x3kd detector graph: ``ros2 launch x3kd_ros detector.launch.py checkpoint:=<last.pt>``.
 
-Arguments (x3kd_ros.graph.LAUNCH_ARGUMENTS): config, checkpoint, device, use_teachers, namespace,
+Arguments (x3kd_ros.graph.description.LAUNCH_ARGUMENTS): config, checkpoint, device, use_teachers, namespace,
 lidar_checkpoint, radar_checkpoint, calibration_file, use_sim_time, fastdds_profile. Example with the
 teachers and the online comparison::
 
@@ -9,18 +9,18 @@ teachers and the online comparison::
 
 A teacher whose checkpoint argument is empty is not started (nor its comparison node); the launch
 log names it. ``use_sim_time:=true`` sets that parameter on every node (bag time from
-``python -m x3kd_ros.replay BAG --clock``, or a simulator's ``/clock``).
+``python -m x3kd_ros.bag.replay BAG --clock``, or a simulator's ``/clock``).
 
 The nodes get the Fast DDS transport profile for big images (config/dds/fastdds_large_images.xml,
 an environment action scoped to them) unless ``FASTDDS_DEFAULT_PROFILES_FILE`` is already set or
 another RMW is used; ``fastdds_profile:=off`` or ``:=<file.xml>`` overrides that. The rule lives in
-x3kd_ros.transport (x3kd_run_graph uses it too); the launch log says what was applied. Camera
+x3kd_ros.graph.transport (x3kd_run_graph uses it too); the launch log says what was applied. Camera
 drivers in other processes must load the same file (README, "Big images").
 
 In a venv made by tools/setup.sh, ``source tools/ros_env.sh`` first.
 
 The nodes, their parameters and remappings come from ONE description, config/ros/graph.yaml, read
-by x3kd_ros.graph; ``x3kd_run_graph`` starts the same graph as plain processes where launch_ros is
+by x3kd_ros.graph.description; ``x3kd_run_graph`` starts the same graph as plain processes where launch_ros is
 not installed (a test checks both give the same command lines). launch / launch_ros are imported
 inside generate_launch_description() only, so this file imports anywhere.
 """
@@ -35,13 +35,13 @@ def generate_launch_description():
     from launch_ros.actions import Node
     from launch_ros.parameter_descriptions import ParameterValue
 
-    from x3kd_ros import graph, transport
+    from x3kd_ros.graph import description as graph, transport
 
     def nodes(context, *args, **kwargs):
         values = {a.name: LaunchConfiguration(a.name).perform(context) for a in graph.LAUNCH_ARGUMENTS}
         skipped = []
         specs = graph.load_graph(values, skipped=skipped)
-        # The Fast DDS profile for big images, by the rule x3kd_run_graph follows (x3kd_ros.transport):
+        # The Fast DDS profile for big images, by the rule x3kd_run_graph follows (x3kd_ros.graph.transport):
         # not when the user already set a profile of their own or runs another RMW.
         environment = getattr(context, "environment", os.environ)
         env, note = transport.profile_environment(values["fastdds_profile"], environment)

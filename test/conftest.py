@@ -9,7 +9,6 @@ do not see each other's topics; rcl logs go to the git-ignored build/ folder.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 # Before anything imports torch: OpenMP threads that spin while waiting make a 2-core machine
 # several times slower as soon as another process (a node under test, a second pytest) is busy.
@@ -17,9 +16,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
-from x3kd_ros.ros_env import apply_network_rule, pid_domain_id
+from x3kd_core.paths import REPO_ROOT
+from x3kd_ros.graph.environment import apply_network_rule, pid_domain_id
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Explicit pid-derived domain (not an inherited ROS_DOMAIN_ID): two test sessions must never share one.
 ROS_NETWORK = apply_network_rule(

@@ -44,8 +44,8 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, also without an install
+from x3kd_core.paths import REPO_ROOT  # noqa: E402
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 
 from bench_student import _rig, synthetic_batch  # noqa: E402

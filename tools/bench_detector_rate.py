@@ -12,7 +12,7 @@
     .venv/bin/python tools/bench_detector_rate.py --markers            # also subscribe to the markers (RViz)
 
 What it does
-    1. Applies the ROS network rule (x3kd_ros.ros_env.apply_network_rule) with a private domain id
+    1. Applies the ROS network rule (x3kd_ros.graph.environment.apply_network_rule) with a private domain id
        and a log folder under build/bench_detector_rate/, so nothing leaves the machine and
        concurrent runs do not see each other.
     2. Writes an untrained tiny student checkpoint (config/model/student_tiny.yaml, seeded), the
@@ -26,7 +26,7 @@ What it does
        group (Ctrl-C), then SIGTERM / SIGKILL.
     3b. Transport: this process stands for the camera driver. ``--fastdds-profile auto`` (default)
        loads the package's Fast DDS profile for big images here, by the rule of
-       x3kd_ros/transport.py (not if FASTDDS_DEFAULT_PROFILES_FILE is already set or another RMW
+       x3kd_ros/graph/transport.py (not if FASTDDS_DEFAULT_PROFILES_FILE is already set or another RMW
        is used): it is the *publisher's* shared-memory segment that decides whether 4.3 MB images
        get through. The detector gets the same choice (plain child: the same environment;
        ``--launch``: the launch argument, so the launch file applies it). ``off``: Fast DDS defaults
@@ -83,10 +83,10 @@ from typing import Optional
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, also without an install
+from x3kd_core.paths import REPO_ROOT  # noqa: E402
 
-from x3kd_ros.ros_env import apply_network_rule, pid_domain_id  # noqa: E402  (no rclpy import)
+from x3kd_ros.graph.environment import apply_network_rule, pid_domain_id  # noqa: E402  (no rclpy import)
 
 WORK_DIR = REPO_ROOT / "build" / "bench_detector_rate"
 ROS_ENV = REPO_ROOT / "tools" / "ros_env.sh"
@@ -125,7 +125,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--fastdds-profile", default="auto",
                    help="Fast DDS transport profile of this publishing process and of the detector: auto (the "
                         "package's config/dds profile unless one is already set), off, or a path "
-                        "(x3kd_ros/transport.py)")
+                        "(x3kd_ros/graph/transport.py)")
     p.add_argument("--detector-fastdds-profile", default=None,
                    help="the detector's profile when it should differ from --fastdds-profile (to see which "
                         "side of the link needs it: the publisher's)")
@@ -275,7 +275,7 @@ class Bench:
         from x3kd_core.structures import CAMERA_NAMES
         from x3kd_ros import topics
         from x3kd_ros.conversions import intrinsics_to_camera_info, rgb_to_image
-        from x3kd_ros.node_utils import qos_profile, static_tf_qos
+        from x3kd_ros.nodes.qos import qos_profile, static_tf_qos
 
         self.node = rclpy.create_node("x3kd_bench_cameras", context=context)
         self.node_name = node_name
@@ -373,7 +373,7 @@ class Bench:
                 self.unmatched += 1
 
     def _on_diagnostics(self, msg) -> None:
-        from x3kd_ros.node_utils import diagnostics_values
+        from x3kd_ros.nodes.meters import diagnostics_values
 
         now = time.monotonic_ns()
         for status in msg.status:
@@ -488,7 +488,7 @@ def run(args: argparse.Namespace) -> int:
                              str(work / "ros_log"))
     print("network:", " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     # This process is the camera driver: it loads the transport profile before its first participant.
-    from x3kd_ros.transport import profile_environment
+    from x3kd_ros.graph.transport import profile_environment
 
     try:
         transport_env, transport_note = profile_environment(args.fastdds_profile)
@@ -527,7 +527,7 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
 
-    from x3kd_ros.node_utils import spin_until
+    from x3kd_ros.nodes.spin import spin_until
 
     log_path = work / ("launch.log" if args.launch else "detector.log")
     if args.launch:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, also without an install
+from x3kd_core.paths import REPO_ROOT  # noqa: E402
 
 from distill_setup import component_experiment  # noqa: E402
 from x3kd_core.experiment import build_train_dataset, build_training_task  # noqa: E402

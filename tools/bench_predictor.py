@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, also without an install
+from x3kd_core.paths import REPO_ROOT  # noqa: E402
 
 
 def build_predictors(config: str, threads: int):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import statistics
 import sys
@@ -30,38 +29,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, also without an install
+from x3kd_core.paths import REPO_ROOT  # noqa: E402
 
 from x3kd_core.config import load_yaml  # noqa: E402
 from x3kd_core.models.student import CameraStudent, StudentConfig  # noqa: E402
-from x3kd_core.structures import CAMERA_NAMES, Batch, Boxes3D  # noqa: E402
-
-# (yaw of the optical axis from +x in deg, x, y, z in m, fx as a fraction of the image width).
-_RIG = {
-    "CAM_FRONT_LEFT": (55.0, 1.5, 0.5, 1.5, 0.79),
-    "CAM_FRONT": (0.0, 1.7, 0.0, 1.5, 0.79),
-    "CAM_FRONT_RIGHT": (-55.0, 1.5, -0.5, 1.5, 0.79),
-    "CAM_BACK_LEFT": (110.0, 1.0, 0.7, 1.5, 0.79),
-    "CAM_BACK": (180.0, 0.0, 0.0, 1.5, 0.50),
-    "CAM_BACK_RIGHT": (-110.0, 1.0, -0.7, 1.5, 0.79),
-}
-
+from x3kd_core.structures import CAMERA_NAMES, Batch, Boxes3D, CameraRig  # noqa: E402
 
 def _rig(image_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    H, W = image_hw
-    ks, ts = [], []
-    for name in CAMERA_NAMES:
-        yaw_deg, x, y, z, f = _RIG[name]
-        yaw = math.radians(yaw_deg)
-        t = np.eye(4)
-        t[:3, 0] = (math.sin(yaw), -math.cos(yaw), 0.0)  # camera x (right)
-        t[:3, 1] = (0.0, 0.0, -1.0)  # camera y (down)
-        t[:3, 2] = (math.cos(yaw), math.sin(yaw), 0.0)  # optical axis
-        t[:3, 3] = (x, y, z)
-        ts.append(t)
-        ks.append([[f * W, 0.0, (W - 1) / 2], [0.0, f * W, (H - 1) / 2], [0.0, 0.0, 1.0]])
-    return torch.tensor(np.array(ks), dtype=torch.float32), torch.tensor(np.array(ts), dtype=torch.float32)
+    """(intrinsics (6, 3, 3), cam_to_ego (6, 4, 4)) of the nuScenes-like rig, float32."""
+    rig = CameraRig.nuscenes_like(image_hw)
+    return (torch.tensor(rig.intrinsics, dtype=torch.float32),
+            torch.tensor(rig.cam_to_ego, dtype=torch.float32))
 
 
 def synthetic_batch(cfg: StudentConfig, batch_size: int, seed: int = 0) -> Batch:

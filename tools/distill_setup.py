@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, also without an install
+from x3kd_core.paths import REPO_ROOT  # noqa: E402
 
 from x3kd_core.cli import distill_overrides  # noqa: E402
 from x3kd_core.experiment import ExperimentConfig, build_training_task, load_experiment  # noqa: E402

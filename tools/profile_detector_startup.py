@@ -24,7 +24,7 @@ Two measurements, each in fresh processes (``--runs`` times, medians printed):
     ``experiment.loader.build_model``; weights = ``load_state_dict``); then two ``Predictor.predict`` calls
     on six blank images (first inference = warm-up, second = steady state).
 
-Every ROS process keeps to the project's network rule (x3kd_ros.ros_env: localhost only, a private
+Every ROS process keeps to the project's network rule (x3kd_ros.graph.environment: localhost only, a private
 domain id, logs under build/profile_detector_startup/). Run it under ``nice -n 19`` on a shared
 machine and say so with the numbers: load from other jobs stretches every phase.
 """
@@ -44,7 +44,8 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from x3kd_core.paths import REPO_ROOT  # noqa: E402
+
 OUT_DIR = REPO_ROOT / "build" / "profile_detector_startup"
 READY_MARK = "model on "
 
@@ -61,9 +62,9 @@ def _child(checkpoint: str, device: str, t0: float) -> dict:
     import rclpy
     from rclpy.context import Context
 
-    from x3kd_ros import detector_node
+    from x3kd_ros.nodes import detector_node
 
-    mark("import rclpy + x3kd_ros.detector_node")
+    mark("import rclpy + x3kd_ros.nodes.detector_node")
     import torch
 
     mark("import torch")
@@ -142,7 +143,7 @@ def _child(checkpoint: str, device: str, t0: float) -> dict:
 
 
 def _env() -> dict:
-    from x3kd_ros.ros_env import apply_network_rule, pid_domain_id
+    from x3kd_ros.graph.environment import apply_network_rule, pid_domain_id
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     apply_network_rule(domain_id=pid_domain_id(), log_dir=str(OUT_DIR / "ros_log"))
@@ -160,7 +161,7 @@ def _phases_once(checkpoint: str, device: str, env: dict) -> dict:
 
 def _detector_command(checkpoint: str, device: str) -> list[str]:
     script = Path(sys.executable).parent / "x3kd_detector"
-    exe = [str(script)] if script.is_file() else [sys.executable, "-m", "x3kd_ros.detector_node"]
+    exe = [str(script)] if script.is_file() else [sys.executable, "-m", "x3kd_ros.nodes.detector_node"]
     return exe + ["--ros-args", "--params-file", str(REPO_ROOT / "config/ros/detector.yaml"),
                   "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}"]
 

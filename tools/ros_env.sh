@@ -6,7 +6,7 @@
 #
 # It activates the venv (PATH, VIRTUAL_ENV), puts the venv first on AMENT_PREFIX_PATH (the ament
 # index ros2 / launch_ros search for x3kd_ros, vision_msgs, ...) and applies the project's network
-# rule (x3kd_ros/ros_env.py): DDS discovery stays on this machine, a ROS_DOMAIN_ID (the one already
+# rule (x3kd_ros/graph/environment.py): DDS discovery stays on this machine, a ROS_DOMAIN_ID (the one already
 # set is kept, else one in 1..101 derived from your user id and this checkout's path, so every
 # terminal that sources this file joins the same domain: the graph in one, a replay in another),
 # rcl logs under build/ros_log.

@@ -39,6 +39,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from x3kd_core.config import ConfigError
+from x3kd_core.paths import REPO_ROOT
 
 __all__ = [
     "METRICS",
@@ -59,7 +60,6 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger("x3kd.ablation")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Metrics tabulated per variant (nuScenes detection: higher is better for mAP / NDS only).
 METRICS = ("mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE")

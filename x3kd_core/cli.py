@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from x3kd_core.config import ConfigError, load_yaml
+from x3kd_core.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORLD = REPO_ROOT / "config" / "data" / "synthetic_tiny.yaml"
 DEMO_WORLD = REPO_ROOT / "config" / "data" / "synthetic_demo.yaml"
 

@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from x3kd_core.config import load_yaml
+from x3kd_core.paths import REPO_ROOT
 from x3kd_core.structures import Boxes3D
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def perturb_boxes(
@@ -165,7 +164,7 @@ def _ros_stage(out_dir: Path, dataroot: Path, version: str, split: str, checkpoi
     Both steps are ``x3kd bag`` commands run as child processes: x3kd_core imports nothing from
     x3kd_ros (which adds ``bag`` to the CLI), and ``x3kd bag eval`` needs a fresh process anyway
     because Fast DDS reads its transport profile only when a process first joins the graph (see
-    x3kd_ros/bag_eval.py).
+    x3kd_ros/bag/evaluate.py).
     """
     import subprocess
     import sys

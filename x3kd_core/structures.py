@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Optional
 
+import math
+
 import numpy as np
 
 from x3kd_core import geometry
@@ -171,6 +173,19 @@ class Boxes3D:
         )
 
 
+#: A nuScenes-like mounting of the six cameras, for tests and benchmarks that need a plausible rig
+#: without a dataset: yaw of the optical axis from +x (deg), x, y, z (m), fx as a fraction of the
+#: image width. The back camera is wide-angle as in nuScenes (shorter focal length).
+NUSCENES_LIKE_RIG: dict[str, tuple[float, float, float, float, float]] = {
+    "CAM_FRONT_LEFT": (55.0, 1.5, 0.5, 1.5, 0.79),
+    "CAM_FRONT": (0.0, 1.7, 0.0, 1.5, 0.79),
+    "CAM_FRONT_RIGHT": (-55.0, 1.5, -0.5, 1.5, 0.79),
+    "CAM_BACK_LEFT": (110.0, 1.0, 0.7, 1.5, 0.79),
+    "CAM_BACK": (180.0, 0.0, 0.0, 1.5, 0.50),
+    "CAM_BACK_RIGHT": (-110.0, 1.0, -0.7, 1.5, 0.79),
+}
+
+
 @dataclass
 class CameraRig:
     """Calibration of N cameras.
@@ -194,6 +209,24 @@ class CameraRig:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @classmethod
+    def nuscenes_like(cls, image_hw: tuple[int, int]) -> "CameraRig":
+        """The six cameras of :data:`NUSCENES_LIKE_RIG` in CAMERA_NAMES order, level, principal
+        point at the image centre, for images of ``image_hw`` (height, width) pixels."""
+        H, W = image_hw
+        intrinsics, cam_to_ego = [], []
+        for name in CAMERA_NAMES:
+            yaw_deg, x, y, z, f = NUSCENES_LIKE_RIG[name]
+            yaw = math.radians(yaw_deg)
+            t = np.eye(4)
+            t[:3, 0] = (math.sin(yaw), -math.cos(yaw), 0.0)  # camera x (right) in ego
+            t[:3, 1] = (0.0, 0.0, -1.0)  # camera y (down)
+            t[:3, 2] = (math.cos(yaw), math.sin(yaw), 0.0)  # optical axis
+            t[:3, 3] = (x, y, z)
+            cam_to_ego.append(t)
+            intrinsics.append([[f * W, 0.0, (W - 1) / 2], [0.0, f * W, (H - 1) / 2], [0.0, 0.0, 1.0]])
+        return cls(list(CAMERA_NAMES), np.array(intrinsics), np.stack(cam_to_ego), (H, W))
 
     def ego_to_image(self, points_ego: np.ndarray, cam: int) -> tuple[np.ndarray, np.ndarray]:
         """Project ego-frame points (P, 3) into camera ``cam``: returns uv (P, 2) and depth_m (P,)."""

@@ -14,16 +14,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["register"]
+from x3kd_core.paths import REPO_ROOT
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["register"]
 
 
 def register(sub, user_error: type[Exception]) -> None:
     """Add ``bag write`` / ``bag eval`` to the ``x3kd`` sub-parsers ``sub``; bad input raises ``user_error``
     (the CLI prints it as one line and exits 2)."""
     bag = sub.add_parser("bag", help="rosbag2 files").add_subparsers(dest="bag_command", required=True)
-    bag_write = bag.add_parser("write", help="a nuScenes-format split -> rosbag2 (x3kd_ros.bag_io)")
+    bag_write = bag.add_parser("write", help="a nuScenes-format split -> rosbag2 (x3kd_ros.bag.io)")
     bag_write.add_argument("--dataroot", required=True)
     bag_write.add_argument("--version", default="v1.0-synth")
     bag_write.add_argument("--split", default="synth_val")
@@ -34,7 +34,7 @@ def register(sub, user_error: type[Exception]) -> None:
     bag_write.add_argument("--sweeps", action="store_true", help="also write the non-keyframe sweeps")
     bag_write.add_argument("--max-samples", type=int, default=None, help="only the first N keyframes of the split")
     bag_write.set_defaults(func=lambda args: _cmd_bag_write(args, user_error))
-    bag_eval = bag.add_parser("eval", help="replay a bag through the live ROS 2 graph and score it (x3kd_ros.bag_eval)")
+    bag_eval = bag.add_parser("eval", help="replay a bag through the live ROS 2 graph and score it (x3kd_ros.bag.evaluate)")
     bag_eval.add_argument("bag", help="rosbag2 folder (from `x3kd bag write`: sensors + ground truth; or any bag "
                           "whose topics --remap / --params-file map; without ground truth: no metrics)")
     bag_eval.add_argument("--checkpoint", required=True, help="camera-student checkpoint")
@@ -62,7 +62,7 @@ def register(sub, user_error: type[Exception]) -> None:
 
 
 def _cmd_bag_write(args, user_error: type[Exception]) -> int:
-    from x3kd_ros.bag_io import BagError, BagWriteConfig, write_bag
+    from x3kd_ros.bag.io import BagError, BagWriteConfig, write_bag
 
     cfg = BagWriteConfig(storage=args.storage, compressed_images=args.compressed, zstd=args.zstd,
                          max_samples=args.max_samples, include_sweeps=args.sweeps)
@@ -75,10 +75,10 @@ def _cmd_bag_write(args, user_error: type[Exception]) -> int:
 
 
 def _cmd_bag_eval(args, user_error: type[Exception]) -> int:
-    from x3kd_ros.bag_eval import BagEvalConfig, BagEvalError, parse_remap, run_bag_eval
-    from x3kd_ros.ros_env import pid_domain_id
+    from x3kd_ros.bag.evaluate import BagEvalConfig, BagEvalError, parse_remap, run_bag_eval
+    from x3kd_ros.graph.environment import pid_domain_id
 
-    out = Path(args.out) if args.out else _REPO_ROOT / "runs" / "bag_eval" / Path(args.bag).resolve().name
+    out = Path(args.out) if args.out else REPO_ROOT / "runs" / "bag_eval" / Path(args.bag).resolve().name
     try:
         config = BagEvalConfig(checkpoint=args.checkpoint, lidar_checkpoint=args.teacher_lidar,
                                radar_checkpoint=args.teacher_radar, device=args.device, rate=args.rate,

@@ -120,7 +120,7 @@ DIAGNOSTICS_TOPIC = "/diagnostics"
 
 def comparison_topic(modality: str) -> str:
     """``/x3kd/comparison/<modality>``: ``std_msgs/String`` JSON, online agreement of the student with
-    the ``modality`` teacher (format: :mod:`x3kd_ros.comparison_node`)."""
+    the ``modality`` teacher (format: :mod:`x3kd_ros.nodes.comparison_node`)."""
     return f"/x3kd/comparison/{modality}"
 
 

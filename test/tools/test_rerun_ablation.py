@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from x3kd_core.paths import REPO_ROOT
+
 SCRIPT = REPO_ROOT / "tools" / "rerun_ablation.sh"
 
 

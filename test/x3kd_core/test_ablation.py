@@ -12,8 +12,7 @@ import yaml
 from x3kd_core.ablation import _verdict, load_plan, summarise
 from x3kd_core.cli import main
 from x3kd_core.config import ConfigError
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from x3kd_core.paths import REPO_ROOT
 
 
 def _plan_file(tmp_path: Path, tiny_dataset, tiny_teachers, **changes) -> Path:

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from x3kd_core.cli import main
+from x3kd_core.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STUDENT_TINY = str(REPO_ROOT / "config" / "train" / "student_tiny.yaml")
-
-
-
-
 
 
 def test_train_student_tiny_end_to_end(tiny_dataset, tmp_path, capsys):

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from x3kd_core.paths import REPO_ROOT
 
 #: Module prefixes a model loaded for inference must not pull in.
 TRAINING = ("x3kd_core.train", "x3kd_core.experiment.run", "x3kd_core.experiment.teachers",

@@ -12,15 +12,11 @@ import torch
 from x3kd_core.data.nuscenes import NuScenesSource, collate_samples
 from x3kd_core.experiment import load_experiment, loader_config, train_experiment
 from x3kd_core.inference import Predictor
+from x3kd_core.paths import REPO_ROOT
 from x3kd_core.structures import Boxes3D
 from x3kd_core.checkpoint import CheckpointError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CONFIGS = REPO_ROOT / "config" / "train"
-
-
-
-
 
 
 @pytest.fixture(scope="module")

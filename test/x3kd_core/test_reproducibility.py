@@ -19,8 +19,8 @@ import torch
 
 from x3kd_core.cli import main
 from x3kd_core.data.fingerprint import GENERATOR_CONFIG_FILENAME, dataset_fingerprint
+from x3kd_core.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STUDENT_TINY = str(REPO_ROOT / "config" / "train" / "student_tiny.yaml")
 
 

@@ -18,9 +18,9 @@ import torch
 import yaml
 from rclpy.context import Context
 
-from x3kd_ros.node_utils import spin_until as _node_spin_until
+from x3kd_core.paths import REPO_ROOT
+from x3kd_ros.nodes.spin import spin_until as _node_spin_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SPIN_DEADLINE_S = 20.0
 
 

@@ -144,9 +144,9 @@ def test_comparison_node_pairs_by_stamp_and_publishes_json(ros_context, spin_unt
     from vision_msgs.msg import Detection3DArray
 
     from x3kd_ros import topics
-    from x3kd_ros.comparison_node import ComparisonNode
+    from x3kd_ros.nodes.comparison_node import ComparisonNode
     from x3kd_ros.conversions import boxes_to_detections, ns_to_stamp
-    from x3kd_ros.node_utils import qos_profile
+    from x3kd_ros.nodes.qos import qos_profile
 
     node = ComparisonNode(context=ros_context, cli_args=[
         "--ros-args", "-p", "teacher_name:=radar", "-p", "student_min_score:=0", "-p", "teacher_min_score:=0.0",

@@ -19,7 +19,8 @@ from x3kd_ros.extrinsics import (
     synthetic_rig_transforms,
     transform_stamped_to_matrix,
 )
-from x3kd_ros.node_utils import ExtrinsicsProvider, ParameterError
+from x3kd_ros.nodes.extrinsics_source import ExtrinsicsProvider
+from x3kd_ros.nodes.params import ParameterError
 
 CALIBRATION = Path(__file__).resolve().parents[2] / "config" / "ros" / "calibration_synthetic.yaml"
 

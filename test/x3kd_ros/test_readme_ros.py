@@ -40,7 +40,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from x3kd_core.paths import REPO_ROOT
+
 README = REPO_ROOT / "README.md"
 VENV_BIN = Path(sys.executable).parent
 SHUTDOWN_LIMIT_S = 5.0

@@ -35,11 +35,11 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.executors import SingleThreadedExecutor
 from vision_msgs.msg import Detection3DArray
 
+from x3kd_core.paths import REPO_ROOT
 from x3kd_ros import topics
-from x3kd_ros.bag_io import BagWriteConfig, bag_summary, write_bag
-from x3kd_ros.node_utils import qos_profile
+from x3kd_ros.bag.io import BagWriteConfig, bag_summary, write_bag
+from x3kd_ros.nodes.qos import qos_profile
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ROS_ENV = REPO_ROOT / "tools" / "ros_env.sh"
 VENV_BIN = Path(sys.executable).parent
 SHUTDOWN_LIMIT_S = 5.0  # ros2 launch escalates to SIGTERM after 5 s
@@ -169,7 +169,7 @@ def test_ros2_launch_replayed_bag_loop_diagnostics_and_clean_ctrl_c(
         f"use_teachers:=true lidar_checkpoint:={lidar_checkpoint}"), tmp_path / "launch.log")
     try:
         replay = subprocess.run(
-            [sys.executable, "-m", "x3kd_ros.replay", str(bag), "--loop", "2", "--no-prime",
+            [sys.executable, "-m", "x3kd_ros.bag.replay", str(bag), "--loop", "2", "--no-prime",
              "--ack-timeout-s", "20", "--drain-timeout-s", "20", "--ready-timeout-s", "150"],
             capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
         output = launch.text()
@@ -246,7 +246,7 @@ def test_ros2_launch_gets_every_full_size_camera_image(ros_network, student_chec
     (tools/bench_detector_rate.py), 7 sets = 42 images of 4.3 MB, each set's six images back to
     back. Without the profile most are lost at any rate (BENCHMARKS.md); 4 Hz rather than 12 keeps
     the node's keep-last-5 input queues from overflowing when a loaded CI machine stalls it."""
-    from x3kd_ros.transport import shipped_profile_path
+    from x3kd_ros.graph.transport import shipped_profile_path
 
     out = tmp_path / "bench.json"
     bench = subprocess.run(
@@ -314,7 +314,7 @@ def test_colcon_workspace_install_layout_and_package_queries(colcon_workspace):
         shebang = script.read_text().splitlines()[0]
         assert shebang.startswith("#!") and Path(shebang[2:]).parent == VENV_BIN, (exe, shebang)  # the venv's Python
 
-    probe = ("import x3kd_ros, x3kd_ros.graph as g; from ament_index_python.packages import get_package_prefix; "
+    probe = ("import x3kd_ros, x3kd_ros.graph.description as g; from ament_index_python.packages import get_package_prefix; "
              "print(get_package_prefix('x3kd_ros')); print(x3kd_ros.__file__); print(g.default_config_path())")
     result = subprocess.run(_in_workspace(ws, f"ros2 pkg prefix x3kd_ros && ros2 pkg executables x3kd_ros && "
                                               f"python -c \"{probe}\""),
@@ -345,7 +345,7 @@ def test_colcon_workspace_launch_with_sim_time_follows_the_replayed_bag_clock(
                                        "device:=cpu use_sim_time:=true"), tmp_path / "launch.log", cwd=ws)
     try:
         replay = subprocess.run(
-            [sys.executable, "-m", "x3kd_ros.replay", str(bag), "--loop", "2", "--clock",
+            [sys.executable, "-m", "x3kd_ros.bag.replay", str(bag), "--loop", "2", "--clock",
              "--ack-timeout-s", "20", "--drain-timeout-s", "20", "--ready-timeout-s", "150"],
             capture_output=True, text=True, timeout=300, cwd=ws)
         output = launch.text()

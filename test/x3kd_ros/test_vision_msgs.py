@@ -16,7 +16,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from vision_msgs import msg as vm
 from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesisWithPose
-from x3kd_ros.node_utils import spin_until
+from x3kd_ros.nodes.spin import spin_until
 
 # Hash of vision_msgs/msg/Detection3DArray from upstream ros-perception/vision_msgs 4.1.1
 # (prefix 793f5eab recorded in /work/shared/ENVIRONMENT.md; full value identical to the one

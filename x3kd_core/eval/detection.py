@@ -6,7 +6,11 @@ The metric algorithms, thresholds and class ranges are the devkit's (``Detection
 - turns x3kd boxes (ego frame) into nuScenes submission entries (global frame),
 - checks a submission file *before* the devkit sees it, so that a bad file gives an
   :class:`EvaluationError` that names the problem instead of a bare ``AssertionError``/``KeyError``,
-- and returns the devkit's numbers as a typed :class:`DetectionMetrics`.
+- returns the devkit's numbers as a typed :class:`DetectionMetrics`,
+- and holds the one copy of the devkit's per-class scoring loop (:func:`devkit_metrics`, with its
+  rule for TP errors that are undefined), used where the devkit's ``DetectionEval`` cannot run:
+  no prediction at all, and tables-free scoring (:mod:`x3kd_core.eval.keyframes`),
+- and the one place a submission's ``meta`` is built (:func:`submission_meta`).
 
 Requirements of the devkit that the checks enforce:
 
@@ -38,7 +42,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -49,11 +53,13 @@ __all__ = [
     "EvaluationError",
     "DEFAULT_ATTRIBUTE",
     "DEFAULT_META",
+    "submission_meta",
     "boxes_to_submission",
     "write_submission",
     "ground_truth_submission",
     "validate_submission",
     "DetectionMetrics",
+    "devkit_metrics",
     "evaluate",
 ]
 
@@ -72,22 +78,38 @@ DEFAULT_ATTRIBUTE: dict[str, str] = {
     "traffic_cone": "",
 }
 
-#: Submission ``meta`` for a camera-only detector.
-DEFAULT_META: dict[str, bool] = {
-    "use_camera": True,
-    "use_lidar": False,
-    "use_radar": False,
-    "use_map": False,
-    "use_external": False,
-}
 
-_EVAL_CONFIG = "detection_cvpr_2019"
+#: The devkit evaluation config every x3kd score uses.
+EVAL_CONFIG = "detection_cvpr_2019"
 # nuScenes' short names of the TP errors, in the order the paper tables use.
 _TP_NAMES = {"trans_err": "mATE", "scale_err": "mASE", "orient_err": "mAOE", "vel_err": "mAVE", "attr_err": "mAAE"}
 
 
 class EvaluationError(ValueError):
     """A submission or evaluation request is invalid; the message says what and where."""
+
+
+#: Sensors each model kind reads; what its submission ``meta`` declares.
+_SENSORS_OF_KIND: dict[str, tuple[str, ...]] = {
+    "student": ("camera",),
+    "camera_radar": ("camera", "radar"),
+    "lidar": ("lidar",),
+    "radar": ("radar",),
+}
+
+
+def submission_meta(kind: str = "student") -> dict[str, bool]:
+    """The submission ``meta`` of a detector of this kind (student, camera_radar, lidar, radar):
+    the sensors it reads; no map, no external data."""
+    if kind not in _SENSORS_OF_KIND:
+        raise EvaluationError(f"no submission meta for model kind '{kind}' (one of {', '.join(_SENSORS_OF_KIND)})")
+    sensors = _SENSORS_OF_KIND[kind]
+    return {"use_camera": "camera" in sensors, "use_lidar": "lidar" in sensors, "use_radar": "radar" in sensors,
+            "use_map": False, "use_external": False}
+
+
+#: Submission ``meta`` for a camera-only detector (what :func:`write_submission` writes by default).
+DEFAULT_META: dict[str, bool] = submission_meta("student")
 
 
 # --------------------------------------------------------------------------------------- submission
@@ -379,22 +401,46 @@ class DetectionMetrics:
         )
 
 
-def _no_prediction_metrics(config):
-    """The devkit's result when there is no prediction at all (its loader cannot handle that case)."""
+def tp_error_undefined(class_name: str, metric: str) -> bool:
+    """Whether the devkit leaves this TP error undefined (NaN) for this class: traffic cones have no
+    orientation, velocity or attribute; barriers no velocity or attribute."""
+    return (class_name == "traffic_cone" and metric in ("attr_err", "vel_err", "orient_err")) or (
+        class_name == "barrier" and metric in ("attr_err", "vel_err"))
+
+
+def devkit_metrics(config, metric_data: Callable[[str, float], Any]):
+    """The devkit's per-class scoring, as ``DetectionEval.evaluate`` runs it: AP per class and
+    distance threshold, TP errors per class at ``config.dist_th_tp`` (NaN where undefined).
+
+    Args:
+        config: a devkit ``DetectionConfig``.
+        metric_data: (class name, distance threshold in m) -> the devkit's ``DetectionMetricData``
+            (``accumulate``'s result, or ``DetectionMetricData.no_predictions()``).
+
+    Returns:
+        A devkit ``DetectionMetrics`` without runtime (the caller adds it).
+    """
     from nuscenes.eval.detection.algo import calc_ap, calc_tp
-    from nuscenes.eval.detection.data_classes import DetectionMetricData
+    from nuscenes.eval.detection.constants import TP_METRICS
     from nuscenes.eval.detection.data_classes import DetectionMetrics as DevkitMetrics
 
     metrics = DevkitMetrics(config)
-    empty = DetectionMetricData.no_predictions()
     for name in config.class_names:
+        data = {th: metric_data(name, th) for th in config.dist_ths}
         for th in config.dist_ths:
-            metrics.add_label_ap(name, th, calc_ap(empty, config.min_recall, config.min_precision))
-        for metric in _TP_NAMES:
-            undefined = (name == "traffic_cone" and metric in ("attr_err", "vel_err", "orient_err")) or (
-                name == "barrier" and metric in ("attr_err", "vel_err")
-            )
-            metrics.add_label_tp(name, metric, np.nan if undefined else calc_tp(empty, config.min_recall, metric))
+            metrics.add_label_ap(name, th, calc_ap(data[th], config.min_recall, config.min_precision))
+        for metric in TP_METRICS:
+            value = (np.nan if tp_error_undefined(name, metric)
+                     else calc_tp(data[config.dist_th_tp], config.min_recall, metric))
+            metrics.add_label_tp(name, metric, value)
+    return metrics
+
+
+def _no_prediction_metrics(config):
+    """The devkit's result when there is no prediction at all (its loader cannot handle that case)."""
+    from nuscenes.eval.detection.data_classes import DetectionMetricData
+
+    metrics = devkit_metrics(config, lambda name, threshold: DetectionMetricData.no_predictions())
     metrics.add_runtime(0.0)
     return metrics
 
@@ -406,7 +452,7 @@ def evaluate(
     result_path: str | os.PathLike,
     output_dir: str | os.PathLike,
     nusc=None,
-    config_name: str = _EVAL_CONFIG,
+    config_name: str = EVAL_CONFIG,
 ) -> DetectionMetrics:
     """Evaluate a submission file on a split with nuscenes-devkit's ``DetectionEval``.
 

@@ -123,7 +123,7 @@ class EvalConfig:
 
     batch_size: samples per forward pass.
     mask_iou_threshold / mask_score_threshold: instance_seg matching IoU and the score cut-off of
-        its recall / precision (see :class:`x3kd_core.train.tasks.InstanceMaskMetrics`).
+        its recall / precision (see :class:`x3kd_core.eval.instance_masks.InstanceMaskMetrics`).
     """
 
     batch_size: int = 4

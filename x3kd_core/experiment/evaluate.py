@@ -30,11 +30,11 @@ def evaluate_task(task: nn.Module, exp: ExperimentConfig, out_dir: str | os.Path
     """Evaluate ``task`` on ``exp.data.val_split``; returns a JSON-ready dict of metrics.
 
     Detection kinds: nuScenes mAP / NDS / TP errors by nuscenes-devkit (submission and devkit
-    outputs go to ``out_dir``). instance_seg: :class:`~x3kd_core.train.tasks.InstanceMaskMetrics`.
+    outputs go to ``out_dir``). instance_seg: :class:`~x3kd_core.eval.instance_masks.InstanceMaskMetrics`.
     The task is put in eval mode for the call and restored afterwards.
     """
-    from x3kd_core.eval.detection import boxes_to_submission, evaluate, write_submission
-    from x3kd_core.train.tasks import MaskMetricAccumulator
+    from x3kd_core.eval.detection import boxes_to_submission, evaluate, submission_meta, write_submission
+    from x3kd_core.eval.instance_masks import MaskMetricAccumulator
 
     nusc = nusc or open_nuscenes(exp)
     out_dir = Path(out_dir)
@@ -49,9 +49,7 @@ def evaluate_task(task: nn.Module, exp: ExperimentConfig, out_dir: str | os.Path
             for batch in loader:
                 for token, boxes, pose in zip(batch.tokens, task.predict(batch), batch.ego_to_global.numpy()):
                     results[token] = boxes_to_submission(token, boxes, pose)
-            meta = {"use_camera": exp.kind in ("student", "camera_radar"), "use_lidar": exp.kind == "lidar",
-                    "use_radar": exp.kind in ("radar", "camera_radar"), "use_map": False, "use_external": False}
-            path = write_submission(results, out_dir / "results_nusc.json", meta)
+            path = write_submission(results, out_dir / "results_nusc.json", submission_meta(exp.kind))
             infer_s = time.perf_counter() - t0
             metrics = evaluate(nusc.dataroot, nusc.version, exp.data.val_split, path, out_dir, nusc=nusc)
             out = metrics.to_dict()

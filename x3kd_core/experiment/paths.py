@@ -1,4 +1,4 @@
-"""Where an experiment's files and data are found (the one place that looks paths up).
+"""Where an experiment's files and data are found (through :mod:`x3kd_core.paths`).
 
 Paths inside an experiment (``model``, ``model.camera``) are looked up relative to the working
 directory, then to the folders above the experiment file (so ``config/model/x.yaml`` works from
@@ -14,22 +14,9 @@ from typing import Sequence
 import yaml
 
 from x3kd_core.config import ConfigError
+from x3kd_core.paths import REPO_ROOT, resolve_path
 
 __all__ = ["REPO_ROOT", "resolve_path", "read_yaml", "expand_camera_radar", "resolve_dataroot"]
-
-#: The checkout (or installed tree) holding ``config/``.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def resolve_path(path: str, search: Sequence[Path] = ()) -> Path:
-    """First existing file among path (absolute), CWD/path, <each search dir>/path, REPO_ROOT/path."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return p
-    for base in (Path.cwd(), *search, REPO_ROOT):
-        if (base / p).is_file():
-            return base / p
-    return p  # not found: the caller reports it
 
 
 def read_yaml(path: Path, key: str) -> dict:

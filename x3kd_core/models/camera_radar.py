@@ -11,10 +11,9 @@ the same object; both maps live on the one experiment grid, so the concat is cel
 construction. The outputs are :class:`~x3kd_core.models.student.StudentOutputs`, so the student's
 losses, decoding and every distillation term apply unchanged.
 
-The camera part reuses :class:`~x3kd_core.models.student.CameraStudent`'s modules (backbone, neck,
-view transform, head) and its ``loss`` / ``predict``; only the BEV encoder is widened. Its forward
-repeats the student's few lines up to the view transform because the student has no fusion
-input (a ``forward(..., extra_bev=None)`` there would remove the repetition).
+The camera part IS a :class:`~x3kd_core.models.student.CameraStudent` (backbone, neck, view
+transform, head, ``loss`` / ``predict``) whose BEV encoder is widened; the forward is the
+student's, with the radar BEV as its ``extra_bev``.
 """
 
 from __future__ import annotations
@@ -86,21 +85,7 @@ class CameraRadarStudent(nn.Module):
     ) -> StudentOutputs:
         """Args: as :meth:`CameraStudent.forward`, plus radar_points: B tensors (Q_b, 7) x, y, z (m,
         ego), rcs, vx, vy (m/s), time_lag_s."""
-        cam = self.camera
-        B, N, _, H, W = images.shape
-        feats = cam.neck(cam.backbone(images.reshape(B * N, 3, H, W)))
-        _, C, h, w = feats.shape
-        image_features = feats.reshape(B, N, C, h, w)
-        vt = cam.view_transform(image_features, intrinsics, cam_to_ego, (H, W))
-        radar_bev = self.radar(radar_points).to(vt.bev.dtype)
-        bev_features = cam.bev_encoder(torch.cat([vt.bev, radar_bev], dim=1))
-        return StudentOutputs(
-            image_features=image_features,
-            depth_logits=vt.depth_logits,
-            depth_probs=vt.depth_probs,
-            bev_features=bev_features,
-            head=cam.head(bev_features),
-        )
+        return self.camera(images, intrinsics, cam_to_ego, extra_bev=self.radar(radar_points))
 
     def loss(self, outputs: StudentOutputs, batch: Batch) -> dict[str, torch.Tensor]:
         """The camera student's losses (detection head terms + LiDAR depth)."""

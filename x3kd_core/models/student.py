@@ -15,6 +15,7 @@ distillation loss picks the stage it needs. ``s`` is the neck's output stride
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -155,11 +156,15 @@ class CameraStudent(nn.Module):
             config=config,
         )
 
-    def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, cam_to_ego: torch.Tensor) -> StudentOutputs:
+    def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, cam_to_ego: torch.Tensor,
+                extra_bev: Optional[torch.Tensor] = None) -> StudentOutputs:
         """Args:
         images: (B, N_cam, 3, H, W) ImageNet-normalised RGB.
         intrinsics: (B, N_cam, 3, 3) K of exactly these (resized / cropped / flipped) images, pixels.
         cam_to_ego: (B, N_cam, 4, 4) camera -> ego transforms (m).
+        extra_bev: (B, C_extra, N_x, N_y) features of another sensor on the same grid, concatenated
+            to the camera BEV before the BEV encoder (which must then take C_ctx + C_extra
+            channels; see :class:`~x3kd_core.models.camera_radar.CameraRadarStudent`).
         """
         if images.dim() != 5 or images.shape[2] != 3:
             raise ValueError(f"images must be (B, N_cam, 3, H, W), got {tuple(images.shape)}")
@@ -175,7 +180,8 @@ class CameraStudent(nn.Module):
         _, C, h, w = feats.shape
         image_features = feats.reshape(B, N, C, h, w)
         vt = self.view_transform(image_features, intrinsics, cam_to_ego, (H, W))
-        bev_features = self.bev_encoder(vt.bev)
+        bev = vt.bev if extra_bev is None else torch.cat([vt.bev, extra_bev.to(vt.bev.dtype)], dim=1)
+        bev_features = self.bev_encoder(bev)
         return StudentOutputs(
             image_features=image_features,
             depth_logits=vt.depth_logits,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from x3kd_core.paths import REPO_ROOT
+
 TINY_CONFIG = REPO_ROOT / "config" / "data" / "synthetic_tiny.yaml"
 
 

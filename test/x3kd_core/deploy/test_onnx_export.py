@@ -7,7 +7,6 @@ test/x3kd_core/test_inference.py (the Predictor's onnxruntime backend).
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -28,9 +27,9 @@ from x3kd_core.deploy.onnx_export import (
 )
 from x3kd_core.deploy.onnx_runner import OnnxStudentRunner
 from x3kd_core.models.student import CameraStudent, StudentConfig
+from x3kd_core.paths import REPO_ROOT
 from x3kd_core.structures import DETECTION_CLASSES
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 CAMERAS = tuple(s.name for s in camera_specs(SynthConfig()))
 
 

@@ -14,8 +14,8 @@ import torch
 from x3kd_core.config import ConfigError
 from x3kd_core.distill.teacher_cache import CachedTeacher, TeacherCacheError
 from x3kd_core.experiment import build_distillation, build_model, load_experiment, train_experiment
+from x3kd_core.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 X3KD_TINY = REPO_ROOT / "config" / "train" / "x3kd_tiny.yaml"
 
 

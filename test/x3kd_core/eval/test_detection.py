@@ -19,10 +19,12 @@ from x3kd_core import geometry
 from x3kd_core.data.nuscenes import LoaderConfig, NuScenesSource
 from x3kd_core.eval.detection import (
     DEFAULT_ATTRIBUTE,
+    DEFAULT_META,
     EvaluationError,
     boxes_to_submission,
     evaluate,
     ground_truth_submission,
+    submission_meta,
     write_submission,
 )
 from x3kd_core.structures import DETECTION_CLASSES, Boxes3D
@@ -116,6 +118,17 @@ def test_write_submission_rejects_nan(tmp_path):
     bad = {"t": [{"translation": [float("nan"), 0.0, 0.0]}]}
     with pytest.raises(EvaluationError, match="NaN"):
         write_submission(bad, tmp_path / "r.json")
+
+
+def test_submission_meta_declares_the_sensors_of_each_kind():
+    off = {"use_map": False, "use_external": False}
+    assert DEFAULT_META == submission_meta("student") == {
+        "use_camera": True, "use_lidar": False, "use_radar": False, **off}
+    assert submission_meta("camera_radar") == {"use_camera": True, "use_lidar": False, "use_radar": True, **off}
+    assert submission_meta("lidar") == {"use_camera": False, "use_lidar": True, "use_radar": False, **off}
+    assert submission_meta("radar") == {"use_camera": False, "use_lidar": False, "use_radar": True, **off}
+    with pytest.raises(EvaluationError, match="no submission meta for model kind 'instance_seg'"):
+        submission_meta("instance_seg")
 
 
 # ------------------------------------------------------------------------------------- the metrics

@@ -16,40 +16,16 @@ from x3kd_core.models.backbones import NeckConfig
 from x3kd_core.models.depth_loss import DepthTargetConfig, depth_loss, lidar_depth_targets
 from x3kd_core.models.student import FEATURE_STRIDE, CameraStudent, StudentConfig
 from x3kd_core.models.view_transform import DepthBinsConfig, unproject_frustum
-from x3kd_core.structures import CAMERA_NAMES, DETECTION_CLASSES, Batch, Boxes3D
+from x3kd_core.structures import CAMERA_NAMES, DETECTION_CLASSES, Batch, Boxes3D, CameraRig
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "config" / "model"
 FRONT = CAMERA_NAMES.index("CAM_FRONT")
 CAR, PED, BUS = (DETECTION_CLASSES.index(n) for n in ("car", "pedestrian", "bus"))
 
-# nuScenes-like mounting: (yaw of the optical axis from +x in deg, x, y, z in m, fx as a fraction of W).
-# The back camera is wide-angle in nuScenes (shorter focal length), the rest share one lens.
-_RIG = {
-    "CAM_FRONT_LEFT": (55.0, 1.5, 0.5, 1.5, 0.79),
-    "CAM_FRONT": (0.0, 1.7, 0.0, 1.5, 0.79),
-    "CAM_FRONT_RIGHT": (-55.0, 1.5, -0.5, 1.5, 0.79),
-    "CAM_BACK_LEFT": (110.0, 1.0, 0.7, 1.5, 0.79),
-    "CAM_BACK": (180.0, 0.0, 0.0, 1.5, 0.50),
-    "CAM_BACK_RIGHT": (-110.0, 1.0, -0.7, 1.5, 0.79),
-}
-
-
 def nuscenes_like_rig(image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(intrinsics (6, 3, 3), cam_to_ego (6, 4, 4)) in CAMERA_NAMES order, level cameras at 1.5 m."""
-    H, W = image_hw
-    intrinsics, cam_to_ego = [], []
-    for name in CAMERA_NAMES:
-        yaw_deg, x, y, z, f = _RIG[name]
-        yaw = math.radians(yaw_deg)
-        forward = np.array([math.cos(yaw), math.sin(yaw), 0.0])
-        right = np.array([math.sin(yaw), -math.cos(yaw), 0.0])
-        down = np.array([0.0, 0.0, -1.0])
-        t = np.eye(4)
-        t[:3, :3] = np.stack([right, down, forward], axis=1)  # columns: camera x, y, z in ego
-        t[:3, 3] = (x, y, z)
-        cam_to_ego.append(t)
-        intrinsics.append(np.array([[f * W, 0.0, (W - 1) / 2], [0.0, f * W, (H - 1) / 2], [0.0, 0.0, 1.0]]))
-    return np.stack(intrinsics), np.stack(cam_to_ego)
+    rig = CameraRig.nuscenes_like(image_hw)
+    return rig.intrinsics, rig.cam_to_ego
 
 
 def tiny_config(**overrides) -> StudentConfig:

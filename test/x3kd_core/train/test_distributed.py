@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from x3kd_core.paths import REPO_ROOT
 from x3kd_core.train.distributed import DistContext, ShardedBatchSampler, all_reduce_mean, init_distributed
 from x3kd_core.train.engine import TrainConfig, run_training, seed_everything
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 STEPS = 6
 
 

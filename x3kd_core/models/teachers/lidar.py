@@ -1,4 +1,5 @@
-"""LiDAR teacher: CenterPoint on pillars (PointPillars encoder, SECOND-FPN BEV backbone, CenterHead).
+"""LiDAR teacher: CenterPoint on pillars (PointPillars encoder, SECOND-FPN BEV backbone, CenterHead),
+and what the radar detector shares with it (:class:`SecondFpn`, :class:`BevDetector`).
 
 The teacher's BEV features are compared cell by cell with the student's (X-FD, X-AT) and its head
 outputs likewise (X-OD), so :class:`LidarDetector` produces them on EXACTLY the student's BEV grid
@@ -32,6 +33,7 @@ __all__ = [
     "LidarDetectorConfig",
     "LidarDetector",
     "BevDetectorOutputs",
+    "BevDetector",
     "LIDAR_POINT_CHANNELS",
 ]
 
@@ -155,6 +157,49 @@ class BevDetectorOutputs:
     head: HeadOutputs
 
 
+class BevDetector(nn.Module):
+    """What every BEV teacher shares: points -> :meth:`bev` (per sensor) -> CenterHead on the grid.
+
+    A subclass builds ``self.backbone`` (a :class:`SecondFpn`) and ``self.head`` (a CenterHead) in
+    its ``__init__(config, grid)`` and defines :meth:`bev`; ``forward``, ``loss``, ``predict`` and
+    ``from_config`` are the same for all of them.
+    """
+
+    backbone: SecondFpn
+    head: CenterHead
+
+    @classmethod
+    def from_config(cls, config, grid: BevGridConfig):
+        return cls(config, grid)
+
+    @property
+    def bev_channels(self) -> int:
+        """C_bev of ``bev_features``."""
+        return self.backbone.out_channels
+
+    def bev(self, points: list[Tensor]) -> Tensor:
+        """B point clouds -> bev_features (B, C_bev, N_x, N_y)."""
+        raise NotImplementedError
+
+    def forward(self, points: list[Tensor]) -> BevDetectorOutputs:
+        bev = self.bev(points)
+        return BevDetectorOutputs(bev_features=bev, head=self.head(bev))
+
+    def loss(self, outputs: BevDetectorOutputs, boxes: list[Boxes3D]) -> dict[str, Tensor]:
+        """CenterHead losses (named terms) against B ground-truth Boxes3D."""
+        return self.head.loss(outputs.head, self.head.get_targets(boxes))
+
+    @torch.no_grad()
+    def predict(self, outputs: BevDetectorOutputs) -> list[Boxes3D]:
+        """Decoded boxes (ego frame), one Boxes3D per sample."""
+        return self.head.predict(outputs.head)
+
+    def _check_backbone_stride(self, what: str, n_x: int, n_y: int) -> None:
+        if n_x % self.backbone.max_stride or n_y % self.backbone.max_stride:
+            raise ConfigError(f"{what} {n_x} x {n_y} is not divisible by the backbone's total stride "
+                              f"{self.backbone.max_stride}")
+
+
 @dataclass(frozen=True)
 class LidarDetectorConfig:
     """CenterPoint-pillar LiDAR teacher (the BEV grid itself comes from the shared BevGridConfig).
@@ -174,7 +219,7 @@ class LidarDetectorConfig:
     mmdet3d: Optional[CenterPointMMConfig] = None
 
 
-class LidarDetector(nn.Module):
+class LidarDetector(BevDetector):
     """LiDAR points -> BEV features on the shared grid -> CenterHead.
 
     Args:
@@ -197,23 +242,15 @@ class LidarDetector(nn.Module):
             feature_channels=config.pillar_channels,
         )
         self.backbone = SecondFpn(self.pillars.out_channels, config.backbone, output_stride=self.pillars.stride)
-        n_x, n_y = self.pillars.grid_size_xy
-        if n_x % self.backbone.max_stride or n_y % self.backbone.max_stride:
-            raise ConfigError(
-                f"pillar grid {n_x} x {n_y} is not divisible by the backbone's total stride {self.backbone.max_stride}"
-            )
+        self._check_backbone_stride("pillar grid", *self.pillars.grid_size_xy)
         self.head = CenterHead(config.head, self.backbone.out_channels, grid)
-
-    @classmethod
-    def from_config(cls, config: LidarDetectorConfig, grid: BevGridConfig) -> "LidarDetector":
-        return cls(config, grid)
 
     @property
     def bev_channels(self) -> int:
         """C_bev of ``bev_features``."""
         if self.mirror is not None:
             return self.mirror.bev_channels
-        return self.backbone.out_channels
+        return super().bev_channels
 
     def bev(self, lidar_points: list[Tensor]) -> Tensor:
         """lidar_points: B tensors (P_b, 5) -> bev_features (B, C_bev, N_x, N_y)."""
@@ -225,21 +262,20 @@ class LidarDetector(nn.Module):
         """lidar_points: B tensors (P_b, 5) x, y, z (m, ego), intensity, time_lag_s."""
         if self.mirror is not None:
             return self.mirror(lidar_points)  # type: ignore[return-value]  # same fields, plus the raw maps
-        bev = self.bev(lidar_points)
-        return BevDetectorOutputs(bev_features=bev, head=self.head(bev))
+        return super().forward(lidar_points)
 
     def loss(self, outputs: BevDetectorOutputs, boxes: list[Boxes3D]) -> dict[str, Tensor]:
         """CenterHead losses (named terms) against B ground-truth Boxes3D."""
         if self.mirror is not None:
             return self.mirror.loss()
-        return self.head.loss(outputs.head, self.head.get_targets(boxes))
+        return super().loss(outputs, boxes)
 
     @torch.no_grad()
     def predict(self, outputs: BevDetectorOutputs) -> list[Boxes3D]:
         """Decoded boxes (ego frame), one Boxes3D per sample."""
         if self.mirror is not None:
             return self.mirror.predict(outputs)  # type: ignore[arg-type]
-        return self.head.predict(outputs.head)
+        return super().predict(outputs)
 
 
 def _check_mirror_grid(config: CenterPointMMConfig, grid: BevGridConfig) -> None:

@@ -24,9 +24,8 @@ from torch.nn import functional as F
 
 from x3kd_core.config import BevGridConfig, ConfigError
 from x3kd_core.models.heads.center_head import CenterHead, CenterHeadConfig
-from x3kd_core.models.teachers.lidar import BevBackboneConfig, BevDetectorOutputs, SecondFpn
+from x3kd_core.models.teachers.lidar import BevBackboneConfig, BevDetector, SecondFpn
 from x3kd_core.models.teachers.pillars import PillarEncoder, pillar_stride, voxelize
-from x3kd_core.structures import Boxes3D
 
 __all__ = [
     "RadarEncoderConfig",
@@ -121,7 +120,7 @@ class RadarDetectorConfig:
     head: CenterHeadConfig = field(default_factory=CenterHeadConfig)
 
 
-class RadarDetector(nn.Module):
+class RadarDetector(BevDetector):
     """Radar points -> RadarBevEncoder -> SECOND-FPN (stride 1) -> CenterHead."""
 
     def __init__(self, config: RadarDetectorConfig, grid: BevGridConfig) -> None:
@@ -130,27 +129,9 @@ class RadarDetector(nn.Module):
         self.grid = grid
         self.encoder = RadarBevEncoder(config.encoder, grid)
         self.backbone = SecondFpn(self.encoder.out_channels, config.backbone, output_stride=1)
-        n_x, n_y = grid.size_xy
-        if n_x % self.backbone.max_stride or n_y % self.backbone.max_stride:
-            raise ConfigError(f"BEV grid {n_x} x {n_y} is not divisible by the backbone's total stride {self.backbone.max_stride}")
+        self._check_backbone_stride("BEV grid", *grid.size_xy)
         self.head = CenterHead(config.head, self.backbone.out_channels, grid)
 
-    @classmethod
-    def from_config(cls, config: RadarDetectorConfig, grid: BevGridConfig) -> "RadarDetector":
-        return cls(config, grid)
-
-    @property
-    def bev_channels(self) -> int:
-        return self.backbone.out_channels
-
-    def forward(self, radar_points: list[Tensor]) -> BevDetectorOutputs:
-        """radar_points: B tensors (Q_b, 7) x, y, z, rcs, vx, vy, time_lag_s."""
-        bev = self.backbone(self.encoder(radar_points))
-        return BevDetectorOutputs(bev_features=bev, head=self.head(bev))
-
-    def loss(self, outputs: BevDetectorOutputs, boxes: list[Boxes3D]) -> dict[str, Tensor]:
-        return self.head.loss(outputs.head, self.head.get_targets(boxes))
-
-    @torch.no_grad()
-    def predict(self, outputs: BevDetectorOutputs) -> list[Boxes3D]:
-        return self.head.predict(outputs.head)
+    def bev(self, radar_points: list[Tensor]) -> Tensor:
+        """radar_points: B tensors (Q_b, 7) x, y, z, rcs, vx, vy, time_lag_s -> (B, C_bev, N_x, N_y)."""
+        return self.backbone(self.encoder(radar_points))

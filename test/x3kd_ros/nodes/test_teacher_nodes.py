@@ -26,8 +26,9 @@ from x3kd_ros.conversions import (
     structured_to_cloud,
 )
 from x3kd_ros.extrinsics import synthetic_rig_transforms
-from x3kd_ros.node_utils import ParameterError, qos_profile
-from x3kd_ros.teacher_nodes import LidarTeacherNode, RadarTeacherNode
+from x3kd_ros.nodes.params import ParameterError
+from x3kd_ros.nodes.qos import qos_profile
+from x3kd_ros.nodes.teacher_nodes import LidarTeacherNode, RadarTeacherNode
 
 RELIABLE = qos_profile("reliable", 10)
 RIG = synthetic_rig_transforms()
@@ -176,7 +177,7 @@ def test_nan_and_empty_clouds_make_the_diagnostics_warn_with_counts(harness, ros
     """Before: an all-NaN or empty cloud was processed with /diagnostics OK and no log line."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
-    from x3kd_ros.node_utils import diagnostics_values
+    from x3kd_ros.nodes.meters import diagnostics_values
 
     class NoBoxes:  # stands in for the model: always "nothing found"
         device = "cpu"

@@ -78,6 +78,7 @@ import numpy as np
 
 from x3kd_core import geometry
 from x3kd_core.config import ConfigError
+from x3kd_core.paths import REPO_ROOT
 from x3kd_ros import topics
 
 __all__ = [
@@ -94,7 +95,6 @@ __all__ = [
     "TF_MSGTYPE",
 ]
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TF_MSGTYPE = "tf2_msgs/msg/TFMessage"
 
@@ -113,7 +113,7 @@ class BagError(ValueError):
 
 def _vision_msgs_msg_dir() -> Path:
     """Folder with the vision_msgs ``.msg`` files: the repo's interface package, else an install."""
-    candidates = [_REPO_ROOT / "interfaces" / "vision_msgs" / "msg", Path(sys.prefix) / "share" / "vision_msgs" / "msg"]
+    candidates = [REPO_ROOT / "interfaces" / "vision_msgs" / "msg", Path(sys.prefix) / "share" / "vision_msgs" / "msg"]
     candidates += [Path(p) / "share" / "vision_msgs" / "msg" for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
     for folder in candidates:
         if (folder / "Detection3DArray.msg").is_file():

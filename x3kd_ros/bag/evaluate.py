@@ -10,13 +10,13 @@ What happens (:func:`run_bag_eval`)
        ``map -> base_link`` from ``/tf`` at that stamp.
     2. The graph (``config/ros/graph.yaml``: student detector, and for each teacher checkpoint
        given, that teacher plus its comparison node) is started as real processes through
-       :class:`~x3kd_ros.run_graph.GraphRunner`, with evaluation overrides
+       :class:`~x3kd_ros.graph.runner.GraphRunner`, with evaluation overrides
        (:func:`eval_graph_specs`): reliable input QoS and deep queues (``processing_queue_size``
        1000) so that no frame is dropped, no RViz markers, diagnostics every 0.2 s, the bag's
        cameras / radars / image transport, sync slops equal to the player's frame spans. This
        process and the nodes load the replay's Fast DDS profile (a shared-memory segment large
-       enough for a frame of the bag; see *Transport* in :mod:`x3kd_ros.replay`).
-    3. :class:`~x3kd_ros.replay.BagPlayer` replays the bag (flow-controlled by default, or at
+       enough for a frame of the bag; see *Transport* in :mod:`x3kd_ros.bag.replay`).
+    3. :class:`~x3kd_ros.bag.replay.BagPlayer` replays the bag (flow-controlled by default, or at
        ``rate`` x real time) and records every frame sent and every answer; the comparison
        nodes' JSON and ``/diagnostics`` are collected beside it.
     4. The graph is stopped (SIGINT, exit codes recorded), then everything is scored:
@@ -25,7 +25,7 @@ What happens (:func:`run_bag_eval`)
          (the answer's stamp is one of the frame's image stamps); the same for the teachers;
        - **metrics** per model (student and each teacher): each keyframe takes the answer whose
          stamp is nearest to the keyframe's (within ``match_tolerance_s``), and is scored by
-         :func:`score_keyframes`, nuScenes' own matching / AP / TP-error algorithms
+         :func:`~x3kd_core.eval.keyframes.score_keyframes`, nuScenes' own matching / AP / TP-error algorithms
          (``nuscenes.eval.detection.algo``) on boxes built from the bag alone; with ``dataroot``
          the same predictions also go through :func:`x3kd_core.eval.detection.evaluate` (the
          devkit's ``DetectionEval`` on the dataset tables);
@@ -36,18 +36,14 @@ What happens (:func:`run_bag_eval`)
     5. ``DIR/report.json``, ``DIR/submission_<model>.json`` (nuScenes format, for ``x3kd eval``),
        ``DIR/bev_*.png`` (GT vs student for a few keyframes) and ``DIR/logs/<node>.log``.
 
-Scoring from the bag alone (:func:`score_keyframes`)
-    Ground truth and predictions become devkit ``DetectionBox`` es in the global frame (through
-    the keyframe's ``/tf`` ego pose, exactly as :func:`~x3kd_core.eval.detection.boxes_to_submission`
-    writes a submission), ``ego_translation`` is box minus ego position (as the devkit's
-    ``add_center_dist``), boxes beyond the class ranges are removed (as ``filter_eval_boxes``),
-    then ``accumulate`` / ``calc_ap`` / ``calc_tp`` run per class and distance threshold as in
-    ``DetectionEval.evaluate``. So mAP, mATE, mASE and mAOE equal the devkit's on the tables
-    (the bag's ground truth is what the loader gives: the same class mapping and point filter).
-    Differences, by construction: the bag carries no ground-truth velocity or attribute
-    (Detection3D has no field for them), so mAVE and mAAE are 1 (the devkit's value where they are
-    undefined) and NDS is a lower bound; the bicycle-rack filter needs the tables and is not
-    applied (bicycle racks are not a detection class, so a bag has none to filter with).
+Scoring from the bag alone
+    The bag's ground truth becomes :class:`~x3kd_core.eval.keyframes.KeyFrame` s (boxes in the
+    ego frame, the keyframe's ``/tf`` ego pose) and
+    :func:`x3kd_core.eval.keyframes.score_keyframes` scores them with the devkit's algorithms (the
+    same per-class loop as the evaluation on the tables). The bag carries no ground-truth velocity
+    or attribute (Detection3D has no field for them), so mAVE and mAAE are 1 and NDS is a lower
+    bound; the bicycle-rack filter needs the tables and is not applied (bicycle racks are not a
+    detection class, so a bag has none to filter with).
 
 Other people's bags (topic map, no ground truth)
     A bag with other topic names or frame ids is evaluated with the same remaps and params files
@@ -66,8 +62,7 @@ Other people's bags (topic map, no ground truth)
     Without ground-truth topics the report has no metrics: frames, latency, rates, drops, the
     nodes' diagnostics and teacher agreement.
 
-Nothing here imports rclpy at module level: :func:`read_keyframes`, :func:`score_keyframes` and
-the report helpers work without a ROS graph.
+Nothing here imports rclpy at module level: :func:`read_keyframes` and the report helpers work without a ROS graph.
 """
 
 from __future__ import annotations
@@ -86,19 +81,17 @@ import numpy as np
 import yaml
 
 from x3kd_core import geometry
+from x3kd_core.eval.keyframes import KeyFrame, keyframe_submission, score_keyframes
 from x3kd_core.structures import CAMERA_NAMES, RADAR_NAMES, Boxes3D
 from x3kd_ros import topics
-from x3kd_ros.bag_io import bag_summary, read_bag, transform_to_matrix
+from x3kd_ros.bag.io import bag_summary, read_bag, transform_to_matrix
 
 __all__ = [
     "BagEvalError",
     "BagEvalConfig",
-    "KeyFrame",
     "BagGroundTruth",
     "read_keyframes",
     "bag_custom_data",
-    "score_keyframes",
-    "keyframe_submission",
     "match_to_keyframes",
     "match_answers_to_frames",
     "percentiles",
@@ -119,7 +112,6 @@ RADAR_SPAN_S = 0.08
 #: Student-teacher pairing slop of the comparison nodes during an evaluation (s).
 PAIR_SLOP_S = 0.06
 _DIAGNOSTICS_PERIOD_S = 0.2
-_EVAL_CONFIG = "detection_cvpr_2019"
 _PERCENTILES = (50, 90, 99)
 
 
@@ -129,23 +121,6 @@ class BagEvalError(ValueError):
 
 # ----------------------------------------------------------------------------------------------
 # Ground truth from the bag
-
-
-@dataclass
-class KeyFrame:
-    """One keyframe of the bag.
-
-    Fields:
-        token: nuScenes sample token (``/ground_truth/sample_token``).
-        stamp_ns: keyframe stamp (bag time, ns).
-        boxes: ground truth in the ego frame of the keyframe (``base_link``); velocity nan.
-        ego_to_global: (4, 4) ``map <- base_link`` at the keyframe (identity when the bag has no /tf).
-    """
-
-    token: str
-    stamp_ns: int
-    boxes: Boxes3D
-    ego_to_global: np.ndarray
 
 
 @dataclass
@@ -200,7 +175,7 @@ def has_ground_truth(msgtypes: Mapping[str, str], topic_names: Optional[Mapping[
 
 
 def read_keyframes(path: str | os.PathLike, topic_names: Optional[Mapping[str, str]] = None) -> BagGroundTruth:
-    """Ground truth and ego poses of every keyframe of a bag written by :func:`x3kd_ros.bag_io.write_bag`.
+    """Ground truth and ego poses of every keyframe of a bag written by :func:`x3kd_ros.bag.io.write_bag`.
 
     The ego pose is the ``map -> base_link`` transform on ``/tf`` at the keyframe stamp (the
     LiDAR keyframe's own pose, the one nuScenes evaluates with); the nearest one if no stamp
@@ -252,97 +227,6 @@ def read_keyframes(path: str | os.PathLike, topic_names: Optional[Mapping[str, s
             pose = np.eye(4)
         keyframes.append(KeyFrame(tokens[stamp], stamp, boxes[stamp], pose))
     return BagGroundTruth(keyframes, has_ego_poses=bool(pose_stamps), max_pose_gap_ns=max_gap)
-
-
-# ----------------------------------------------------------------------------------------------
-# Scoring with the devkit's algorithms
-
-
-def keyframe_submission(keyframes: Sequence[KeyFrame], predictions: Mapping[str, Boxes3D],
-                        max_boxes: int = 500) -> dict[str, list[dict]]:
-    """nuScenes submission ``results`` for the keyframes (an empty list where there is no prediction)."""
-    from x3kd_core.eval.detection import boxes_to_submission
-
-    return {k.token: boxes_to_submission(k.token, predictions.get(k.token, Boxes3D.empty()), k.ego_to_global,
-                                         max_boxes=max_boxes)
-            for k in keyframes}
-
-
-def _detection_boxes(entries: list[dict], ego_position: np.ndarray, ground_truth: bool):
-    from nuscenes.eval.detection.data_classes import DetectionBox
-
-    out = []
-    for e in entries:
-        translation = tuple(e["translation"])
-        out.append(DetectionBox(
-            sample_token=e["sample_token"],
-            translation=translation,
-            size=tuple(e["size"]),
-            rotation=tuple(e["rotation"]),
-            # The bag has no ground-truth velocity or attribute: unknown, which the devkit skips.
-            velocity=(math.nan, math.nan) if ground_truth else tuple(e["velocity"]),
-            ego_translation=tuple(float(v) for v in np.asarray(translation) - ego_position),
-            detection_name=e["detection_name"],
-            detection_score=-1.0 if ground_truth else float(e["detection_score"]),
-            attribute_name="" if ground_truth else e["attribute_name"],
-        ))
-    return out
-
-
-def score_keyframes(keyframes: Sequence[KeyFrame], predictions: Mapping[str, Boxes3D],
-                    config_name: str = _EVAL_CONFIG):
-    """nuScenes detection metrics of ``predictions`` against the keyframes' ground truth, tables-free.
-
-    Args:
-        keyframes: ground truth (:func:`read_keyframes`).
-        predictions: sample token -> boxes in that keyframe's ego frame (missing token = nothing
-            detected; tokens not among the keyframes are ignored).
-        config_name: devkit evaluation config.
-
-    Returns:
-        :class:`x3kd_core.eval.detection.DetectionMetrics` (see the module docstring for what
-        differs from a devkit evaluation on the tables: mAVE / mAAE).
-    """
-    from nuscenes.eval.common.config import config_factory
-    from nuscenes.eval.common.data_classes import EvalBoxes
-    from nuscenes.eval.detection.algo import accumulate, calc_ap, calc_tp
-    from nuscenes.eval.detection.constants import TP_METRICS
-    from nuscenes.eval.detection.data_classes import DetectionMetrics as DevkitMetrics
-
-    from x3kd_core.eval.detection import DetectionMetrics, boxes_to_submission
-
-    config = config_factory(config_name)
-    gt, pred = EvalBoxes(), EvalBoxes()
-    for k in keyframes:
-        ego = np.asarray(k.ego_to_global, dtype=np.float64)[:3, 3]
-        gt_entries = boxes_to_submission(k.token, k.boxes, k.ego_to_global, max_boxes=max(len(k.boxes), 1))
-        pred_entries = boxes_to_submission(k.token, predictions.get(k.token, Boxes3D.empty()), k.ego_to_global,
-                                           max_boxes=config.max_boxes_per_sample)
-        for target, entries, is_gt in ((gt, gt_entries, True), (pred, pred_entries, False)):
-            # Class-range filter of filter_eval_boxes (the point filter is already applied to the bag's GT).
-            kept = [b for b in _detection_boxes(entries, ego, is_gt)
-                    if b.ego_dist < config.class_range[b.detection_name]]
-            target.add_boxes(k.token, kept)
-
-    start = time.perf_counter()
-    metrics = DevkitMetrics(config)
-    for name in config.class_names:
-        data = {th: accumulate(gt, pred, name, config.dist_fcn_callable, th) for th in config.dist_ths}
-        for th in config.dist_ths:
-            metrics.add_label_ap(name, th, calc_ap(data[th], config.min_recall, config.min_precision))
-        for metric in TP_METRICS:
-            # The devkit leaves these undefined (DetectionEval.evaluate does the same).
-            if (name == "traffic_cone" and metric in ("attr_err", "vel_err", "orient_err")) or (
-                    name == "barrier" and metric in ("attr_err", "vel_err")):
-                value = math.nan
-            else:
-                value = calc_tp(data[config.dist_th_tp], config.min_recall, metric)
-            metrics.add_label_tp(name, metric, value)
-    metrics.add_runtime(time.perf_counter() - start)
-    num_gt: dict[str, int] = {}
-    for box in gt.all:
-        num_gt[box.detection_name] = num_gt.get(box.detection_name, 0) + 1
-    return DetectionMetrics.from_devkit(metrics, num_gt, len(pred.all))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -459,7 +343,7 @@ class BagEvalConfig:
         device: where the nodes run their models (auto | cpu | cuda | cuda:N).
         rate: 0 = flow-controlled, as fast as the graph answers; > 0 = this factor x real time.
         max_outstanding: with rate 0, frames a model may have waiting at once.
-        ack_timeout_s / ready_timeout_s / drain_timeout_s: see :class:`~x3kd_ros.replay.ReplayConfig`.
+        ack_timeout_s / ready_timeout_s / drain_timeout_s: see :class:`~x3kd_ros.bag.replay.ReplayConfig`.
         match_tolerance_s: largest |answer stamp - keyframe stamp| for an answer to score that
             keyframe (s); below half the keyframe period (nuScenes: 0.5 s).
         dataroot / version / split: the dataset tables, to also evaluate with the devkit's
@@ -468,7 +352,7 @@ class BagEvalConfig:
         picture_score_threshold: student boxes drawn from this score on.
         stop_timeout_s: grace time of each stop signal to the node processes.
         graph_config: graph description YAML ("" = config/ros/graph.yaml).
-        fastdds_profile: load the replay's Fast DDS profile (:mod:`x3kd_ros.replay`, *Transport*)
+        fastdds_profile: load the replay's Fast DDS profile (:mod:`x3kd_ros.bag.replay`, *Transport*)
             in this process and the nodes, unless the user set a profile file or another RMW.
         remappings: ``(FROM, TO)`` remap rules given to every node (``-r FROM:=TO``; FROM the
             graph's topic name, TO the bag's; ``node:FROM`` limits a rule to that node), ahead
@@ -691,7 +575,7 @@ def _nested(dotted: Mapping[str, Any]) -> dict:
 
 
 def resolve_bag_topics(specs, msgtypes: Mapping[str, str]) -> BagTopics:
-    """Where the inputs of the graph ``specs`` (:class:`~x3kd_ros.graph.NodeSpec`, as started:
+    """Where the inputs of the graph ``specs`` (:class:`~x3kd_ros.graph.description.NodeSpec`, as started:
     params files, inline parameters, remappings) are in a bag with topics ``msgtypes``.
 
     Cameras: the detector's ``cameras`` with ``image_topics`` (default
@@ -781,7 +665,7 @@ def _topic_warnings(config: BagEvalConfig, sensors: BagTopics, msgtypes: Mapping
 
 
 def eval_graph_specs(config: BagEvalConfig, msgtypes: Mapping[str, str]):
-    """The graph's :class:`~x3kd_ros.graph.NodeSpec` s for an evaluation of a bag with these topics.
+    """The graph's :class:`~x3kd_ros.graph.description.NodeSpec` s for an evaluation of a bag with these topics.
 
     The student detector always; the LiDAR / radar teacher and its comparison node when its
     checkpoint is given. ``config.remappings`` go to every node ahead of the graph's own and
@@ -811,7 +695,7 @@ def eval_graph_specs(config: BagEvalConfig, msgtypes: Mapping[str, str]):
 
 def _eval_graph(config: BagEvalConfig, msgtypes: Mapping[str, str]):
     """(specs, :class:`BagTopics`) of :func:`eval_graph_specs`."""
-    from x3kd_ros.graph import GraphError, load_graph
+    from x3kd_ros.graph.description import GraphError, load_graph
 
     for name, path in (("checkpoint", config.checkpoint), ("lidar checkpoint", config.lidar_checkpoint),
                        ("radar checkpoint", config.radar_checkpoint)):
@@ -881,7 +765,7 @@ class _Collector:
         from diagnostic_msgs.msg import DiagnosticArray
         from std_msgs.msg import String
 
-        from x3kd_ros.node_utils import qos_profile
+        from x3kd_ros.nodes.qos import qos_profile
 
         self._lock = threading.Lock()
         self.comparison: dict[str, list[dict]] = {t: [] for t in comparisons}
@@ -984,16 +868,9 @@ class BagEvalResult:
 
 
 _MODEL_OF_GROUP = {"detector": "student", "lidar": "lidar", "radar": "radar"}
-_META = {
-    "student": {"use_camera": True, "use_lidar": False, "use_radar": False, "use_map": False, "use_external": False},
-    "lidar": {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False, "use_external": False},
-    "radar": {"use_camera": False, "use_lidar": False, "use_radar": True, "use_map": False, "use_external": False},
-}
-
-
 def _transport_environment(bag: Path, out: Path, enabled: bool) -> tuple[dict[str, str], str]:
     """Environment variables that load the replay's Fast DDS profile, and a note for the report."""
-    from x3kd_ros.replay import fastdds_profile_environment, shm_segment_bytes
+    from x3kd_ros.bag.replay import fastdds_profile_environment, shm_segment_bytes
 
     if not enabled:
         return {}, "off"
@@ -1012,7 +889,7 @@ def _log_tail(runner, key: str, lines: int = 15) -> str:
 class _LiveRun:
     """What the live part of an evaluation collected (graph stopped)."""
 
-    replay: Any  # x3kd_ros.replay.ReplayResult
+    replay: Any  # x3kd_ros.bag.replay.ReplayResult
     comparison: dict[str, list[dict]]
     diagnostics: dict[str, dict[str, str]]
     model_samples: dict[str, dict[int, float]]
@@ -1025,7 +902,7 @@ class _LiveRun:
 
 def _eval_groups(sensors: BagTopics, teachers: Sequence[str]):
     """The player's frame groups: the detector's camera frames, and each teacher's input."""
-    from x3kd_ros.replay import FrameGroup
+    from x3kd_ros.bag.replay import FrameGroup
 
     groups = [FrameGroup("detector", tuple(sensors.image_topics()), topics.DETECTIONS_TOPIC, span_s=CAMERA_SPAN_S)]
     if "lidar" in teachers:
@@ -1047,8 +924,8 @@ def _live_run(bag: Path, out: Path, specs, groups, teachers: Sequence[str], msgt
     import rclpy
     from rclpy.context import Context
 
-    from x3kd_ros.replay import BagPlayer, ReplayConfig, ReplayError
-    from x3kd_ros.run_graph import GraphRunner
+    from x3kd_ros.bag.replay import BagPlayer, ReplayConfig, ReplayError
+    from x3kd_ros.graph.runner import GraphRunner
 
     # Publishers wait for these subscriptions: the detector's cameras, /tf_static of every model
     # node, each teacher's sensor topics (names in the bag: BagTopics).
@@ -1226,8 +1103,8 @@ def run_bag_eval(bag: str | os.PathLike, out: str | os.PathLike, config: BagEval
         BagEvalError: bad input (``dataroot`` without ground truth in the bag), or a node that did
             not come up (its log tail is in the text).
     """
-    from x3kd_core.eval.detection import EvaluationError, evaluate, write_submission
-    from x3kd_ros.ros_env import apply_network_rule
+    from x3kd_core.eval.detection import EvaluationError, evaluate, submission_meta, write_submission
+    from x3kd_ros.graph.environment import apply_network_rule
 
     say = log or (lambda text: None)
     bag, out = Path(bag), Path(out)
@@ -1263,7 +1140,7 @@ def run_bag_eval(bag: str | os.PathLike, out: str | os.PathLike, config: BagEval
         assert ground_truth is not None  # predictions are keyed by keyframe
         metrics[model] = score_keyframes(ground_truth.keyframes, preds)
         path = write_submission(keyframe_submission(ground_truth.keyframes, preds), out / f"submission_{model}.json",
-                                meta=_META[model])
+                                meta=submission_meta(model))
         submissions[model] = str(path)
         if config.dataroot:
             version = config.version or dataset.get("version", "")

@@ -5,7 +5,7 @@ Data flow (the node converts and publishes; matching is :mod:`x3kd_ros.sync`, th
 
     Image | CompressedImage per camera --decode, check against CameraInfo--> ApproximateTimeSync
     CameraInfo per camera                --> latest K and image size of that camera
-    /tf_static and/or calibration YAML   --> camera -> base_link (x3kd_ros.node_utils.ExtrinsicsProvider)
+    /tf_static and/or calibration YAML   --> camera -> base_link (x3kd_ros.nodes.extrinsics_source.ExtrinsicsProvider)
     synchronized set --> bounded work queue --> worker thread: Predictor.predict --> publish
 
 The model runs in its own thread so that the executor keeps receiving (and the synchronizer keeps
@@ -70,7 +70,7 @@ without images for ``silent_after_periods`` expected frame periods (OK again whe
 ``<camera>.silent_s`` holds the seconds since its last image); "images arriving at 21 % of the
 camera rate ...: check the DDS transport / profile" when a camera's received stamps have gaps,
 i.e. fewer than ``transport_warn_percent`` of the frames the stamps imply arrive over the last
-5 s (:class:`~x3kd_ros.node_utils.DeliveryMeter`; ``<camera>.arriving_percent`` and
+5 s (:class:`~x3kd_ros.nodes.meters.DeliveryMeter`; ``<camera>.arriving_percent`` and
 ``<camera>.camera_rate_hz`` hold the figures): the sign of a transport that loses big images,
 README "Big images"; "time jumped back 1.00 s on
 CAM_FRONT" after stamps went backwards (a looped bag, a simulator reset: the synchronizer is reset,
@@ -93,54 +93,35 @@ from functools import partial
 from typing import Any, Optional
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy
-from rclpy.qos_overriding_options import QoSOverridingOptions
+from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import Header
-from visualization_msgs.msg import MarkerArray
 
 from x3kd_core.structures import CAMERA_NAMES
-from x3kd_ros import message_bytes, topics
+from x3kd_ros import topics
 from x3kd_ros.conversions import (
     ConversionError,
     ImageSizeError,
-    MarkerStyle,
-    boxes_to_detections,
-    boxes_to_markers,
     camera_info_to_intrinsics,
     compressed_to_rgb,
     image_to_rgb,
-    ns_to_stamp,
     stamp_to_ns,
 )
-from x3kd_ros.node_utils import (
-    BoundedWorker,
-    DeliveryMeter,
-    ExtrinsicsProvider,
-    LatencyWindow,
-    ParameterError,
+from x3kd_ros.nodes.extrinsics_source import ExtrinsicsProvider
+from x3kd_ros.nodes.meters import DeliveryMeter, LatencyWindow, RateMeter, StreamWatch, ThrottledLog
+from x3kd_ros.nodes.model_node import ModelNode, model_param_specs
+from x3kd_ros.nodes.params import (
     ParamSpec,
-    RateMeter,
-    ThrottledLog,
-    check_device,
+    ParameterError,
     declare_parameters,
-    describe_qos,
-    extrinsics_param_specs,
     in_range,
-    make_status,
     non_empty,
     one_of,
-    qos_param_specs,
-    qos_profile,
     resolve_device,
     same_length,
-    silence_param_specs,
-    spin_node,
-    steady_timer,
-    StreamWatch,
 )
+from x3kd_ros.nodes.qos import describe_qos, qos_profile
+from x3kd_ros.nodes.spin import spin_node, steady_timer
+from x3kd_ros.nodes.worker import BoundedWorker
 from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet, TimeJump
 
 __all__ = ["DetectorNode", "detector_param_specs", "main"]
@@ -187,30 +168,25 @@ def detector_param_specs(stage: int, cameras: Optional[list[str]] = None, transp
     """The node's parameters. Stage 1 fixes the cameras and transport; stage 2 (per-camera lists)
     takes its defaults from them."""
     if stage == 1:
-        def checkpoint_check(path: str) -> Optional[str]:
-            if have_predictor:
-                return None
-            from pathlib import Path
-
-            if not path:
-                return "is required (path to a camera-student checkpoint, e.g. runs/<name>/last.pt)"
-            return None if Path(path).is_file() else "file not found"
-
+        shared = model_param_specs(
+            have_model=have_predictor, checkpoint_description="camera-student checkpoint (last.pt of `x3kd train`)",
+            checkpoint_example="a camera-student checkpoint",
+            score_description="publish boxes with score >= this (the model's own decoding threshold applies first)",
+            queue_description="synchronized sets waiting for the model; a new set that finds it full pushes out the "
+                              "oldest waiting one (latest wins; counted as busy_drops)",
+            inputs="the image and CameraInfo subscriptions", stream="camera")
         return [
             ParamSpec("cameras", list(CAMERA_NAMES), "camera channels to subscribe, in any order (each must be "
                       "one of the checkpoint's cameras; those not listed count as missing)", check=non_empty),
             ParamSpec("image_transport", "raw", "image messages: raw (sensor_msgs/Image) or compressed "
                       "(sensor_msgs/CompressedImage, jpeg/png)", "raw | compressed", one_of("raw", "compressed")),
-            ParamSpec("checkpoint", "", "camera-student checkpoint (last.pt of `x3kd train`)", check=checkpoint_check),
-            ParamSpec("device", "auto", "where the model runs: auto (cuda if available, else cpu), cpu, cuda, cuda:N",
-                      "auto | cpu | cuda | cuda:N", check_device),
+            *shared["model"],
             ParamSpec("backend", "torch", "what runs the network: torch, or onnxruntime (CPU; the checkpoint "
                       "exported to ONNX at start-up, or onnx_file)", "torch | onnxruntime",
                       one_of("torch", "onnxruntime")),
             ParamSpec("onnx_file", "", "with backend onnxruntime: a file from `x3kd export` of this checkpoint "
                       "(empty: export in memory at start-up)"),
-            ParamSpec("score_threshold", 0.0, "publish boxes with score >= this (the model's own decoding "
-                      "threshold applies first)", "[0, 1]", in_range(0.0, 1.0)),
+            *shared["score"],
             ParamSpec("sync.slop_s", 0.06, "largest stamp spread within one synchronized camera set (s); keep it "
                       "below half the frame period", "> 0", in_range(0.0, low_open=True)),
             ParamSpec("sync.timeout_s", 0.3, "how long an incomplete set waits for missing cameras (s)", ">= 0",
@@ -224,23 +200,16 @@ def detector_param_specs(stage: int, cameras: Optional[list[str]] = None, transp
                       "synchronizer (looped bag, simulator reset; s; 0 = sync.slop_s)", ">= 0", in_range(0.0)),
             ParamSpec("camera_info_wait_s", 1.0, "how long an image that came before its camera's first valid "
                       "CameraInfo is held for it (s; 0 = drop it at once)", ">= 0", in_range(0.0)),
-            *silence_param_specs("camera"),
+            *shared["silence"],
             ParamSpec("transport_warn_percent", 90.0, "WARN in /diagnostics when a camera's images arrive at "
                       "fewer than this percent of the frames its stamps say it sent (gaps in the stamp "
                       "sequence, last 5 s): a DDS transport losing big images; 0 = off", "[0, 100]",
                       in_range(0.0, 100.0)),
             ParamSpec("max_input_age_s", 0.0, "drop images whose stamp is older than this on the node clock "
                       "(s; 0 = off; use with live sensors or use_sim_time)", ">= 0", in_range(0.0)),
-            ParamSpec("processing_queue_size", 2, "synchronized sets waiting for the model; a new set that finds "
-                      "it full pushes out the oldest waiting one (latest wins; counted as busy_drops)", "1..1000",
-                      in_range(1, 1000)),
-            ParamSpec("publish_markers", True, "also publish a MarkerArray for RViz"),
-            ParamSpec("marker_lifetime_s", 0.5, "RViz marker lifetime (s; 0 = forever)", ">= 0", in_range(0.0)),
-            ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics reports (s)", "> 0",
-                      in_range(0.0, low_open=True)),
-            *qos_param_specs("qos.input", "best_effort", 5, "the image and CameraInfo subscriptions"),
-            *qos_param_specs("qos.output", "reliable", 10, "the detection and marker publishers"),
-            *extrinsics_param_specs(),
+            *shared["queue"],
+            *shared["output"],
+            *shared["io"],
         ]
     cameras = list(cameras or CAMERA_NAMES)
     n = len(cameras)
@@ -279,7 +248,7 @@ class _CameraFrame:
     resized: bool = False
 
 
-class DetectorNode(Node):
+class DetectorNode(ModelNode):
     """The camera detector node (see the module docstring).
 
     Args:
@@ -294,13 +263,7 @@ class DetectorNode(Node):
     """
 
     def __init__(self, predictor: Any = None, node_name: str = NODE_NAME, **node_kwargs) -> None:
-        super().__init__(node_name, **node_kwargs)
-        self.worker: Optional[BoundedWorker] = None
-        try:
-            self._build(predictor)
-        except BaseException:
-            self.destroy_node()  # a half-built node must not stay in the context
-            raise
+        super().__init__(node_name, predictor, **node_kwargs)
 
     def _build(self, predictor: Any) -> None:
         self._log = ThrottledLog(self.get_logger())
@@ -311,10 +274,7 @@ class DetectorNode(Node):
         self.cameras: list[str] = params["cameras"]
         self._frames = dict(zip(self.cameras, params["camera_frames"]))
         self._compressed = params["image_transport"] == "compressed"
-        self._score_threshold = params["score_threshold"]
-        self._base_frame = params["base_frame"]
         self._max_age_ns = int(params["max_input_age_s"] * 1e9)
-        self._marker_style = MarkerStyle(lifetime_s=params["marker_lifetime_s"]) if params["publish_markers"] else None
 
         if predictor is None:
             predictor = self._load_predictor(params["checkpoint"], params["device"], params["backend"],
@@ -344,7 +304,7 @@ class DetectorNode(Node):
             self.cameras,
             on_time_jump=self._on_time_jump,
         )
-        self.extrinsics = ExtrinsicsProvider(self, self._base_frame, params["extrinsics_source"],
+        self.extrinsics = ExtrinsicsProvider(self, params["base_frame"], params["extrinsics_source"],
                                              params["calibration_file"])
 
         # Counters: per camera (executor thread) and of the worker (under the lock).
@@ -362,7 +322,6 @@ class DetectorNode(Node):
         # Images waiting for their camera's first valid CameraInfo: (message, receive time ns).
         self._held: dict[str, collections.deque] = {cam: collections.deque() for cam in self.cameras}
         self._hold_ns = int(params["camera_info_wait_s"] * 1e9)
-        self._jumps_reported = 0
         self._lock = threading.Lock()
         self.counts: collections.Counter = collections.Counter()
         self._output_rate = RateMeter()
@@ -376,21 +335,8 @@ class DetectorNode(Node):
         self._queue_ms = LatencyWindow()        # per set
         self._sync_wait_ms = LatencyWindow()    # per set: last image ready -> set left the synchronizer
         self._publish_ms = LatencyWindow()      # per set: building + publishing the output messages
-        self._last_report: dict[str, int] = {}
-
-        qos_out = qos_profile(params["qos.output.reliability"], params["qos.output.depth"])
-        overrides = QoSOverridingOptions.with_default_policies()
-        self.detections_pub = self.create_publisher(
-            self._detection_type(), DETECTIONS_OUT, qos_out, qos_overriding_options=overrides)
-        self.markers_pub = (self.create_publisher(MarkerArray, MARKERS_OUT, qos_out, qos_overriding_options=overrides)
-                            if self._marker_style is not None else None)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS_TOPIC, 10)
-        self._markers_kept = (self.markers_pub is not None
-                              and self.markers_pub.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL)
-        mismatch = message_bytes.layouts_match()
-        self._cdr = mismatch is None
-        if mismatch is not None:
-            self.get_logger().info(f"publishing message objects (slower): {mismatch}")
+        self.open_outputs(params, DETECTIONS_OUT, MARKERS_OUT)
+        overrides = self.qos_overrides
 
         qos_in = qos_profile(params["qos.input.reliability"], params["qos.input.depth"])
         image_type = CompressedImage if self._compressed else Image
@@ -408,7 +354,7 @@ class DetectorNode(Node):
         self.get_logger().info(
             f"model on {predictor.device}, cameras {list(predictor.cameras)}; sync {params['sync.policy']} "
             f"slop {params['sync.slop_s']} s timeout {params['sync.timeout_s']} s; publishing "
-            f"{self.detections_pub.topic_name} (QoS {describe_qos(qos_out)})")
+            f"{self.detections_pub.topic_name} (QoS {describe_qos(self.qos_out)})")
 
         steady_timer(self, _SYNC_POLL_PERIOD_S, self._poll_sync)
         steady_timer(self, params["diagnostics_period_s"], self.publish_diagnostics)
@@ -416,12 +362,6 @@ class DetectorNode(Node):
                                     f"{self.get_name()}_model", self.get_logger())
 
     # ------------------------------------------------------------------------------- set-up
-    @staticmethod
-    def _detection_type():
-        from vision_msgs.msg import Detection3DArray
-
-        return Detection3DArray
-
     def _load_predictor(self, checkpoint: str, device: str, backend: str, onnx_file: str):
         from x3kd_core.inference import Predictor
         from x3kd_core.checkpoint import CheckpointError
@@ -568,7 +508,7 @@ class DetectorNode(Node):
             matrix = self.extrinsics.lookup(self._frames[cam])
             if matrix is None:
                 self._count(cam, "missing_extrinsics",
-                            f"camera left out: no transform {self._base_frame} <- {self._frames[cam]} yet")
+                            f"camera left out: no transform {self.base_frame} <- {self._frames[cam]} yet")
                 continue
             j = self._model_index[cam]
             images[j], intrinsics[j], cam_to_ego[j] = frame.rgb, frame.k, matrix
@@ -584,19 +524,7 @@ class DetectorNode(Node):
             boxes = self.predictor.predict(images, intrinsics, cam_to_ego)
         model_ms = (time.perf_counter() - start) * 1e3
         publish_start = time.perf_counter()
-        boxes = boxes[boxes.score >= self._score_threshold]
-        header = Header(stamp=ns_to_stamp(synced.stamp_ns), frame_id=self._base_frame)
-        # Serialized bytes where the installed definitions fit x3kd_ros.message_bytes (the same
-        # message on the wire, ~100x cheaper than message objects). Markers only while someone
-        # listens, unless their QoS keeps them for late subscribers (transient local).
-        if self._cdr:
-            detections = message_bytes.detections_cdr(boxes, header)
-        else:
-            detections = boxes_to_detections(boxes, header)
-        markers = None
-        if self.markers_pub is not None and (self._markers_kept or self.markers_pub.get_subscription_count() > 0):
-            markers = (message_bytes.markers_cdr(boxes, header, self._marker_style) if self._cdr
-                       else boxes_to_markers(boxes, header, self._marker_style))
+        boxes, detections, markers = self.frame_messages(boxes, synced.stamp_ns)
         first_ns = min(frame.received_ns for frame in synced.items.values())
         ready_ns = max(frame.ready_ns for frame in synced.items.values())
         # Counted before publishing, so a subscriber that has the message also sees it counted.
@@ -604,9 +532,7 @@ class DetectorNode(Node):
             self.counts["published"] += 1
             self.counts["boxes"] += len(boxes)
             self.counts["marker_arrays"] += markers is not None
-        self.detections_pub.publish(detections)
-        if markers is not None:
-            self.markers_pub.publish(markers)
+        self.publish_frame(detections, markers)
         now_ns = time.monotonic_ns()
         publish_ms = (time.perf_counter() - publish_start) * 1e3
         sync_ms = max(0, submitted_ns - ready_ns) / 1e6 if ready_ns else 0.0
@@ -670,46 +596,16 @@ class DetectorNode(Node):
 
     def publish_diagnostics(self) -> DiagnosticStatus:
         values = self.diagnostics_values()
-        last = self._last_report
-        growing = [
-            f"{key} +{value - last.get(key, 0)}"
-            for key, value in values.items()
-            if (key.rsplit(".", 1)[-1] in _WARN_COUNTERS or key in _WARN_GLOBAL) and value > last.get(key, 0)
-        ]
-        problems = []
-        if self.sync.stats.time_jumps > self._jumps_reported and self.sync.last_jump is not None:
-            jumps = self.sync.stats.time_jumps - self._jumps_reported
-            problems.append(describe_jump(self.sync.last_jump) + (f" ({jumps} jumps)" if jumps > 1 else ""))
-            self._jumps_reported = self.sync.stats.time_jumps
-        silent = self._watch.silent(time.monotonic_ns())
-        if silent:
-            problems.append(self._watch.describe(silent, "camera"))
+        problems = self.input_problems(self.sync.stats.time_jumps, self.sync.last_jump, describe_jump, self._watch,
+                                       "camera")
         lossy = self.lossy_cameras()
         if lossy:
             problems.append(describe_lossy(lossy))
-        if growing:
-            problems.append("input problems: " + ", ".join(growing))
-        errors = values["inference_errors"] > last.get("inference_errors", 0)
-        if errors:
-            level, message = DiagnosticStatus.ERROR, "; ".join(["model errors (see the log)"] + problems)
-        elif problems:
-            level, message = DiagnosticStatus.WARN, "; ".join(problems)
-        elif not any(self.camera_counts[c]["received"] for c in self.cameras):
-            level, message = DiagnosticStatus.STALE, "no images received yet"
-        else:
-            level, message = DiagnosticStatus.OK, f"{values['published']} frames published"
-        self._last_report = {k: v for k, v in values.items() if isinstance(v, int)}
-        status = make_status(f"{self.get_name()}: detector", str(self.predictor.device), level, message, values)
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [status]
-        self.diagnostics_pub.publish(array)
-        return status
-
-    def destroy_node(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-        super().destroy_node()
+        return self.publish_report(
+            "detector", str(self.predictor.device), values, problems,
+            lambda key: key.rsplit(".", 1)[-1] in _WARN_COUNTERS or key in _WARN_GLOBAL,
+            received_any=any(self.camera_counts[c]["received"] for c in self.cameras),
+            waiting_message="no images received yet")
 
 
 def main(args: Optional[list[str]] = None) -> int:

@@ -1,9 +1,10 @@
-"""Bag evaluation (x3kd_ros.bag_eval, x3kd_ros.replay, `x3kd bag eval`).
+"""Bag evaluation (x3kd_ros.bag.evaluate, x3kd_ros.bag.replay, `x3kd bag eval`) and the tables-free scorer
+(x3kd_core.eval.keyframes) on a bag's ground truth.
 
 The end-to-end test is the CI test of the deployment path: the tiny synthetic dataset is written
 as a bag, the real node processes (student detector, LiDAR teacher, comparison node) are started
 through GraphRunner by `x3kd bag eval` (a subprocess: the replaying process must load its Fast
-DDS profile before its first participant, see x3kd_ros/replay.py), the bag is replayed with flow
+DDS profile before its first participant, see x3kd_ros/bag/replay.py), the bag is replayed with flow
 control, and the report is checked: every camera frame answered exactly once by complete camera
 sets, metrics finite and equal to the devkit's on the tables, latencies ordered, comparison pairs,
 clean exits. A second run takes "another team's" bag (every camera / LiDAR topic and frame id
@@ -30,15 +31,16 @@ import pytest
 import yaml
 
 from x3kd_core.eval.detection import evaluate, write_submission
+from x3kd_core.eval.keyframes import keyframe_submission, score_keyframes
+from x3kd_core.paths import REPO_ROOT
 from x3kd_core.structures import CAMERA_NAMES, DETECTION_CLASSES, Boxes3D
 from x3kd_ros import topics
-from x3kd_ros.bag_eval import (
+from x3kd_ros.bag.evaluate import (
     BagEvalConfig,
     BagEvalError,
     apply_remaps,
     eval_graph_specs,
     has_ground_truth,
-    keyframe_submission,
     match_answers_to_frames,
     match_to_keyframes,
     node_parameters,
@@ -46,20 +48,14 @@ from x3kd_ros.bag_eval import (
     percentiles,
     read_keyframes,
     run_bag_eval,
-    score_keyframes,
 )
-from x3kd_ros.bag_eval import _eval_graph, _topic_warnings
-from x3kd_ros.bag_io import BagWriteConfig, bag_summary, write_bag
-from x3kd_ros.replay import Answer, FrameGroup, SentFrame, FrameCutter
+from x3kd_ros.bag.evaluate import _eval_graph, _topic_warnings
+from x3kd_ros.bag.io import BagWriteConfig, bag_summary, write_bag
+from x3kd_ros.bag.replay import Answer, FrameGroup, SentFrame, FrameCutter
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SPLIT = "synth_val"
 # Whole end-to-end run (graph start-up ~6-10 s on 2 CPU cores, replay < 1 s, scoring ~2 s).
 E2E_TIMEOUT_S = 150
-
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +298,7 @@ def _write_foreign_bag(src: Path, dst: Path) -> Path:
 
     from rosbags.rosbag2 import Reader, Writer
 
-    from x3kd_ros.bag_io import make_typestore
+    from x3kd_ros.bag.io import make_typestore
 
     store = make_typestore()
     topic_map = {topics.LIDAR_TOPIC: FOREIGN_LIDAR_TOPIC}

@@ -20,12 +20,12 @@ import os
 import sys
 from pathlib import Path
 
+from x3kd_core.paths import REPO_ROOT
+
 # Domain ids 1..101: 0 is the ROS default that other software on the host uses, and on Linux
 # ids above 101 map DDS ports into the ephemeral port range, where they can clash.
 _MIN_DOMAIN_ID = 1
 _MAX_DOMAIN_ID = 101
-
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pid_domain_id(pid: int | None = None) -> int:
@@ -39,8 +39,8 @@ def pid_domain_id(pid: int | None = None) -> int:
 
 def default_log_dir() -> Path:
     """``<repo>/build/ros_log`` for a source checkout (build/ is git-ignored), else a temp folder."""
-    if (_REPO_ROOT / "setup.py").is_file() and (_REPO_ROOT / "x3kd_ros").is_dir():
-        return _REPO_ROOT / "build" / "ros_log"
+    if (REPO_ROOT / "setup.py").is_file() and (REPO_ROOT / "x3kd_ros").is_dir():
+        return REPO_ROOT / "build" / "ros_log"
     import tempfile
 
     return Path(tempfile.gettempdir()) / "x3kd_ros_log"

@@ -1,7 +1,7 @@
 """ROS 2 teacher nodes: ``x3kd_lidar_teacher`` and ``x3kd_radar_teacher``.
 
 At deployment only the camera student is needed; the teachers run online beside it so that the
-comparison node (:mod:`x3kd_ros.comparison_node`) can report how well the student agrees with
+comparison node (:mod:`x3kd_ros.nodes.comparison_node`) can report how well the student agrees with
 them. Both publish exactly like the detector: ``vision_msgs/Detection3DArray`` in ``base_frame``
 (class_id = nuScenes class name), optional MarkerArray, and ``/diagnostics``.
 
@@ -47,51 +47,29 @@ from functools import partial
 from typing import Any, Optional
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.node import Node
-from rclpy.qos_overriding_options import QoSOverridingOptions
+from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import PointCloud2
-from std_msgs.msg import Header
-from visualization_msgs.msg import MarkerArray
 
 from x3kd_core import geometry
 from x3kd_core.structures import RADAR_NAMES, Boxes3D
 from x3kd_ros import topics
-from x3kd_ros.conversions import (
-    ConversionError,
-    MarkerStyle,
-    boxes_to_detections,
-    boxes_to_markers,
-    cloud_to_lidar_points,
-    cloud_to_radar_points,
-    ns_to_stamp,
-    stamp_to_ns,
-)
-from x3kd_ros.node_utils import (
-    BoundedWorker,
-    ExtrinsicsProvider,
-    LatencyWindow,
-    ParameterError,
+from x3kd_ros.conversions import ConversionError, cloud_to_lidar_points, cloud_to_radar_points, stamp_to_ns
+from x3kd_ros.nodes.extrinsics_source import ExtrinsicsProvider
+from x3kd_ros.nodes.meters import LatencyWindow, RateMeter, StreamWatch, ThrottledLog
+from x3kd_ros.nodes.model_node import ModelNode, model_param_specs
+from x3kd_ros.nodes.params import (
     ParamSpec,
-    RateMeter,
-    ThrottledLog,
-    check_device,
+    ParameterError,
     declare_parameters,
-    describe_qos,
-    extrinsics_param_specs,
     in_range,
-    make_status,
     non_empty,
     one_of,
-    qos_param_specs,
-    qos_profile,
     resolve_device,
     same_length,
-    silence_param_specs,
-    spin_node,
-    steady_timer,
-    StreamWatch,
 )
+from x3kd_ros.nodes.qos import describe_qos, qos_profile
+from x3kd_ros.nodes.spin import spin_node, steady_timer
+from x3kd_ros.nodes.worker import BoundedWorker
 from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet, TimeJump
 
 __all__ = [
@@ -135,33 +113,13 @@ def load_teacher(path: str, kind: str, device) -> Any:
 
 def common_param_specs(have_model: bool = False) -> list[ParamSpec]:
     """Parameters of both teacher nodes (``have_model``: a model was injected, no checkpoint needed)."""
-
-    def checkpoint_check(path: str) -> Optional[str]:
-        if have_model:
-            return None
-        from pathlib import Path
-
-        if not path:
-            return "is required (path to a teacher checkpoint, e.g. runs/<name>/last.pt)"
-        return None if Path(path).is_file() else "file not found"
-
-    return [
-        ParamSpec("checkpoint", "", "teacher checkpoint (last.pt of `x3kd train` for this modality)",
-                  check=checkpoint_check),
-        ParamSpec("device", "auto", "where the model runs: auto (cuda if available, else cpu), cpu, cuda, cuda:N",
-                  "auto | cpu | cuda | cuda:N", check_device),
-        ParamSpec("score_threshold", 0.0, "publish boxes with score >= this", "[0, 1]", in_range(0.0, 1.0)),
-        ParamSpec("processing_queue_size", 2, "inputs waiting for the model; beyond it the oldest is dropped",
-                  "1..1000", in_range(1, 1000)),
-        ParamSpec("publish_markers", True, "also publish a MarkerArray for RViz"),
-        ParamSpec("marker_lifetime_s", 0.5, "RViz marker lifetime (s; 0 = forever)", ">= 0", in_range(0.0)),
-        ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics reports (s)", "> 0",
-                  in_range(0.0, low_open=True)),
-        *silence_param_specs("sensor"),
-        *qos_param_specs("qos.input", "best_effort", 5, "the point cloud subscriptions"),
-        *qos_param_specs("qos.output", "reliable", 10, "the detection and marker publishers"),
-        *extrinsics_param_specs(),
-    ]
+    shared = model_param_specs(
+        have_model=have_model, checkpoint_description="teacher checkpoint (last.pt of `x3kd train` for this modality)",
+        checkpoint_example="a teacher checkpoint", score_description="publish boxes with score >= this",
+        queue_description="inputs waiting for the model; beyond it the oldest is dropped",
+        inputs="the point cloud subscriptions", stream="sensor")
+    return [*shared["model"], *shared["score"], *shared["queue"], *shared["output"], *shared["silence"],
+            *shared["io"]]
 
 
 def lidar_param_specs() -> list[ParamSpec]:
@@ -213,19 +171,13 @@ class _Input:
     received_ns: int
 
 
-class _TeacherNode(Node):
+class _TeacherNode(ModelNode):
     """What both teacher nodes share: parameters, model, worker, publishing, diagnostics."""
 
     modality = ""
 
     def __init__(self, node_name: str, model: Any, extra_specs: list[ParamSpec], **node_kwargs) -> None:
-        super().__init__(node_name, **node_kwargs)
-        self.worker: Optional[BoundedWorker] = None
-        try:
-            self._build(model, extra_specs)
-        except BaseException:
-            self.destroy_node()  # a half-built node must not stay in the context
-            raise
+        super().__init__(node_name, model, extra_specs, **node_kwargs)
 
     def _build(self, model: Any, extra_specs: list[ParamSpec]) -> None:
         self._log = ThrottledLog(self.get_logger())
@@ -239,10 +191,7 @@ class _TeacherNode(Node):
             self.predictor = TeacherPredictor(model, self.modality)
         self.model = self.predictor.model
         self.device = self.predictor.device
-        self._base_frame = params["base_frame"]
-        self._score_threshold = params["score_threshold"]
-        self._marker_style = MarkerStyle(lifetime_s=params["marker_lifetime_s"]) if params["publish_markers"] else None
-        self.extrinsics = ExtrinsicsProvider(self, self._base_frame, params["extrinsics_source"],
+        self.extrinsics = ExtrinsicsProvider(self, params["base_frame"], params["extrinsics_source"],
                                              params["calibration_file"])
         self.counts: collections.Counter = collections.Counter()
         self.input_counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -251,26 +200,13 @@ class _TeacherNode(Node):
         self._input_rate = RateMeter()
         self._model_ms = LatencyWindow()
         self._e2e_ms = LatencyWindow()
-        self._last_report: dict[str, int] = {}
         self._watch = StreamWatch(self._sources(), params["silent_after_periods"], params["silent_after_min_s"])
         self.time_jumps = 0
         self.last_jump: Optional[TimeJump] = None
-        self._jumps_reported = 0
-
-        self._overrides = QoSOverridingOptions.with_default_policies()
-        self._qos_in = qos_profile(params["qos.input.reliability"], params["qos.input.depth"])
-        qos_out = qos_profile(params["qos.output.reliability"], params["qos.output.depth"])
-        from vision_msgs.msg import Detection3DArray
 
         base = topics.teacher_detections_topic(self.modality).lstrip("/")
-        self.detections_pub = self.create_publisher(Detection3DArray, base, qos_out,
-                                                    qos_overriding_options=self._overrides)
-        self.markers_pub = (
-            self.create_publisher(MarkerArray, base.rsplit("/", 1)[0] + "/markers", qos_out,
-                                  qos_overriding_options=self._overrides)
-            if self._marker_style is not None else None
-        )
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS_TOPIC, 10)
+        self.open_outputs(params, base, base.rsplit("/", 1)[0] + "/markers")
+        self._qos_in = qos_profile(params["qos.input.reliability"], params["qos.input.depth"])
         self.worker = BoundedWorker(self.process, params["processing_queue_size"], f"{self.get_name()}_model",
                                     self.get_logger())
         steady_timer(self, params["diagnostics_period_s"], self.publish_diagnostics)
@@ -297,7 +233,7 @@ class _TeacherNode(Node):
 
     def _subscribe(self, topic: str, callback) -> Any:
         sub = self.create_subscription(PointCloud2, topic, callback, self._qos_in,
-                                       qos_overriding_options=self._overrides)
+                                       qos_overriding_options=self.qos_overrides)
         self.get_logger().info(f"subscribed {sub.topic_name} (PointCloud2, QoS {describe_qos(sub.qos_profile)})")
         return sub
 
@@ -308,7 +244,7 @@ class _TeacherNode(Node):
     def _to_ego(self, source: str, frame: str) -> Optional[np.ndarray]:
         matrix = self.extrinsics.lookup(frame)
         if matrix is None:
-            self._count(source, "missing_extrinsics", f"cloud dropped: no transform {self._base_frame} <- {frame!r} yet")
+            self._count(source, "missing_extrinsics", f"cloud dropped: no transform {self.base_frame} <- {frame!r} yet")
         return matrix
 
     def predict(self, points: np.ndarray) -> Boxes3D:
@@ -319,10 +255,7 @@ class _TeacherNode(Node):
         start = time.perf_counter()
         boxes = self.predict(item.points)
         model_ms = (time.perf_counter() - start) * 1e3
-        boxes = boxes[boxes.score >= self._score_threshold]
-        header = Header(stamp=ns_to_stamp(item.stamp_ns), frame_id=self._base_frame)
-        detections = boxes_to_detections(boxes, header)
-        markers = boxes_to_markers(boxes, header, self._marker_style) if self.markers_pub is not None else None
+        boxes, detections, markers = self.frame_messages(boxes, item.stamp_ns)
         now_ns = time.monotonic_ns()
         with self._lock:
             self.counts["published"] += 1
@@ -330,9 +263,7 @@ class _TeacherNode(Node):
             self._output_rate.tick(now_ns)
             self._model_ms.add(model_ms)
             self._e2e_ms.add((now_ns - item.received_ns) / 1e6)
-        self.detections_pub.publish(detections)
-        if markers is not None:
-            self.markers_pub.publish(markers)
+        self.publish_frame(detections, markers)
 
     def diagnostics_values(self) -> dict[str, Any]:
         now_ns = time.monotonic_ns()
@@ -376,41 +307,14 @@ class _TeacherNode(Node):
 
     def publish_diagnostics(self) -> DiagnosticStatus:
         values = self.diagnostics_values()
-        last = self._last_report
-        growing = [f"{k} +{v - last.get(k, 0)}" for k, v in values.items()
-                   if k.rsplit(".", 1)[-1] in ("conversion_errors", "missing_extrinsics", "busy_drops", "dropped_sets")
-                   and v > last.get(k, 0)]
-        problems = []
-        if self.time_jumps > self._jumps_reported and self.last_jump is not None:
-            jumps = self.time_jumps - self._jumps_reported
-            problems.append(_describe_jump(self.last_jump) + (f" ({jumps} jumps)" if jumps > 1 else ""))
-            self._jumps_reported = self.time_jumps
-        silent = self._watch.silent(time.monotonic_ns())
-        if silent:
-            problems.append(self._watch.describe(silent, "sensor"))
-        problems += self._cloud_problems(values, last)
-        if growing:
-            problems.append("input problems: " + ", ".join(growing))
-        if values["inference_errors"] > last.get("inference_errors", 0):
-            level, message = DiagnosticStatus.ERROR, "; ".join(["model errors (see the log)"] + problems)
-        elif problems:
-            level, message = DiagnosticStatus.WARN, "; ".join(problems)
-        elif not any(c["received"] for c in self.input_counts.values()):
-            level, message = DiagnosticStatus.STALE, "no point clouds received yet"
-        else:
-            level, message = DiagnosticStatus.OK, f"{values['published']} frames published"
-        self._last_report = {k: v for k, v in values.items() if isinstance(v, int)}
-        status = make_status(f"{self.get_name()}: {self.modality} teacher", str(self.device), level, message, values)
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [status]
-        self.diagnostics_pub.publish(array)
-        return status
-
-    def destroy_node(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-        super().destroy_node()
+        problems = self.input_problems(self.time_jumps, self.last_jump, _describe_jump, self._watch, "sensor")
+        problems += self._cloud_problems(values, self.last_report)
+        return self.publish_report(
+            f"{self.modality} teacher", str(self.device), values, problems,
+            lambda key: key.rsplit(".", 1)[-1] in ("conversion_errors", "missing_extrinsics", "busy_drops",
+                                                   "dropped_sets"),
+            received_any=any(c["received"] for c in self.input_counts.values()),
+            waiting_message="no point clouds received yet")
 
 
 class LidarTeacherNode(_TeacherNode):
@@ -564,5 +468,5 @@ def radar_main(args: Optional[list[str]] = None) -> int:
 if __name__ == "__main__":
     kinds = {"lidar": lidar_main, "radar": radar_main}
     if len(sys.argv) < 2 or sys.argv[1] not in kinds:
-        sys.exit("usage: python -m x3kd_ros.teacher_nodes {lidar|radar} [--ros-args ...]")
+        sys.exit("usage: python -m x3kd_ros.nodes.teacher_nodes {lidar|radar} [--ros-args ...]")
     sys.exit(kinds[sys.argv.pop(1)]())

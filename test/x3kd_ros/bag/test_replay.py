@@ -1,4 +1,4 @@
-"""The bag replayer as a ROS time source (x3kd_ros.replay: ``--clock``, ``ReplayConfig.clock_hz``).
+"""The bag replayer as a ROS time source (x3kd_ros.bag.replay: ``--clock``, ``ReplayConfig.clock_hz``).
 
 A node started with ``use_sim_time`` must read the bag's time from its clock while a bag is
 replayed, as with ``ros2 bag play --clock``. Checked with real rclpy nodes in two contexts (two DDS
@@ -22,8 +22,8 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
 from x3kd_ros import topics
-from x3kd_ros.bag_io import BagWriteConfig, bag_summary, read_bag, write_bag
-from x3kd_ros.replay import BagPlayer, PlaybackClock, ReplayConfig
+from x3kd_ros.bag.io import BagWriteConfig, bag_summary, read_bag, write_bag
+from x3kd_ros.bag.replay import BagPlayer, PlaybackClock, ReplayConfig
 
 CAMERA_TOPIC = topics.camera_image_topic("CAM_FRONT")
 

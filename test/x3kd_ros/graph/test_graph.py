@@ -22,13 +22,13 @@ import rclpy
 import yaml
 from rclpy.executors import SingleThreadedExecutor
 
-from x3kd_ros.comparison_node import comparison_param_specs
-from x3kd_ros.detector_node import detector_param_specs
-from x3kd_ros.graph import GraphError, LAUNCH_ARGUMENTS, load_graph
-from x3kd_ros.run_graph import GraphRunner, main as run_graph_main
-from x3kd_ros.teacher_nodes import common_param_specs, lidar_param_specs, radar_param_specs
+from x3kd_core.paths import REPO_ROOT
+from x3kd_ros.nodes.comparison_node import comparison_param_specs
+from x3kd_ros.nodes.detector_node import detector_param_specs
+from x3kd_ros.graph.description import GraphError, LAUNCH_ARGUMENTS, load_graph
+from x3kd_ros.graph.runner import GraphRunner, main as run_graph_main
+from x3kd_ros.nodes.teacher_nodes import common_param_specs, lidar_param_specs, radar_param_specs
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO_ROOT / "launch" / "detector.launch.py"
 ALL_NODES = ["detector", "lidar_teacher", "radar_teacher", "comparison_lidar", "comparison_radar"]
 #: Launch arguments that start every node of the default graph.
@@ -202,7 +202,7 @@ def test_launch_file_and_runner_give_the_same_command_lines(launch_stubs, argume
 def test_remappings_and_custom_graph_files(launch_stubs, tmp_path):
     (tmp_path / "p.yaml").write_text("/**:\n  ros__parameters:\n    teacher_name: lidar\n")
     (tmp_path / "graph.yaml").write_text(yaml.safe_dump({"nodes": [{
-        "key": "cmp", "executable": "x3kd_comparison", "entry_point": "x3kd_ros.comparison_node:main",
+        "key": "cmp", "executable": "x3kd_comparison", "entry_point": "x3kd_ros.nodes.comparison_node:main",
         "name": "cmp_${device}", "params_files": ["p.yaml"],
         "remappings": {"x3kd/detections": "/other/detections", "x3kd/comparison/lidar": "agreement"}}]},
         sort_keys=False))
@@ -330,7 +330,7 @@ def test_console_scripts_match_the_graph():
     for spec in load_graph(ALL_ON):
         assert scripts[spec.executable].value == spec.entry_point
         assert callable(scripts[spec.executable].load())
-    assert scripts["x3kd_run_graph"].value == "x3kd_ros.run_graph:main"
+    assert scripts["x3kd_run_graph"].value == "x3kd_ros.graph.runner:main"
 
 
 def test_run_graph_print_and_bad_arguments(capsys):
@@ -395,7 +395,7 @@ def test_launch_file_and_runner_apply_the_transport_profile_by_one_rule(launch_s
     """Issue 16: the launch file sets FASTDDS_DEFAULT_PROFILES_FILE = the shipped profile for the nodes
     it starts (an environment action scoped to them) unless the user points Fast DDS at a profile of
     their own or runs another RMW; x3kd_run_graph gives its children exactly the same."""
-    from x3kd_ros import run_graph, transport
+    from x3kd_ros.graph import runner as run_graph, transport
 
     shipped = transport.shipped_profile_path()
     assert shipped.is_file() and shipped.name == "fastdds_large_images.xml"
@@ -445,8 +445,8 @@ def test_the_shipped_profile_is_the_generated_one_at_64_mib():
     replayer and x3kd bag eval write, sized to the bag) describe the same profile."""
     import xml.etree.ElementTree as ET
 
-    from x3kd_ros.replay import fastdds_profile_xml
-    from x3kd_ros.transport import PROFILE_SEGMENT_BYTES, shipped_profile_path
+    from x3kd_ros.bag.replay import fastdds_profile_xml
+    from x3kd_ros.graph.transport import PROFILE_SEGMENT_BYTES, shipped_profile_path
 
     def canonical(root):
         return [(e.tag, (e.text or "").strip(), sorted(e.attrib.items())) for e in root.iter()]
@@ -459,8 +459,8 @@ def test_the_shipped_profile_is_the_generated_one_at_64_mib():
 
 def test_an_install_without_the_shipped_file_still_gets_the_profile(monkeypatch, tmp_path):
     """A colcon install whose data files miss config/dds: the same profile, written by its generator."""
-    from x3kd_ros import transport
-    from x3kd_ros.replay import fastdds_profile_xml
+    from x3kd_ros.graph import transport
+    from x3kd_ros.bag.replay import fastdds_profile_xml
 
     monkeypatch.setattr(transport, "shipped_profile_path", lambda: tmp_path / "missing.xml")
     env, note = transport.profile_environment("auto", {})

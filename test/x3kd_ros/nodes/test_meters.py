@@ -1,38 +1,13 @@
-"""Helpers every node uses: rates, latencies, throttled logs, QoS text, devices, the model worker."""
+"""Diagnostics meters every node uses: rates, stamp-gap delivery, latencies, throttled logs."""
 
 from __future__ import annotations
 
 import math
-import threading
-import time
 
 import numpy as np
 import pytest
-import torch
 
-from x3kd_ros.node_utils import (
-    BoundedWorker,
-    DeliveryMeter,
-    LatencyWindow,
-    ParameterError,
-    RateMeter,
-    ThrottledLog,
-    describe_qos,
-    qos_profile,
-    resolve_device,
-    static_tf_qos,
-)
-
-
-class FakeLogger:
-    def __init__(self):
-        self.lines: list[tuple[str, str]] = []
-
-    def warning(self, text, **_):
-        self.lines.append(("warning", text))
-
-    def error(self, text, **_):
-        self.lines.append(("error", text))
+from x3kd_ros.nodes.meters import DeliveryMeter, LatencyWindow, RateMeter, ThrottledLog
 
 
 def test_rate_meter_over_a_sliding_window():
@@ -85,9 +60,8 @@ def test_latency_window_keeps_the_last_values():
     assert set(empty) == {"last", "mean", "max", "p50", "p90", "p99"} and all(math.isnan(v) for v in empty.values())
 
 
-def test_throttled_log_reports_what_it_suppressed():
+def test_throttled_log_reports_what_it_suppressed(logger):
     now = [0.0]
-    logger = FakeLogger()
     log = ThrottledLog(logger, period_s=5.0, clock=lambda: now[0])
     assert log.warn("cam_front:stale", "stale image")
     now[0] = 1.0
@@ -97,50 +71,3 @@ def test_throttled_log_reports_what_it_suppressed():
     assert log.warn("cam_front:stale", "stale image")
     assert [t for _, t in logger.lines] == ["stale image", "other key",
                                             "stale image (+1 more like this in the last 6 s)"]
-
-
-def test_qos_descriptions():
-    assert describe_qos(qos_profile("best_effort", 5)) == "best_effort, volatile, keep_last(5)"
-    assert describe_qos(static_tf_qos()) == "reliable, transient_local, keep_last(100)"
-
-
-def test_devices():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ParameterError, match="unknown device 'gpu0'"):
-        resolve_device("gpu0")
-    if torch.cuda.is_available():
-        assert resolve_device("cuda:0") == torch.device("cuda:0")
-    else:
-        with pytest.raises(ParameterError, match="CUDA is not available"):
-            resolve_device("cuda")
-
-
-def test_bounded_worker_drops_the_oldest_and_survives_errors():
-    started, release = threading.Event(), threading.Event()
-    done: list[int] = []
-
-    def work(item):
-        if item == 0:
-            started.set()
-            release.wait(10.0)  # hold the thread so that the queue fills
-        if item == 3:
-            raise ValueError("bad frame")
-        done.append(item)
-
-    logger = FakeLogger()
-    worker = BoundedWorker(work, queue_size=2, name="test_worker", logger=logger)
-    try:
-        worker.submit(0)
-        assert started.wait(5.0)
-        for item in (1, 2, 3, 4):  # 1 and 2 wait, then 3 and 4 push them out
-            worker.submit(item)
-        release.set()
-        deadline = time.monotonic() + 5.0
-        while not worker.idle() and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        worker.stop()
-    assert done == [0, 4]
-    assert (worker.dropped, worker.errors) == (2, 1)
-    assert any(level == "error" and "ValueError: bad frame" in text for level, text in logger.lines)

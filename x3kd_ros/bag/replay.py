@@ -90,7 +90,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from x3kd_ros import topics as topic_names
-from x3kd_ros.bag_io import bag_summary, read_bag
+from x3kd_ros.bag.io import bag_summary, read_bag
 
 __all__ = [
     "ReplayError",
@@ -120,7 +120,7 @@ def fastdds_profile_xml(segment_bytes: int, heartbeat_period_s: float = 0.02) ->
     sec = int(heartbeat_period_s)
     nanosec = int(round((heartbeat_period_s - sec) * 1e9))
     return f"""<?xml version="1.0" encoding="UTF-8" ?>
-<!-- Written by x3kd_ros.replay: a shared-memory segment large enough for one bag frame, and a
+<!-- Written by x3kd_ros.bag.replay: a shared-memory segment large enough for one bag frame, and a
      short reliable-writer heartbeat. Transports and discovery are otherwise the RMW's. -->
 <dds xmlns="http://www.eprosima.com">
   <profiles>
@@ -152,11 +152,11 @@ def fastdds_profile_environment(path: str | Path, segment_bytes: int,
     """Write :func:`fastdds_profile_xml` to ``path`` and return the environment variables that load
     it, plus a note for logs/reports. Nothing is written (empty dict) when the RMW is not Fast DDS or
     the user already points Fast DDS at a profile file: theirs wins
-    (:func:`x3kd_ros.transport.user_transport_setting`, the rule the launch file follows too).
+    (:func:`x3kd_ros.graph.transport.user_transport_setting`, the rule the launch file follows too).
     The segment is sized to a bag here; the graph's nodes use the shipped
-    ``config/dds/fastdds_large_images.xml`` (:mod:`x3kd_ros.transport`), the same profile at 64 MiB.
+    ``config/dds/fastdds_large_images.xml`` (:mod:`x3kd_ros.graph.transport`), the same profile at 64 MiB.
     """
-    from x3kd_ros.transport import user_transport_setting  # the one rule (launch file, runner, replay)
+    from x3kd_ros.graph.transport import user_transport_setting  # the one rule (launch file, runner, replay)
 
     reason = user_transport_setting(environ)
     if reason is not None:
@@ -752,7 +752,7 @@ def _parser():
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m x3kd_ros.replay",
+        prog="python -m x3kd_ros.bag.replay",
         description="Replay a rosbag2 folder into a running ROS 2 graph (stands in for `ros2 bag play`, "
                     "which needs rosbag2_py): waits until the graph has subscribed, then publishes the "
                     "recorded messages, flow-controlled on the detector's answers (--rate 0) or at a fixed "
@@ -782,7 +782,7 @@ def _parser():
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m x3kd_ros.replay BAG [--loop N] [--rate R] ...`` (see :func:`_parser`)."""
+    """``python -m x3kd_ros.bag.replay BAG [--loop N] [--rate R] ...`` (see :func:`_parser`)."""
     import json
     import sys
     import tempfile
@@ -797,7 +797,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if options.rate <= 0 and not options.answer_topic:
         print("replay: --rate 0 (flow control) needs --answer-topic", file=sys.stderr)
         return 2
-    from x3kd_ros.ros_env import apply_network_rule
+    from x3kd_ros.graph.environment import apply_network_rule
 
     apply_network_rule()
     bag = Path(options.bag)

@@ -47,18 +47,10 @@ from x3kd_core.structures import Boxes3D
 from x3kd_ros import topics
 from x3kd_ros.comparison import AgreementStats, AgreementTracker, MatchConfig
 from x3kd_ros.conversions import ConversionError, detections_to_boxes, stamp_to_ns
-from x3kd_ros.node_utils import (
-    ParamSpec,
-    ThrottledLog,
-    declare_parameters,
-    describe_qos,
-    in_range,
-    make_status,
-    qos_param_specs,
-    qos_profile,
-    spin_node,
-    steady_timer,
-)
+from x3kd_ros.nodes.meters import ThrottledLog, make_status
+from x3kd_ros.nodes.params import ParamSpec, declare_parameters, in_range
+from x3kd_ros.nodes.qos import describe_qos, qos_param_specs, qos_profile
+from x3kd_ros.nodes.spin import spin_node, steady_timer
 from x3kd_ros.sync import ApproximateTimeSync, SyncConfig, SyncedSet, TimeJump
 
 __all__ = ["ComparisonNode", "comparison_param_specs", "main"]

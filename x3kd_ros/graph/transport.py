@@ -30,6 +30,8 @@ import shutil
 from pathlib import Path
 from typing import Mapping, Optional
 
+from x3kd_ros.share import shipped_file
+
 __all__ = [
     "PROFILE_VARIABLES",
     "SHIPPED_PROFILE",
@@ -49,21 +51,11 @@ PROFILE_SEGMENT_BYTES = 64 << 20
 #: Named values of the ``fastdds_profile`` launch argument (anything else is a path).
 PROFILE_CHOICES = ("auto", "off")
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def shipped_profile_path() -> Path:
     """``share/x3kd_ros/config/dds/fastdds_large_images.xml`` of the installed package, else this
     checkout's ``config/dds/...``."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory("x3kd_ros")) / SHIPPED_PROFILE
-        if installed.is_file():
-            return installed
-    except Exception:  # not installed as an ament package (plain checkout)
-        pass
-    return _REPO_ROOT / SHIPPED_PROFILE
+    return shipped_file(SHIPPED_PROFILE)
 
 
 def user_transport_setting(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
@@ -125,7 +117,7 @@ def profile_environment(choice: str = "auto",
         # files miss *.xml): the same profile, written by its generator (a test keeps them equal).
         import tempfile
 
-        from x3kd_ros.replay import fastdds_profile_xml
+        from x3kd_ros.bag.replay import fastdds_profile_xml
 
         path = Path(tempfile.gettempdir()) / f"x3kd_fastdds_large_images_{os.getuid()}.xml"
         path.write_text(fastdds_profile_xml(PROFILE_SEGMENT_BYTES))

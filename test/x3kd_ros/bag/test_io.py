@@ -1,4 +1,4 @@
-"""rosbag2 writing/reading (x3kd_ros.bag_io) on the tiny synthetic dataset.
+"""rosbag2 writing/reading (x3kd_ros.bag.io) on the tiny synthetic dataset.
 
 Bags are read back with rosbags' own CDR decoder (an implementation independent of rclpy) and
 with ``rclpy.serialization``; the contents are compared with the nuScenes tables and with what the
@@ -20,7 +20,7 @@ from x3kd_core.config import ConfigError
 from x3kd_core.data.nuscenes import LoaderConfig, NuScenesSource
 from x3kd_core.structures import CAMERA_NAMES, RADAR_NAMES
 from x3kd_ros import topics
-from x3kd_ros.bag_io import (
+from x3kd_ros.bag.io import (
     BagError,
     BagWriteConfig,
     bag_summary,

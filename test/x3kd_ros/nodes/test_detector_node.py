@@ -30,8 +30,10 @@ from x3kd_core.data.synthetic.sensors import camera_specs
 from x3kd_core.structures import CAMERA_NAMES, DETECTION_CLASSES, Boxes3D
 from x3kd_ros import topics
 from x3kd_ros.conversions import detections_to_boxes, intrinsics_to_camera_info, ns_to_stamp, rgb_to_image
-from x3kd_ros.detector_node import DetectorNode
-from x3kd_ros.node_utils import ParameterError, diagnostics_values, qos_profile, static_tf_qos
+from x3kd_ros.nodes.detector_node import DetectorNode
+from x3kd_ros.nodes.meters import diagnostics_values
+from x3kd_ros.nodes.params import ParameterError
+from x3kd_ros.nodes.qos import qos_profile, static_tf_qos
 
 IMAGE_HW = (112, 200)
 SPECS = {s.name: s for s in camera_specs(SynthConfig(image_width=IMAGE_HW[1], image_height=IMAGE_HW[0]))}
@@ -364,7 +366,7 @@ def test_bad_parameters_are_rejected_with_every_reason(ros_context):
 
 def test_main_exits_with_code_2_and_names_the_bad_parameter(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "x3kd_ros.detector_node", "--ros-args", "-p", "checkpoint:=/no/such.pt",
+        [sys.executable, "-m", "x3kd_ros.nodes.detector_node", "--ros-args", "-p", "checkpoint:=/no/such.pt",
          "-p", "sync.timeout_s:=-1.0", "-r", "__node:=x3kd_detector_bad"],
         capture_output=True, text=True, timeout=120,
     )

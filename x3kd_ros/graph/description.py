@@ -1,7 +1,7 @@
 """The x3kd ROS 2 graph, described once (``config/ros/graph.yaml``) and started two ways.
 
 ``launch/detector.launch.py`` turns each :class:`NodeSpec` into a ``launch_ros.actions.Node``
-(:func:`launch_node_kwargs`), and :mod:`x3kd_ros.run_graph` starts the same specs as plain
+(:func:`launch_node_kwargs`), and :mod:`x3kd_ros.graph.runner` starts the same specs as plain
 processes (:func:`ros_arguments`) where ``launch`` / ``launch_ros`` are not installed. Both give
 every node the same executable, name, namespace, parameter files, parameters and remappings, in
 the order launch_ros uses::
@@ -15,7 +15,7 @@ Graph file format (``config/ros/graph.yaml``)::
     nodes:
       - key: detector                     # unique id in the graph
         executable: x3kd_detector         # console script of setup.py (ros2 run x3kd_ros <exe>)
-        entry_point: x3kd_ros.detector_node:main
+        entry_point: x3kd_ros.nodes.detector_node:main
         name: x3kd_detector               # ROS node name
         enabled: true                     # or "${use_teachers}"; false = not started
         requires: [checkpoint]            # launch arguments that must be non-empty, else not started
@@ -44,6 +44,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
+from x3kd_ros.share import PACKAGE, shipped_file
+
 __all__ = [
     "PACKAGE",
     "GraphError",
@@ -58,8 +60,6 @@ __all__ = [
     "ros_arguments",
 ]
 
-PACKAGE = "x3kd_ros"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 _GRAPH_FILE = Path("config") / "ros" / "graph.yaml"
 
 
@@ -87,10 +87,10 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("calibration_file", "", "calibration YAML used where /tf_static lacks a frame (e.g. "
                    "calibration_synthetic.yaml); empty: /tf_static only"),
     LaunchArgument("use_sim_time", "false", "every node reads ROS time from /clock (a bag replayed with "
-                   "`python -m x3kd_ros.replay --clock`, a simulator) instead of the system clock"),
+                   "`python -m x3kd_ros.bag.replay --clock`, a simulator) instead of the system clock"),
     LaunchArgument("fastdds_profile", "auto", "Fast DDS transport profile of the started nodes: auto (the "
                    "package's config/dds/fastdds_large_images.xml, unless FASTDDS_DEFAULT_PROFILES_FILE is "
-                   "already set or another RMW is used), off, or a path to an XML profile (x3kd_ros/transport.py)"),
+                   "already set or another RMW is used), off, or a path to an XML profile (x3kd_ros/graph/transport.py)"),
 )
 _ARGUMENT_NAMES = tuple(a.name for a in LAUNCH_ARGUMENTS)
 
@@ -118,15 +118,7 @@ class NodeSpec:
 
 def default_config_path() -> Path:
     """``share/x3kd_ros/config/ros/graph.yaml`` of the installed package, else this checkout's."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory(PACKAGE)) / _GRAPH_FILE
-        if installed.is_file():
-            return installed
-    except Exception:  # not installed as an ament package
-        pass
-    return _REPO_ROOT / _GRAPH_FILE
+    return shipped_file(_GRAPH_FILE)
 
 
 def resolve_arguments(values: Mapping[str, Any]) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Start the x3kd graph as plain processes, with the same ``--ros-args`` the launch file gives.
 
 ``ros2 launch`` (launch / launch_ros) is not installable everywhere (not on PyPI-wheel set-ups),
-so this runner reads the same graph description (:mod:`x3kd_ros.graph`) and starts one process per
+so this runner reads the same graph description (:mod:`x3kd_ros.graph.description`) and starts one process per
 node::
 
     x3kd_run_graph checkpoint:=runs/student/last.pt                      # like ros2 launch arguments
@@ -10,8 +10,8 @@ node::
     x3kd_run_graph checkpoint:=a.pt --print                             # show the command lines only
 
 It applies the project's network rule first (localhost-only DDS, a domain id, a log folder; see
-:mod:`x3kd_ros.ros_env`), which the children inherit, and gives the children the Fast DDS
-transport profile for big images by the rule the launch file follows (:mod:`x3kd_ros.transport`;
+:mod:`x3kd_ros.graph.environment`), which the children inherit, and gives the children the Fast DDS
+transport profile for big images by the rule the launch file follows (:mod:`x3kd_ros.graph.transport`;
 launch argument ``fastdds_profile``). Each child runs in its own session, so a
 Ctrl-C in the terminal reaches only the runner, which then stops its children by PID: SIGINT (the
 nodes shut down cleanly), then SIGTERM, then SIGKILL after ``stop_timeout_s``. It also stops all of
@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from x3kd_ros.graph import (
+from x3kd_ros.graph.description import (
     LAUNCH_ARGUMENTS,
     GraphError,
     NodeSpec,
@@ -68,11 +68,11 @@ class GraphRunner:
     """Starts and stops the processes of a graph.
 
     Args:
-        specs: the nodes (:func:`x3kd_ros.graph.load_graph`).
+        specs: the nodes (:func:`x3kd_ros.graph.description.load_graph`).
         log_dir: each child's stdout + stderr go to ``<log_dir>/<key>.log``; None = this process's.
         env: environment of the children (default: this process's). It must carry the network
             rule (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, ``ROS_LOCALHOST_ONLY=1``,
-            ``ROS_DOMAIN_ID``): :func:`x3kd_ros.ros_env.apply_network_rule` sets them.
+            ``ROS_DOMAIN_ID``): :func:`x3kd_ros.graph.environment.apply_network_rule` sets them.
         python: interpreter whose console scripts / packages start the nodes.
         stop_timeout_s: grace time after SIGINT, and again after SIGTERM.
     """
@@ -107,7 +107,7 @@ class GraphRunner:
         if missing or not self.env.get("ROS_DOMAIN_ID"):
             raise RuntimeError(
                 f"the ROS network rule is not applied (needs {_NETWORK_VARIABLES} and ROS_DOMAIN_ID): "
-                "call x3kd_ros.ros_env.apply_network_rule() first"
+                "call x3kd_ros.graph.environment.apply_network_rule() first"
             )
         if self.processes:
             raise RuntimeError("this GraphRunner was already started")
@@ -220,12 +220,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except GraphError as err:
         print(f"x3kd_run_graph: {err}", file=sys.stderr)
         return 2
-    from x3kd_ros.ros_env import apply_network_rule
-    from x3kd_ros.transport import profile_environment
+    from x3kd_ros.graph.environment import apply_network_rule
+    from x3kd_ros.graph.transport import profile_environment
 
     network = apply_network_rule()
     try:
-        # The launch file's rule (x3kd_ros.transport), applied to the children's environment only.
+        # The launch file's rule (x3kd_ros.graph.transport), applied to the children's environment only.
         transport_env, profile_note = profile_environment(values.get("fastdds_profile", "auto"))
     except ValueError as err:
         print(f"x3kd_run_graph: {err}", file=sys.stderr)
