@@ -30,7 +30,7 @@ import math
 from collections import defaultdict
 
 import numpy as np
-from recall_within_range import load_boxes, match_boxes
+from recall_within_range import add_submission_arguments, load_boxes, match_boxes
 
 
 def _yaw(rotation) -> float:
@@ -62,14 +62,8 @@ def summarise(pairs: list[dict]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataroot", required=True)
-    p.add_argument("--version", default="v1.0-synth")
-    p.add_argument("--split", default="synth_val")
-    p.add_argument("--results", required=True, help="a nuScenes detection submission (results_nusc.json)")
-    p.add_argument("--score", type=float, default=0.3)
-    p.add_argument("--match-m", type=float, default=2.0)
+    add_submission_arguments(p)
     p.add_argument("--moving-mps", type=float, default=0.5, help="speed (m/s) above which an object moves")
-    p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args()
 
     pred, gt = load_boxes(args.dataroot, args.version, args.split, args.results)

@@ -68,16 +68,22 @@ def match_boxes(preds: list, gts: list, match_m: float) -> list[tuple[object, in
     return pairs
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_submission_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments every submission-reading tool here takes: data, split, submission, score
+    threshold, match distance, optional JSON output."""
     p.add_argument("--dataroot", required=True)
     p.add_argument("--version", default="v1.0-synth")
     p.add_argument("--split", default="synth_val")
     p.add_argument("--results", required=True, help="a nuScenes detection submission (results_nusc.json)")
-    p.add_argument("--range-m", type=float, default=30.0)
     p.add_argument("--score", type=float, default=0.3)
     p.add_argument("--match-m", type=float, default=2.0)
     p.add_argument("--json", default=None, help="also write the numbers here")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_submission_arguments(p)
+    p.add_argument("--range-m", type=float, default=30.0)
     args = p.parse_args()
 
     pred, gt = load_boxes(args.dataroot, args.version, args.split, args.results)

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from x3kd_core.checkpoint import CHECKPOINT_FORMAT, CheckpointError, save_checkpoint
 from x3kd_core.config import BevGridConfig, ConfigError, TrainConfig, to_dict
-from x3kd_core.convert.mmdet3d import _checkpoint_classes, load_openmmlab_checkpoint
+from x3kd_core.convert.mmdet3d import _checkpoint_classes, config_getter, config_requirer, load_openmmlab_checkpoint
 from x3kd_core.models.teachers.instance_seg import InstanceSegConfig, InstanceSegmenter
 from x3kd_core.structures import DETECTION_CLASSES
 
@@ -282,17 +282,8 @@ def config_from_mmdet_model(model: Mapping[str, Any], class_names: tuple[str, ..
     Raises:
         ConfigError: a missing entry or a setting the mirror does not implement, named.
     """
-    def get(path: str) -> Any:
-        node: Any = model
-        for part in path.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                raise ConfigError(f"mmdet model config: no '{path}'")
-            node = node[part]
-        return node
-
-    def require(ok: bool, what: str) -> None:
-        if not ok:
-            raise ConfigError(f"mmdet model config ({source or 'given'}): {what} is not supported by the mirror")
+    get = config_getter(model, "mmdet model config")
+    require = config_requirer(f"mmdet model config ({source or 'given'})")
 
     def kind(node: Mapping) -> str:
         return str(node.get("type", "")).split(".")[-1]

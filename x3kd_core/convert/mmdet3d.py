@@ -156,6 +156,27 @@ def centerpoint_state_dict(state: Mapping[str, torch.Tensor], config: CenterPoin
     return mapped
 
 
+def config_getter(model: Mapping, label: str):
+    """``get("a.b.c")`` -> ``model["a"]["b"]["c"]`` of an OpenMMLab model config (a plain dict);
+    a missing entry raises ConfigError naming ``label`` and the dotted path."""
+    def get(path: str) -> Any:
+        node: Any = model
+        for part in path.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                raise ConfigError(f"{label}: no '{path}'")
+            node = node[part]
+        return node
+    return get
+
+
+def config_requirer(label: str):
+    """``require(ok, what)``: raise ConfigError "<label>: <what> is not supported by the mirror" unless ok."""
+    def require(ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{label}: {what} is not supported by the mirror")
+    return require
+
+
 def config_from_mmdet3d_model(model: Mapping[str, Any], source: str = "", sweeps: int = 10) -> CenterPointMMConfig:
     """An mmdet3d CenterPoint-pillar ``model`` config (``Config.fromfile(...).model`` as a dict) -> the
     typed mirror config. Settings the mirror does not implement are refused by name.
@@ -164,17 +185,8 @@ def config_from_mmdet3d_model(model: Mapping[str, Any], source: str = "", sweeps
         ConfigError: a missing entry, or an unsupported choice (DCN head, legacy PillarFeatureNet,
             distance feature, other head branches, two different score thresholds, ...).
     """
-    def get(path: str) -> Any:
-        node: Any = model
-        for part in path.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                raise ConfigError(f"mmdet3d model config: no '{path}'")
-            node = node[part]
-        return node
-
-    def require(ok: bool, what: str) -> None:
-        if not ok:
-            raise ConfigError(f"mmdet3d model config ({source or 'given'}): {what} is not supported by the mirror")
+    get = config_getter(model, "mmdet3d model config")
+    require = config_requirer(f"mmdet3d model config ({source or 'given'})")
 
     vl, pfn, bb, neck, head = (get("data_preprocessor.voxel_layer"), get("pts_voxel_encoder"), get("pts_backbone"),
                                get("pts_neck"), get("pts_bbox_head"))
