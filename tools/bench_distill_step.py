@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, al
 from x3kd_core.paths import REPO_ROOT  # noqa: E402
 
 from distill_setup import component_experiment  # noqa: E402
+from x3kd_core.distill.losses import STAT_PREFIX  # noqa: E402
 from x3kd_core.experiment import build_train_dataset, build_training_task  # noqa: E402
 
 COMPONENTS = ("x_is", "x_fd", "x_at", "x_od")
@@ -48,7 +49,7 @@ def time_row(exp, steps: int, warmup: int) -> float:
         t0 = time.perf_counter()
         losses = task.training_losses(batch)
         optim.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
+        sum(v for k, v in losses.items() if not k.startswith(STAT_PREFIX)).backward()
         optim.step()
         for step in extra:
             step(batch, i)

@@ -109,5 +109,8 @@ def test_train_model_student_with_distill_flags(tiny_dataset, tiny_teachers, tmp
     report = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert report["distill"] == ["x_od"] and "x_od/heatmap" in report["last_losses"]
     assert "x_fd/feature" not in report["last_losses"]
+    # X-OD's diagnostics reach the training log with the losses, and stay out of the summed loss.
+    header = (tmp_path / "r" / "train.csv").read_text().splitlines()[0].split(",")
+    assert "stat/x_od/heatmap_mae" in header and "x_od/heatmap" in header
     assert main(["train", "--model", "student", "--experiment", "x.yaml"]) == 2
     assert "exactly one of --experiment" in capsys.readouterr().err

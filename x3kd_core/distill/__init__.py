@@ -46,7 +46,6 @@ _EXPORTS: dict[str, str] = {
     "soft_target_loss": "x_od",
     "DistillationLosses": "losses",
     "TaskDistillation": "losses",
-    "DistillStatsStep": "losses",
     "STAT_PREFIX": "losses",
     "split_stats": "losses",
     "freeze_teacher": "frozen",

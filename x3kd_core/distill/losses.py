@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # annotations only: importing the models here would pull in t
     from x3kd_core.models.student import StudentOutputs
     from x3kd_core.models.teachers.lidar import BevDetectorOutputs
 
-__all__ = ["DistillationLosses", "TaskDistillation", "DistillStatsStep", "STAT_PREFIX", "split_stats"]
+__all__ = ["DistillationLosses", "TaskDistillation", "STAT_PREFIX", "split_stats"]
 
 #: Names starting with this are detached diagnostics, not loss terms.
 STAT_PREFIX = "stat/"
@@ -202,9 +202,10 @@ class TaskDistillation(nn.Module):
     """:class:`DistillationLosses` behind the camera tasks' hook (``x3kd_core.train.tasks``).
 
     ``StudentTask`` calls ``distill(student_outputs, teacher_outputs, batch)`` with the frozen
-    teachers' outputs by name (``run_teachers``) and adds every returned value to the loss the
-    engine sums; so this returns the weighted loss terms only and keeps the ``stat/`` diagnostics
-    of the last call for :meth:`stats_step`, which hands them to the engine's log.
+    teachers' outputs by name (``run_teachers``) and merges the returned dict into its training
+    losses. That dict holds the weighted loss terms and the detached ``stat/`` diagnostics side by
+    side: the engine sums only the names without the ``stat/`` prefix and logs every name, so the
+    diagnostics travel the same way as the losses (there is no second channel).
 
     Args:
         losses: the distillation terms.
@@ -220,7 +221,6 @@ class TaskDistillation(nn.Module):
         self.losses = losses
         self.bev_teacher = bev_teacher
         self.mask_teacher = mask_teacher
-        self.last_stats: dict[str, Tensor] = {}
 
     @property
     def x_at(self) -> XATLoss | None:
@@ -230,15 +230,12 @@ class TaskDistillation(nn.Module):
         """See :meth:`DistillationLosses.discriminator_step`."""
         return self.losses.discriminator_step(**kwargs)
 
-    def stats_step(self) -> "DistillStatsStep":
-        """An engine ``extra_steps`` entry that logs the diagnostics of the last main step."""
-        return DistillStatsStep(self)
-
     def forward(self, student_outputs, teacher_outputs, batch) -> dict[str, Tensor]:
         """Args: student_outputs: StudentOutputs; teacher_outputs: {teacher name: output};
         batch: the :class:`~x3kd_core.structures.Batch` (its ``boxes`` feed X-FD's foreground).
 
-        Returns: the weighted loss terms of :meth:`DistillationLosses.forward` (no ``stat/``)."""
+        Returns: what :meth:`DistillationLosses.forward` returns: weighted loss terms and detached
+        ``stat/`` diagnostics (see :func:`split_stats`)."""
         enabled = set(self.losses.config.enabled_components)
         needs = {self.bev_teacher: bool(enabled & {"x_fd", "x_at", "x_od"}), self.mask_teacher: "x_is" in enabled}
         missing = [name for name, needed in needs.items() if needed and name not in teacher_outputs]
@@ -251,20 +248,5 @@ class TaskDistillation(nn.Module):
             teacher_outputs.get(self.mask_teacher),
             batch.boxes,
         )
-        terms, self.last_stats = split_stats(out)
-        return terms
-
-
-class DistillStatsStep:
-    """Engine extra step (``extra(batch, step) -> dict[str, float]``) reporting the ``stat/``
-    diagnostics that :class:`TaskDistillation` kept from the main step just done."""
-
-    name = "distill_stats"
-
-    def __init__(self, source: TaskDistillation) -> None:
-        self.source = source
-
-    def __call__(self, batch: object = None, step: int | None = None) -> dict[str, float]:
-        stats, self.source.last_stats = self.source.last_stats, {}
-        return {name: float(value) for name, value in stats.items()}
+        return out
 

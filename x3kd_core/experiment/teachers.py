@@ -81,7 +81,6 @@ def build_distillation(exp: ExperimentConfig, student: nn.Module, device: str | 
         # Under torchrun the discriminator's gradients are averaged over ranks (wrapped lazily,
         # once the process group exists).
         extra_steps.append(distill.discriminator_step(wrap_module=lambda m: wrap_ddp(m, init_distributed(device))))
-    extra_steps.append(distill.stats_step())
     return distill, teachers, extra_steps
 
 

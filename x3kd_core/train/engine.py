@@ -5,7 +5,9 @@ small protocol:
 
 * **Main loss.** ``model.training_losses(batch) -> dict[str, Tensor]`` (or a ``loss_fn(model,
   batch)`` given to :class:`Trainer`): named scalar terms, already weighted. The optimised loss is
-  their sum; every term is logged under its own name, plus the sum as ``loss``. Every trainable
+  the sum of the terms whose names do not start with ``stat/``; names that do are diagnostics
+  (e.g. X-FD's foreground MSE) that are logged but never summed or back-propagated. Every entry is
+  logged under its own name, plus the optimised sum as ``loss``. Every trainable
   parameter that this loss updates must live inside ``model`` (teachers are frozen:
   ``requires_grad=False`` parameters are left out of the optimiser). The engine calls
   ``model.train()``; a frozen teacher inside ``model`` whose BatchNorm must stay in eval mode

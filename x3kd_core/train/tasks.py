@@ -13,14 +13,15 @@ task                model                                     inputs
 ==================  =======================================  ==========================================
 
 Every task has ``training_losses(batch) -> dict[str, Tensor]`` (named, already weighted terms
-whose sum is optimised) and ``predict(batch)``: ego-frame :class:`Boxes3D` per sample for the
+whose sum is optimised, and, from distillation, detached ``stat/`` diagnostics that the engine
+logs without summing) and ``predict(batch)``: ego-frame :class:`Boxes3D` per sample for the
 detectors, per-camera :class:`InstancePredictions` for the segmenter.
 
 Distillation hook (camera students). :class:`StudentTask` takes an optional ``distill`` module
 and a dict of frozen ``teachers``. Per step the teachers run under ``torch.no_grad`` in eval mode
 (:func:`run_teachers`), then ``distill(student_outputs, teacher_outputs, batch)`` returns named
-loss terms that are added to the student's own. Teachers are NOT registered submodules: they stay
-out of the task's ``state_dict`` (a student checkpoint holds the student and the distillation
+loss terms (and ``stat/`` diagnostics) that are merged into the student's own. Teachers are NOT
+registered submodules: they stay out of the task's ``state_dict`` (a student checkpoint holds the student and the distillation
 module only, e.g. X-FD's adapter), out of the optimiser and out of DDP; :meth:`StudentTask._apply`
 still moves them with ``.to(device)``. ``distill`` IS registered (its trainable parts train with
 the student).
