@@ -20,6 +20,9 @@ mAP, with a mean paired ΔNDS of at least :data:`MIN_NDS_GAIN` and more than twi
 deviation of the paired ΔNDS, over at least 3 seeds. The report states whether it passes, and
 which condition fails if not. With ``teacher_result`` (the LiDAR teacher's result record) it also
 reports the share of the camera -> LiDAR mAP gap that ``reference`` closes.
+
+One file on purpose (issue 14): it is the one ``x3kd ablate`` command; the plan, its runs and
+its report share the plan schema and the result-file layout.
 """
 
 from __future__ import annotations

@@ -47,6 +47,10 @@ Detections
 
 ``vision_msgs`` is imported only inside the detection functions, so the rest of the module works
 where that interface package is not installed.
+
+One file on purpose (issue 14): it is one cohesive thing, the pure ROS message <-> array layer
+that the nodes, the bag writer / reader and the tests share; each section is one message family
+(time, images, camera info, point clouds, detections, markers) under the same error convention.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ the same affine map, so projecting with the new K lands where the resized image 
 Masks and depth maps are resampled with OpenCV's INTER_NEAREST_EXACT, which uses the same
 pixel-centre convention (plain INTER_NEAREST samples pixel corners and would shift them by up to
 half a source pixel against the images); nearest keeps instance ids and "0 = no depth" intact.
+
+One file on purpose (issue 14): it is one loader, nuScenes tables -> :class:`Sample` ->
+:class:`Batch`, and the frame and pixel conventions above hold for all of it.
 """
 
 from __future__ import annotations

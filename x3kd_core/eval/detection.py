@@ -31,6 +31,9 @@ Semantics worth knowing when reading the numbers (all from the devkit):
   motorcycle) inside a bicycle rack are removed from both ground truth and predictions.
 - AVE / AAE of a class are 1 when none of its matched ground-truth boxes has a known velocity /
   an attribute; traffic_cone has no AOE/AVE/AAE and barrier no AVE/AAE (NaN, left out of the mean).
+
+One file on purpose (issue 14): it is the one interface to the devkit's detection metrics
+(submission in, metrics out), the single home of scoring that issue 14 asked for.
 """
 
 from __future__ import annotations

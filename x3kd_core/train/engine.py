@@ -34,6 +34,10 @@ after a checkpoint at N) and resuming for N more, with any ``num_workers`` - see
 itself; the engine only controls the global RNGs.)
 
 Entry point for the CLI: :func:`run_training` (joins a torchrun job if launched by one).
+
+One file on purpose (issue 14): it is one training loop (:class:`Trainer`) with the seeding,
+RNG-state and device helpers that its bit-exact resume depends on; split, that contract would be
+spread over several files.
 """
 
 from __future__ import annotations

@@ -57,6 +57,9 @@ Type store
     store, so ``/tf`` and ``/tf_static`` are serialized by rosbags; every other message is built by
     :mod:`x3kd_ros.conversions` and serialized by ``rclpy.serialization``, which is exactly the
     CDR ROS produces.
+
+One file on purpose (issue 14): writing a dataset as a bag and reading it back share the
+typestore, the topic layout and the message encodings, so the bag format is defined in one place.
 """
 
 from __future__ import annotations

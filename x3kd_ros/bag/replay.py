@@ -77,20 +77,30 @@ Transport (Fast DDS, the default RMW)
     shared-memory transport with a segment sized to the bag (:func:`shm_segment_bytes`) and a
     20 ms writer heartbeat (fast repair of anything still lost). Shared memory never leaves the
     host, so the localhost-only network rule is untouched; discovery settings are not changed.
+
+Where each part lives (the names are re-exported here)
+    :class:`BagPlayer` is here; its settings, frame groups, frame cutter and records in
+    :mod:`x3kd_ros.bag.replay_frames`; the ``/clock`` publisher in :mod:`x3kd_ros.bag.playback_clock`;
+    the Fast DDS profile in :mod:`x3kd_ros.bag.replay_transport`; ``python -m x3kd_ros.bag.replay``
+    runs :func:`x3kd_ros.bag.replay_cli.main`.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from x3kd_ros import topics as topic_names
 from x3kd_ros.bag.io import bag_summary, read_bag
+from x3kd_ros.bag.playback_clock import PlaybackClock
+from x3kd_ros.bag.replay_frames import (Answer, FrameCutter, FrameGroup, ReplayConfig, ReplayError, ReplayResult,
+                                       SentFrame)
+# fastdds_profile_environment / _xml and shm_segment_bytes are imported from here too (replay_transport)
+from x3kd_ros.bag.replay_transport import fastdds_profile_environment, fastdds_profile_xml, shm_segment_bytes
+
 
 __all__ = [
     "ReplayError",
@@ -104,232 +114,11 @@ __all__ = [
     "PlaybackClock",
     "fastdds_profile_xml",
     "shm_segment_bytes",
+    "fastdds_profile_environment",
 ]
 
 # How often waits re-check the abort condition (s).
 _POLL_S = 0.05
-
-
-def fastdds_profile_xml(segment_bytes: int, heartbeat_period_s: float = 0.02) -> str:
-    """A Fast DDS XML profile (see *Transport* in the module docstring).
-
-    Args:
-        segment_bytes: size of the added shared-memory segment (bytes).
-        heartbeat_period_s: reliable writers' heartbeat period (s).
-    """
-    sec = int(heartbeat_period_s)
-    nanosec = int(round((heartbeat_period_s - sec) * 1e9))
-    return f"""<?xml version="1.0" encoding="UTF-8" ?>
-<!-- Written by x3kd_ros.bag.replay: a shared-memory segment large enough for one bag frame, and a
-     short reliable-writer heartbeat. Transports and discovery are otherwise the RMW's. -->
-<dds xmlns="http://www.eprosima.com">
-  <profiles>
-    <transport_descriptors>
-      <transport_descriptor>
-        <transport_id>x3kd_replay_shm</transport_id>
-        <type>SHM</type>
-        <segment_size>{int(segment_bytes)}</segment_size>
-      </transport_descriptor>
-    </transport_descriptors>
-    <participant profile_name="x3kd_replay_participant" is_default_profile="true">
-      <rtps>
-        <userTransports><transport_id>x3kd_replay_shm</transport_id></userTransports>
-        <useBuiltinTransports>true</useBuiltinTransports>
-      </rtps>
-    </participant>
-    <data_writer profile_name="x3kd_replay_writer" is_default_profile="true">
-      <times>
-        <heartbeat_period><sec>{sec}</sec><nanosec>{nanosec}</nanosec></heartbeat_period>
-      </times>
-    </data_writer>
-  </profiles>
-</dds>
-"""
-
-
-def fastdds_profile_environment(path: str | Path, segment_bytes: int,
-                                environ: Optional[dict] = None) -> tuple[dict[str, str], str]:
-    """Write :func:`fastdds_profile_xml` to ``path`` and return the environment variables that load
-    it, plus a note for logs/reports. Nothing is written (empty dict) when the RMW is not Fast DDS or
-    the user already points Fast DDS at a profile file: theirs wins
-    (:func:`x3kd_ros.graph.transport.user_transport_setting`, the rule the launch file follows too).
-    The segment is sized to a bag here; the graph's nodes use the shipped
-    ``config/dds/fastdds_large_images.xml`` (:mod:`x3kd_ros.graph.transport`), the same profile at 64 MiB.
-    """
-    from x3kd_ros.graph.transport import user_transport_setting  # the one rule (launch file, runner, replay)
-
-    reason = user_transport_setting(environ)
-    if reason is not None:
-        return {}, f"not used: {reason}"
-    path = Path(path)
-    path.write_text(fastdds_profile_xml(segment_bytes))
-    return {"FASTDDS_DEFAULT_PROFILES_FILE": str(path)}, f"{path} (shared-memory segment {segment_bytes >> 20} MiB)"
-
-
-def shm_segment_bytes(bag: str | Path, min_bytes: int = 8 << 20, max_bytes: int = 512 << 20,
-                      shm_dir: str = "/dev/shm") -> int:
-    """Shared-memory segment for replaying ``bag``: 4 x the bytes of one message of every topic
-    (the first of each), within [min_bytes, max_bytes] and at most a quarter of the free space
-    in ``shm_dir`` (where the segment lives on Linux)."""
-    import shutil
-
-    summary = bag_summary(bag)
-    sizes: dict[str, int] = {}
-    for msg in read_bag(bag, decoder="raw"):
-        sizes.setdefault(msg.topic, len(msg.message))
-        if len(sizes) == len(summary.msgtypes):
-            break
-    wanted = min(max(4 * sum(sizes.values()), min_bytes), max_bytes)
-    try:
-        wanted = min(wanted, shutil.disk_usage(shm_dir).free // 4)
-    except OSError:
-        pass
-    return int(max(wanted, 1 << 20))
-
-
-class ReplayError(RuntimeError):
-    """The replay cannot go on: the graph did not come up, or the abort check fired."""
-
-
-@dataclass(frozen=True)
-class FrameGroup:
-    """Input topics that together make one model input, and the topic that answers each input.
-
-    Fields:
-        name: e.g. "detector", "lidar", "radar".
-        input_topics: the topics whose messages form one frame (camera images, not CameraInfo).
-        output_topic: where the model publishes one answer per frame.
-        output_type: ROS type of the answers (``pkg/msg/Name``).
-        span_s: largest stamp spread within one frame (s); keep it equal to the node's sync slop.
-    """
-
-    name: str
-    input_topics: tuple[str, ...]
-    output_topic: str
-    output_type: str = "vision_msgs/msg/Detection3DArray"
-    span_s: float = 0.06
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "input_topics", tuple(self.input_topics))
-        if not self.input_topics:
-            raise ValueError(f"frame group {self.name!r} has no input topic")
-        if not self.span_s >= 0:
-            raise ValueError(f"frame group {self.name!r}: span_s must be >= 0, got {self.span_s}")
-
-
-@dataclass(frozen=True)
-class ReplayConfig:
-    """How :class:`BagPlayer` replays (see the module docstring).
-
-    Fields:
-        rate: 0 = as fast as the graph answers (flow control); > 0 = this factor x real time.
-        max_outstanding: with rate 0, frames of one group that may wait for an answer at once.
-        ack_timeout_s: with rate 0, longest wait for an answer before going on (s).
-        ready_timeout_s: longest wait for subscribers / publishers to match (s).
-        drain_timeout_s: longest wait for the last answers after the last message (s).
-        settle_s: extra wait once everything visible has matched, and after priming (s).
-        depth: keep-last depth of the publishers and of the answer subscriptions.
-        topics: topics to replay (None = every topic of the bag).
-        exclude_topics: topics not to replay.
-        prime_topics: topics whose first message is sent before the timeline (None = every
-            ``.../camera_info`` topic replayed); ``/tf_static`` is always primed.
-        expected_subscribers: topic -> subscriptions to wait for (default 1 for every group input).
-        clock_hz: publish the bag's time on ``/clock`` this many times a second, and before every
-            message (0 = no ``/clock``; see *Bag time on /clock* in the module docstring).
-    """
-
-    rate: float = 0.0
-    max_outstanding: int = 1
-    ack_timeout_s: float = 30.0
-    ready_timeout_s: float = 120.0
-    drain_timeout_s: float = 30.0
-    settle_s: float = 0.5
-    depth: int = 100
-    topics: Optional[tuple[str, ...]] = None
-    exclude_topics: tuple[str, ...] = ()
-    prime_topics: Optional[tuple[str, ...]] = None
-    expected_subscribers: Optional[Mapping[str, int]] = None
-    clock_hz: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.rate >= 0:
-            raise ValueError(f"rate must be >= 0 (0 = flow-controlled, as fast as answered), got {self.rate}")
-        if self.max_outstanding < 1:
-            raise ValueError(f"max_outstanding must be >= 1, got {self.max_outstanding}")
-        for name in ("ack_timeout_s", "ready_timeout_s", "drain_timeout_s", "settle_s"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 1 <= self.depth <= 10000:
-            raise ValueError(f"depth must be in 1..10000, got {self.depth}")
-        if not 0 <= self.clock_hz <= 1000:
-            raise ValueError(f"clock_hz must be in 0..1000 (0 = no /clock), got {self.clock_hz}")
-
-
-@dataclass
-class SentFrame:
-    """One frame of a group as it was sent.
-
-    Fields:
-        group: the :class:`FrameGroup` name. index: 0, 1, ... within the group.
-        stamps_ns: input topic -> bag stamp of its message (ns).
-        first_sent_ns / last_sent_ns: wall time (``time.time_ns()``) right after its first / last
-            message was published.
-        complete: every input topic of the group is in it.
-    """
-
-    group: str
-    index: int
-    stamps_ns: dict[str, int] = field(default_factory=dict)
-    first_sent_ns: int = 0
-    last_sent_ns: int = 0
-    complete: bool = False
-
-    @property
-    def first_stamp_ns(self) -> int:
-        return min(self.stamps_ns.values())
-
-
-@dataclass
-class Answer:
-    """One message received on a group's output topic.
-
-    Fields:
-        group: the :class:`FrameGroup` name.
-        stamp_ns: the message's header stamp (ns).
-        message: the deserialized message.
-        source_ns: when its publisher handed it to rmw (CLOCK_REALTIME ns; 0 if rmw gave none).
-        received_ns: when this process received it (CLOCK_REALTIME ns).
-    """
-
-    group: str
-    stamp_ns: int
-    message: Any
-    source_ns: int
-    received_ns: int
-
-
-@dataclass
-class ReplayResult:
-    """What :meth:`BagPlayer.play` sent and received.
-
-    Fields:
-        frames / answers: group name -> frames sent / answers received, in order.
-        published: topic -> messages published on the timeline (priming not included).
-        primed: topics primed before the timeline.
-        ack_timeouts: group name -> waits for an answer that ran out (rate 0 only).
-        drained: every frame was answered before the drain timeout.
-        wall_s: wall time of the timeline plus the drain (s).
-        bag_span_s: bag time from the first to the last message replayed (s).
-    """
-
-    frames: dict[str, list[SentFrame]]
-    answers: dict[str, list[Answer]]
-    published: dict[str, int]
-    primed: list[str]
-    ack_timeouts: dict[str, int]
-    drained: bool
-    wall_s: float
-    bag_span_s: float
 
 
 def _message_class(msgtype: str):
@@ -339,124 +128,6 @@ def _message_class(msgtype: str):
     except (ImportError, AttributeError) as err:
         raise ReplayError(f"cannot replay {msgtype}: its Python interface package '{package}' "
                           "is not importable") from err
-
-
-class FrameCutter:
-    """Cuts one group's messages into frames (see the module docstring)."""
-
-    def __init__(self, group: FrameGroup) -> None:
-        self.group = group
-        self.frames: list[SentFrame] = []
-        self.open: Optional[SentFrame] = None
-        self._span_ns = int(round(group.span_s * 1e9))
-
-    def opens_new_frame(self, topic: str, stamp_ns: int) -> bool:
-        """Would a message of ``topic`` at ``stamp_ns`` start a new frame?"""
-        if self.open is None:
-            return True
-        return topic in self.open.stamps_ns or stamp_ns - self.open.first_stamp_ns > self._span_ns
-
-    def add(self, topic: str, stamp_ns: int, sent_ns: int) -> None:
-        if self.opens_new_frame(topic, stamp_ns):
-            self.close()
-            self.open = SentFrame(self.group.name, len(self.frames), first_sent_ns=sent_ns)
-        self.open.stamps_ns[topic] = stamp_ns
-        self.open.last_sent_ns = sent_ns
-        if len(self.open.stamps_ns) == len(self.group.input_topics):
-            self.open.complete = True
-            self.close()
-
-    def close(self) -> None:
-        if self.open is not None:
-            self.frames.append(self.open)
-            self.open = None
-
-    @property
-    def sent(self) -> int:
-        """Frames closed so far (an open frame is not counted: its answer cannot come yet)."""
-        return len(self.frames)
-
-
-class PlaybackClock:
-    """The bag's time, published on ``/clock`` (see *Bag time on /clock* in the module docstring).
-
-    The time is ``base_ns`` plus, when ``rate > 0``, the wall time since it was set times ``rate``.
-    A thread publishes it every ``1 / hz`` s until :meth:`stop`; :meth:`jump_to` and
-    :meth:`advance_to` publish at once.
-
-    Args:
-        publisher: an rclpy publisher of ``rosgraph_msgs/msg/Clock``.
-        hz: periodic publishing rate (Hz, > 0).
-    """
-
-    def __init__(self, publisher, hz: float) -> None:
-        if not hz > 0:
-            raise ValueError(f"clock rate must be > 0 Hz, got {hz}")
-        from rosgraph_msgs.msg import Clock
-
-        self._message = Clock
-        self.publisher = publisher
-        self.period_s = 1.0 / hz
-        self._lock = threading.Lock()
-        self._base_ns: Optional[int] = None
-        self._base_mono_ns = 0
-        self._rate = 0.0
-        self.published = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="x3kd_replay_clock", daemon=True)
-        self._thread.start()
-
-    def now_ns(self) -> Optional[int]:
-        """The current bag time (ns), or None before the first :meth:`jump_to`."""
-        with self._lock:
-            return self._now_locked()
-
-    def _now_locked(self) -> Optional[int]:
-        if self._base_ns is None:
-            return None
-        if self._rate <= 0:
-            return self._base_ns
-        return self._base_ns + int((time.monotonic_ns() - self._base_mono_ns) * self._rate)
-
-    def _publish_locked(self) -> None:
-        now = self._now_locked()
-        if now is None:
-            return
-        msg = self._message()
-        msg.clock.sec, msg.clock.nanosec = divmod(now, 1_000_000_000)
-        self.publisher.publish(msg)
-        self.published += 1
-
-    def jump_to(self, stamp_ns: int, rate: float = 0.0) -> None:
-        """Set the time to ``stamp_ns`` (also backwards), running at ``rate`` x real time (0 = standing)."""
-        with self._lock:
-            self._base_ns, self._base_mono_ns, self._rate = int(stamp_ns), time.monotonic_ns(), float(rate)
-            self._publish_locked()
-
-    def advance_to(self, stamp_ns: int) -> None:
-        """Move the time forward to ``stamp_ns`` if it is behind (never backwards), and publish it."""
-        with self._lock:
-            now = self._now_locked()
-            if now is None or stamp_ns > now:
-                self._base_ns, self._base_mono_ns = int(stamp_ns), time.monotonic_ns()
-                self._publish_locked()
-
-    def hold(self) -> None:
-        """Stop the time where it is now (the end of a playback)."""
-        with self._lock:
-            now = self._now_locked()
-            if now is not None:
-                self._base_ns, self._base_mono_ns, self._rate = now, time.monotonic_ns(), 0.0
-                self._publish_locked()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            with self._lock:
-                self._publish_locked()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5.0)
 
 
 class BagPlayer:
@@ -745,136 +416,9 @@ class BagPlayer:
         self.publishers, self._subscriptions = {}, {}
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def _parser():
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m x3kd_ros.bag.replay",
-        description="Replay a rosbag2 folder into a running ROS 2 graph (stands in for `ros2 bag play`, "
-                    "which needs rosbag2_py): waits until the graph has subscribed, then publishes the "
-                    "recorded messages, flow-controlled on the detector's answers (--rate 0) or at a fixed "
-                    "rate. Prints one JSON line per loop: frames sent, answers received, their stamps.")
-    parser.add_argument("bag", help="rosbag2 folder (mcap or sqlite3)")
-    parser.add_argument("--loop", type=int, default=1, metavar="N",
-                        help="play the bag N times in a row (stamps jump back to the start each time, as "
-                             "`ros2 bag play --loop`)")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="0: as fast as the detector answers (needs --answer-topic); R > 0: R x real time")
-    parser.add_argument("--answer-topic", default=topic_names.DETECTIONS_TOPIC,
-                        help="the detector's output (one answer per camera frame); '' = do not wait for answers")
-    parser.add_argument("--span-s", type=float, default=0.06, help="stamp spread of one camera frame (s)")
-    parser.add_argument("--no-prime", action="store_true",
-                        help="send CameraInfo only in its turn in the bag (as `ros2 bag play`), not before")
-    parser.add_argument("--exclude", nargs="*", default=[], metavar="TOPIC", help="topics not to replay")
-    parser.add_argument("--ready-timeout-s", type=float, default=120.0)
-    parser.add_argument("--ack-timeout-s", type=float, default=30.0)
-    parser.add_argument("--drain-timeout-s", type=float, default=30.0)
-    parser.add_argument("--settle-s", type=float, default=0.5)
-    parser.add_argument("--clock", type=float, nargs="?", const=40.0, default=0.0, metavar="HZ",
-                        help="publish the bag's time on /clock at HZ (default 40) and before every message, "
-                             "as `ros2 bag play --clock`, for nodes started with use_sim_time:=true")
-    parser.add_argument("--no-fastdds-profile", action="store_true",
-                        help="do not load the large shared-memory Fast DDS profile (see the module docstring)")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m x3kd_ros.bag.replay BAG [--loop N] [--rate R] ...`` (see :func:`_parser`)."""
-    import json
-    import sys
-    import tempfile
-
-    options = _parser().parse_args(argv)
-    if options.loop < 1:
-        print("replay: --loop must be >= 1", file=sys.stderr)
-        return 2
-    if not 0 <= options.clock <= 1000:
-        print(f"replay: --clock HZ must be in 0..1000, got {options.clock}", file=sys.stderr)
-        return 2
-    if options.rate <= 0 and not options.answer_topic:
-        print("replay: --rate 0 (flow control) needs --answer-topic", file=sys.stderr)
-        return 2
-    from x3kd_ros.graph.environment import apply_network_rule
-
-    apply_network_rule()
-    bag = Path(options.bag)
-    try:
-        summary = bag_summary(bag)
-    except Exception as err:  # noqa: BLE001 - any unreadable bag is a usage error here
-        print(f"replay: cannot read {bag}: {err}", file=sys.stderr)
-        return 2
-    if not options.no_fastdds_profile:
-        env, _ = fastdds_profile_environment(Path(tempfile.gettempdir()) / f"x3kd_replay_{os.getpid()}.xml",
-                                             shm_segment_bytes(bag))
-        os.environ.update(env)  # before the first participant of this process
-
-    import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
-
-    images = sorted(t for t, kind in summary.msgtypes.items()
-                    if kind in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage") and t not in options.exclude)
-    groups = []
-    if options.answer_topic:
-        if not images:
-            print(f"replay: {bag} has no image topic to count frames on", file=sys.stderr)
-            return 2
-        groups = [FrameGroup("detector", tuple(images), options.answer_topic, span_s=options.span_s)]
-    config = ReplayConfig(rate=options.rate, ack_timeout_s=options.ack_timeout_s,
-                          ready_timeout_s=options.ready_timeout_s, drain_timeout_s=options.drain_timeout_s,
-                          settle_s=options.settle_s, exclude_topics=tuple(options.exclude),
-                          prime_topics=() if options.no_prime else None, clock_hz=options.clock)
-    context = Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("x3kd_replay", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set() and context.ok():
-            executor.spin_once(timeout_sec=_POLL_S)
-
-    thread = threading.Thread(target=spin, name="x3kd_replay_spin", daemon=True)
-    thread.start()
-    player = None
-    code = 0
-    try:
-        player = BagPlayer(node, bag, groups, config)
-        waited = player.wait_until_ready()
-        print(f"replay: graph ready after {waited:.1f} s; playing {bag} {options.loop} time(s)", file=sys.stderr)
-        for loop in range(options.loop):
-            result = player.play()
-            line = {"loop": loop, "published": sum(result.published.values()), "wall_s": round(result.wall_s, 3),
-                    "drained": result.drained}
-            if groups:
-                frames = result.frames["detector"]
-                line.update({"frames": len(frames), "complete_frames": sum(f.complete for f in frames),
-                             "answers": len(result.answers["detector"]),
-                             "answer_stamps_ns": [a.stamp_ns for a in result.answers["detector"]],
-                             "frame_stamps_ns": [f.first_stamp_ns for f in frames],
-                             "ack_timeouts": result.ack_timeouts["detector"]})
-            print(json.dumps(line), flush=True)
-    except KeyboardInterrupt:
-        code = 130
-    except (ReplayError, ValueError) as err:
-        print(f"replay: {err}", file=sys.stderr)
-        code = 1
-    finally:
-        stop.set()
-        thread.join(timeout=5.0)
-        if player is not None:
-            player.destroy()
-        executor.shutdown()
-        node.destroy_node()
-        context.try_shutdown()
-    return code
-
-
 if __name__ == "__main__":
     import sys
+
+    from x3kd_ros.bag.replay_cli import main
 
     sys.exit(main())

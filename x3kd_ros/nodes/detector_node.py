@@ -79,6 +79,10 @@ Timers run on the steady clock, so ``use_sim_time:=true`` with a bag's ``/clock`
 
 Parameters: see :func:`detector_param_specs` (each is declared with a description; ``ros2 param
 describe`` shows it); defaults for a deployment are in ``config/ros/detector.yaml``.
+
+One file on purpose (issue 14): it is one node (its parameters, callbacks and worker); what
+nodes share already lives in :mod:`x3kd_ros.nodes` (model_node, params, qos, meters, worker,
+extrinsics_source, spin).
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ from x3kd_ros.bag.evaluate import (
     read_keyframes,
     run_bag_eval,
 )
-from x3kd_ros.bag.evaluate import _eval_graph, _topic_warnings
+from x3kd_ros.bag.eval_graph import _eval_graph
+from x3kd_ros.bag.topic_map import _topic_warnings
 from x3kd_ros.bag.io import BagWriteConfig, bag_summary, write_bag
 from x3kd_ros.bag.replay import Answer, FrameGroup, SentFrame, FrameCutter
 

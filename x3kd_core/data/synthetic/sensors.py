@@ -4,6 +4,9 @@ All three cast rays into the same scene (parts of objects and background boxes, 
 plane z = 0 of the ego frame) with :mod:`raycast`, so pixels, masks, depth and points agree.
 Rendering happens in the ego frame of the frame's timestamp; textures on the ground are looked up
 in road coordinates, so they stay fixed in the world while the ego moves.
+
+One file on purpose (issue 14): it is one sensor rig; its three sensor models share the ray
+caster, the scene's appearance and the ego-frame rendering above.
 """
 
 from __future__ import annotations

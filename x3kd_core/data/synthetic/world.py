@@ -9,6 +9,9 @@ placement hold for the whole scene: nothing ever collides.
 Frames: global frame x/y on the ground plane (z = 0 is the ground), z up. Road coordinates are
 (s, d): arc length along the road centre line (m) and lateral offset to the left of it (m).
 Traffic drives on the right: lanes with d < 0 go towards +s, lanes with d > 0 towards -s.
+
+One file on purpose (issue 14): it is one procedural world; the road, its tracks and the object
+placement share the invariant above (no collisions), which holds only for all of them together.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ Layouts. Inside, tensors keep mmdet3d's ``(B, C, N_y, N_x)``; what leaves throug
 :meth:`CenterPointMM.forward` is transposed to x3kd's ``(B, C, N_x, N_y)`` (a transpose, exact).
 Points are taken in the frame the source model was trained in (for the nuScenes zoo models, the
 LIDAR_TOP sensor frame, x3kd's ego frame rotated and shifted; see the README).
+
+One file on purpose (issue 14): it is one model, the mirror of one mmdet3d architecture, whose
+module names must line up with the checkpoint's keys as a whole.
 """
 
 from __future__ import annotations
