@@ -56,7 +56,8 @@ from torch import Tensor
 
 from x3kd_core.checkpoint import CHECKPOINT_FORMAT, CheckpointError, save_checkpoint
 from x3kd_core.config import BevGridConfig, ConfigError, TrainConfig, to_dict
-from x3kd_core.convert.mmdet3d import _checkpoint_classes, config_getter, config_requirer, load_openmmlab_checkpoint
+from x3kd_core.convert.mmdet3d import (_checkpoint_classes, config_getter, config_requirer, load_openmmlab_checkpoint,
+                                       match_state_dict)
 from x3kd_core.models.teachers.instance_seg import InstanceSegConfig, InstanceSegmenter
 from x3kd_core.structures import DETECTION_CLASSES
 
@@ -253,23 +254,7 @@ def maskrcnn_state_dict(state: Mapping[str, Tensor], source: MaskRCNNSource,
                                       f"{len(perm)} classes need {len(perm)} (class-agnostic masks are not mirrored)")
             value = _to_torchvision_rows(value, perm, 1, "none")
         mapped[new] = value
-    missing = [k for k in expected if k not in mapped]
-    extra = [k for k in mapped if k not in expected]
-    if missing or extra or stray:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {missing[:3]}")
-        if extra or stray:
-            unknown = stray + extra
-            parts.append(f"not in the mirror {len(unknown)}: {unknown[:3]}")
-        raise CheckpointError(f"{where} does not match the '{source.source or 'given'}' Mask R-CNN architecture ("
-                              + "; ".join(parts) + ")")
-    for key, value in mapped.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(f"{where}: {key} has shape {tuple(value.shape)}, the '{source.source}' "
-                                  f"architecture needs {tuple(expected[key].shape)}")
-        mapped[key] = value.to(expected[key].dtype) if value.is_floating_point() else value
-    return mapped
+    return match_state_dict(mapped, expected, stray, where, f"'{source.source or 'given'}' Mask R-CNN", source.source)
 
 
 def config_from_mmdet_model(model: Mapping[str, Any], class_names: tuple[str, ...] | list[str],

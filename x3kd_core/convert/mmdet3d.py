@@ -136,6 +136,22 @@ def centerpoint_state_dict(state: Mapping[str, torch.Tensor], config: CenterPoin
         else:
             if not key.startswith(_IGNORED_PREFIXES):
                 stray.append(key)
+    return match_state_dict(mapped, expected, stray, where, f"'{config.source or 'given'}' CenterPoint-pillar",
+                            config.source)
+
+
+def match_state_dict(mapped: dict, expected: Mapping, stray: list, where: str, architecture: str,
+                     source: str) -> dict:
+    """Check renamed source tensors against the mirror's state dict and cast them to its dtypes.
+
+    Args:
+        mapped: mirror key -> tensor from the source checkpoint. expected: the mirror's state dict.
+        stray: source keys no rule renamed. where: the file, for messages. architecture / source:
+            how messages name the mirror and the source config.
+
+    Raises:
+        CheckpointError: keys missing or not in the mirror (the first three named), or a shape mismatch.
+    """
     missing = [k for k in expected if k not in mapped]
     extra = [k for k in mapped if k not in expected]
     if missing or extra or stray:
@@ -145,12 +161,10 @@ def centerpoint_state_dict(state: Mapping[str, torch.Tensor], config: CenterPoin
         if extra or stray:
             unknown = extra + stray
             parts.append(f"not in the mirror {len(unknown)}: {unknown[:3]}")
-        raise CheckpointError(
-            f"{where} does not match the '{config.source or 'given'}' CenterPoint-pillar architecture ("
-            + "; ".join(parts) + ")")
+        raise CheckpointError(f"{where} does not match the {architecture} architecture (" + "; ".join(parts) + ")")
     for key, value in mapped.items():
         if tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(f"{where}: {key} has shape {tuple(value.shape)}, the '{config.source}' "
+            raise CheckpointError(f"{where}: {key} has shape {tuple(value.shape)}, the '{source}' "
                                   f"architecture needs {tuple(expected[key].shape)}")
         mapped[key] = value.to(expected[key].dtype) if value.is_floating_point() else value
     return mapped
