@@ -56,8 +56,7 @@ from torch import Tensor
 
 from x3kd_core.checkpoint import CHECKPOINT_FORMAT, CheckpointError, save_checkpoint
 from x3kd_core.config import BevGridConfig, ConfigError, TrainConfig, to_dict
-from x3kd_core.convert.mmdet3d import (_checkpoint_classes, config_getter, config_requirer, load_openmmlab_checkpoint,
-                                       match_state_dict)
+from x3kd_core.convert.mmdet3d import config_getter, config_requirer, load_checkpoint_of_classes, match_state_dict
 from x3kd_core.models.teachers.instance_seg import InstanceSegConfig, InstanceSegmenter
 from x3kd_core.structures import DETECTION_CLASSES
 
@@ -359,12 +358,7 @@ def convert_maskrcnn(checkpoint: str | os.PathLike, source: str | MaskRCNNSource
         if source not in KNOWN_MASKRCNN_CONFIGS:
             raise ConfigError(f"unknown mmdet config '{source}'; known: {sorted(KNOWN_MASKRCNN_CONFIGS)}")
         source = KNOWN_MASKRCNN_CONFIGS[source]
-    state, meta = load_openmmlab_checkpoint(checkpoint)
-    recorded = _checkpoint_classes(meta)
-    if recorded is not None and tuple(recorded) != tuple(source.class_names):
-        raise CheckpointError(
-            f"{checkpoint}: its classes {list(recorded)} differ from the '{source.source}' config's classes "
-            f"{list(source.class_names)} (labels would be assigned to the wrong class)")
+    state, meta = load_checkpoint_of_classes(checkpoint, source.class_names, f"'{source.source}' config's")
     weights = maskrcnn_state_dict(state, source, where=str(checkpoint))
 
     # Imported here: the experiment schema pulls in every model config, the converter core does not need it.

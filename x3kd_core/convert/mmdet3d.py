@@ -117,6 +117,24 @@ def _checkpoint_classes(meta: Mapping) -> tuple[str, ...] | None:
     return None
 
 
+def load_checkpoint_of_classes(checkpoint: str | os.PathLike, class_names: tuple[str, ...] | list[str],
+                               whose: str) -> tuple[Mapping[str, torch.Tensor], Mapping]:
+    """(state dict, meta) of an OpenMMLab checkpoint (:func:`load_openmmlab_checkpoint`) whose
+    recorded classes, if it records any, are ``class_names`` in that order.
+
+    Raises:
+        CheckpointError: the recorded classes differ (both lists named; ``whose`` names the
+            expected list in the message, e.g. "'<config>' config's").
+    """
+    state, meta = load_openmmlab_checkpoint(checkpoint)
+    recorded = _checkpoint_classes(meta)
+    if recorded is not None and tuple(recorded) != tuple(class_names):
+        raise CheckpointError(
+            f"{checkpoint}: its classes {list(recorded)} differ from the {whose} "
+            f"classes {list(class_names)} (labels would be assigned to the wrong class)")
+    return state, meta
+
+
 def centerpoint_state_dict(state: Mapping[str, torch.Tensor], config: CenterPointMMConfig,
                            where: str = "checkpoint") -> dict[str, torch.Tensor]:
     """mmdet3d CenterPoint state dict -> :class:`CenterPointMM` state dict (renamed, checked).
@@ -294,12 +312,7 @@ def convert_centerpoint(checkpoint: str | os.PathLike, config: str | CenterPoint
         if config not in KNOWN_CENTERPOINT_CONFIGS:
             raise ConfigError(f"unknown mmdet3d config '{config}'; known: {sorted(KNOWN_CENTERPOINT_CONFIGS)}")
         config = KNOWN_CENTERPOINT_CONFIGS[config]
-    state, meta = load_openmmlab_checkpoint(checkpoint)
-    recorded = _checkpoint_classes(meta)
-    if recorded is not None and tuple(recorded) != config.class_names:
-        raise CheckpointError(
-            f"{checkpoint}: its classes {list(recorded)} differ from the '{config.source}' task groups' "
-            f"classes {list(config.class_names)} (labels would be assigned to the wrong class)")
+    state, meta = load_checkpoint_of_classes(checkpoint, config.class_names, f"'{config.source}' task groups'")
     weights = centerpoint_state_dict(state, config, where=str(checkpoint))
 
     # Imported here: the experiment schema pulls in every model config, the converter core does not need it.
