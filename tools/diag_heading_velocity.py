@@ -53,8 +53,8 @@ def summarise(pairs: list[dict]) -> dict:
     vel = np.array([p["vel_err"] for p in pairs])
     row = {"n": len(pairs), "yaw_err": float(yaw.mean()), "flips": float(np.mean(yaw > math.radians(150))),
            "yaw_err_motion_heading": float(yaw_m.mean()), "vel_err": float(vel.mean())}
-    moving = [p for p in pairs if p["gt_speed"] > 0]
-    if moving and all("speed_ratio" in p for p in moving):
+    moving = [p for p in pairs if "speed_ratio" in p]  # only moving objects' records carry it
+    if moving:
         row["speed_ratio"] = float(np.median([p["speed_ratio"] for p in moving]))
         row["vel_backwards"] = float(np.mean([p["backwards"] for p in moving]))
     return row
