@@ -25,6 +25,8 @@ TIRE = np.array([0.05, 0.05, 0.05])
 DARK = np.array([0.18, 0.18, 0.19])
 WHITE = np.array([0.92, 0.92, 0.90])
 TAIL_LAMP = np.array([0.80, 0.06, 0.05])
+HAIR = np.array([0.12, 0.09, 0.07])
+BACKPACK = np.array([0.16, 0.30, 0.22])
 
 #: Mean radar cross-section (dBsm) and expected radar returns per keyframe at short range.
 RADAR_RCS_DBSM = {
@@ -131,17 +133,30 @@ class _Builder:
         return LocalParts(np.stack(lo), np.stack(hi), np.array(tex, dtype=np.int64), np.stack(c1), np.stack(c2), np.array(refl))
 
 
-def _rider(b: _Builder, x_seat: float, seat_z: float, colors: np.ndarray, helmet: bool) -> None:
-    """Torso, legs and head of a rider sitting at x_seat, seat height seat_z (m)."""
+def _rider(b: _Builder, x_seat: float, seat_z: float, colors: np.ndarray, helmet: bool, x_bar: float | None = None) -> None:
+    """Torso, legs and head of a rider sitting at x_seat, seat height seat_z (m); with ``x_bar`` (the
+    handlebar's x, m) also arms reaching forward to it and a face / visor on the front of the head."""
     top, skin, bottom = colors[1], colors[2], colors[3]
     head = 0.26
     b.add((x_seat - 0.15, x_seat + 0.25), (-0.18, 0.18), (seat_z - 0.35, seat_z + 0.05), PLAIN, bottom, refl=0.3)
     b.add((x_seat - 0.18, x_seat + 0.12), (-0.22, 0.22), (seat_z + 0.05, b.h - head), PLAIN, top, refl=0.3)
-    b.add((x_seat - 0.14, x_seat + 0.1), (-0.12, 0.12), (b.h - head, b.h), PLAIN, DARK if helmet else skin, refl=0.3)
+    if x_bar is None:
+        b.add((x_seat - 0.14, x_seat + 0.1), (-0.12, 0.12), (b.h - head, b.h), PLAIN, DARK if helmet else skin, refl=0.3)
+        return
+    arm_z = (b.h - head - 0.2, b.h - head - 0.1)
+    for side in (-1.0, 1.0):
+        b.add((x_seat + 0.12, x_bar), (min(side * 0.12, side * 0.22), max(side * 0.12, side * 0.22)), arm_z, PLAIN, top, refl=0.3)
+    back, front = (DARK, GLASS) if helmet else (HAIR, skin)
+    b.add((x_seat - 0.14, x_seat - 0.02), (-0.12, 0.12), (b.h - head, b.h), PLAIN, back, refl=0.3)
+    b.add((x_seat - 0.02, x_seat + 0.1), (-0.12, 0.12), (b.h - head, b.h), PLAIN, front, refl=0.15 if helmet else 0.3)
 
 
-def object_parts(obj: WorldObject) -> LocalParts:
-    """The parts of one object (object frame, metres)."""
+def object_parts(obj: WorldObject, fronts: bool = False) -> LocalParts:
+    """The parts of one object (object frame, metres).
+
+    ``fronts`` (SynthConfig.object_fronts) adds what tells the front of a pedestrian, a rider, a
+    two-wheeler and a trailer from its back; cars, trucks and buses have theirs either way.
+    """
     b = _Builder(obj.size_lwh)
     c = obj.colors
     name = obj.class_name
@@ -178,6 +193,13 @@ def object_parts(obj: WorldObject) -> LocalParts:
         b.add(b.fx(-0.5, 0.5), b.fy(-0.5, 0.5), b.fz(0.3, 1.0), PANEL, c[0], refl=0.45)
         b.add(b.fx(0.3, 0.34), b.fy(-0.3, 0.3), b.fz(0.0, 0.3), PLAIN, DARK, refl=0.2)  # landing legs
         b.wheels((-0.3 * b.l, -0.38 * b.l), 0.5, 0.3)
+        if fronts:
+            # Back: a low underrun bar and red tail lamps (retro-reflective); front: a dark bulkhead.
+            b.add(b.fx(-0.5, -0.48), b.fy(-0.45, 0.45), b.fz(0.08, 0.16), PLAIN, DARK, refl=0.3)
+            for side in (-1.0, 1.0):
+                y = (min(side * 0.3, side * 0.48) * b.w, max(side * 0.3, side * 0.48) * b.w)
+                b.add(b.fx(-0.5, -0.495), y, b.fz(0.3, 0.36), PLAIN, TAIL_LAMP, refl=0.9)
+            b.add(b.fx(0.495, 0.5), b.fy(-0.5, 0.5), b.fz(0.3, 1.0), PLAIN, DARK, refl=0.2)
     elif name == "construction_vehicle":
         yellow = c[0]
         b.add(b.fx(-0.5, 0.18), b.fy(-0.5, -0.33), b.fz(0.0, 0.16), PLAIN, TIRE, refl=0.05)  # tracks
@@ -206,7 +228,15 @@ def object_parts(obj: WorldObject) -> LocalParts:
         b.add(b.fx(-0.18, 0.18), b.fy(-0.32, -0.04), (0.0, leg_h), PLAIN, bottom, refl=0.3)
         b.add(b.fx(-0.18, 0.18), b.fy(0.04, 0.32), (0.0, leg_h), PLAIN, bottom, refl=0.3)
         b.add(b.fx(-0.25, 0.25), b.fy(-0.5, 0.5), (leg_h, 0.84 * b.h), PLAIN, top, refl=0.3)
-        b.add(b.fx(-0.17, 0.17), b.fy(-0.18, 0.18), (0.86 * b.h, b.h), PLAIN, skin, refl=0.3)
+        if not fronts:
+            b.add(b.fx(-0.17, 0.17), b.fy(-0.18, 0.18), (0.86 * b.h, b.h), PLAIN, skin, refl=0.3)
+        else:
+            # Back: a backpack proud of the torso and hair; front: a face and feet pointing forward.
+            b.add(b.fx(-0.5, -0.25), b.fy(-0.34, 0.34), (0.5 * b.h, 0.8 * b.h), PLAIN, BACKPACK, refl=0.6)
+            b.add(b.fx(-0.17, 0.0), b.fy(-0.18, 0.18), (0.86 * b.h, b.h), PLAIN, HAIR, refl=0.2)
+            b.add(b.fx(0.0, 0.17), b.fy(-0.18, 0.18), (0.86 * b.h, b.h), PLAIN, skin, refl=0.3)
+            for y in (b.fy(-0.32, -0.06), b.fy(0.06, 0.32)):
+                b.add(b.fx(0.18, 0.5), y, (0.0, 0.05 * b.h), PLAIN, DARK, refl=0.2)
     elif name in ("bicycle", "motorcycle"):
         moto = name == "motorcycle"
         r = 0.31 if moto else 0.34
@@ -220,8 +250,15 @@ def object_parts(obj: WorldObject) -> LocalParts:
             b.add((-b.l / 2 + r * 1.3, -b.l / 2 + r * 1.3 + 0.2), (-0.1, 0.1), (0.85, 0.92), PLAIN, DARK, refl=0.2)
         bar_x = b.l / 2 - r * (1.7 if moto else 1.1)
         b.add((bar_x - 0.05, bar_x + 0.05), (-b.w / 2, b.w / 2), (0.88, 0.98 if moto else 1.02), PLAIN, DARK, refl=0.3)
+        if fronts:
+            # Front: a white head lamp under the bar (a fairing with a screen on a motorcycle);
+            # back: a red tail lamp over the rear wheel (both retro-reflective).
+            b.add((bar_x + 0.05, bar_x + 0.16), (-0.08, 0.08), (0.7, 0.82), PLAIN, WHITE, refl=0.95)
+            b.add((-b.l / 2 + 0.05, -b.l / 2 + 0.18), (-0.06, 0.06), (0.72, 0.8), PLAIN, TAIL_LAMP, refl=0.9)
+            if moto:
+                b.add((bar_x, bar_x + 0.1), (-0.2, 0.2), (0.98, 1.18), PLAIN, GLASS, refl=0.15)
         if with_rider:
-            _rider(b, -0.1 * b.l, 0.85 if moto else 0.92, c, helmet=moto)
+            _rider(b, -0.1 * b.l, 0.85 if moto else 0.92, c, helmet=moto, x_bar=bar_x if fronts else None)
     else:
         raise ValueError(name)
     return b.build()

@@ -43,6 +43,12 @@ class SynthConfig:
         class_weights: relative frequency of each detection class, in DETECTION_CLASSES order.
         jpeg_quality: quality of the camera JPEGs (0-100).
         num_workers: processes rendering scenes in parallel (1 = in-process). Output does not depend on it.
+        object_fronts: give pedestrians, riders, two-wheelers and trailers a front and a back that
+            LiDAR and cameras can tell apart (a backpack, feet and a face; head / tail lamps; a
+            drawbar), as cars, trucks and buses always have (issue 10: with symmetric small objects
+            the heading of a standing pedestrian is unobservable by pi). Off reproduces the worlds
+            made before this option; the generator config records it only when on, so those worlds
+            keep their fingerprint (x3kd_core.data.fingerprint).
     """
 
     seed: int = 0
@@ -68,6 +74,7 @@ class SynthConfig:
     class_weights: tuple[float, ...] = DEFAULT_CLASS_WEIGHTS
     jpeg_quality: int = 92
     num_workers: int = 1
+    object_fronts: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_scenes", "keyframes_per_scene", "image_width", "image_height", "lidar_beams",

@@ -69,7 +69,7 @@ class _SceneRenderer:
         self.cameras = [CameraRenderer(s) for s in camera_specs(config)]
         self.lidar = LidarScanner(lidar_spec(), config)
         self.radars = [RadarSensor(s) for s in radar_specs()]
-        self.local_parts = [app.object_parts(o) for o in world.objects]
+        self.local_parts = [app.object_parts(o, fronts=config.object_fronts) for o in world.objects]
         bg = world.background
         self.background = app.place_parts(
             [app.background_parts(b) for b in bg], [-1] * len(bg),
@@ -339,7 +339,12 @@ def generate_dataset(config: SynthConfig, dataroot: str | Path) -> Path:
     splits = {"synth_train": names[: len(names) - n_val], "synth_val": names[len(names) - n_val:]}
     with open(table_dir / "splits.json", "w") as fh:
         json.dump(splits, fh, indent=1)
-    # The config this world came from, part of its fingerprint (x3kd_core.data.fingerprint).
+    # The config this world came from, part of its fingerprint (x3kd_core.data.fingerprint). Options
+    # added after the first worlds were made are written only when set, so that regenerating an
+    # older world gives the file (and fingerprint) it had.
+    recorded = to_dict(config)
+    if not config.object_fronts:
+        recorded.pop("object_fronts")
     with open(root / GENERATOR_CONFIG_FILENAME, "w") as fh:
-        yaml.safe_dump(to_dict(config), fh, sort_keys=True)
+        yaml.safe_dump(recorded, fh, sort_keys=True)
     return root
