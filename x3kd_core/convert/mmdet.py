@@ -101,7 +101,8 @@ def class_permutation(class_names: tuple[str, ...] | list[str]) -> list[int]:
 class MaskRCNNSource:
     """What an mmdet Mask R-CNN config implies for the x3kd mirror (defaults: the R50-FPN base config).
 
-    Architecture: ``depth`` (ResNet 18 / 34 / 50, pytorch style), ``fpn_channels`` (FPN
+    Architecture: ``depth`` (ResNet 18 / 34 / 50, pytorch style), ``backbone_width`` (its
+    ``base_channels`` = ``stem_channels``, 64 in every zoo model), ``fpn_channels`` (FPN
     ``out_channels`` = RPN ``feat_channels`` = RoI head input), ``fc_channels`` (the two shared
     fcs of ``Shared2FCBBoxHead``), ``mask_convs`` / ``mask_channels`` (``FCNMaskHead``).
     Anchors: ``anchor_scale`` x the level stride (4..64) at each of ``anchor_ratios`` (h / w).
@@ -117,6 +118,7 @@ class MaskRCNNSource:
     source: str = ""
     class_names: tuple[str, ...] = NUIMAGES_CLASSES
     depth: int = 50
+    backbone_width: int = 64
     fpn_channels: int = 256
     fc_channels: int = 1024
     mask_convs: int = 4
@@ -145,6 +147,7 @@ class MaskRCNNSource:
         return InstanceSegConfig(
             backbone=_DEPTH_TO_RESNET[self.depth],  # type: ignore[arg-type]
             pretrained_backbone=None,
+            backbone_width=self.backbone_width,
             fpn_channels=self.fpn_channels,
             box_head_dim=self.fc_channels,
             mask_head_channels=self.mask_channels,
@@ -279,6 +282,10 @@ def config_from_mmdet_model(model: Mapping[str, Any], class_names: tuple[str, ..
             f"style {bb.get('style')}")
     require(not bb.get("dcn") and not bb.get("plugins"), "a backbone with DCN / plugins")
     require(tuple(bb.get("out_indices", (0, 1, 2, 3))) == (0, 1, 2, 3), f"out_indices {bb.get('out_indices')}")
+    width = int(bb.get("base_channels", 64))
+    require(int(bb.get("stem_channels") or width) == width and not bb.get("deep_stem", False),
+            f"a ResNet stem other than one 7x7 conv to base_channels (stem_channels {bb.get('stem_channels')}, "
+            f"deep_stem {bb.get('deep_stem')})")
     require(kind(neck) == "FPN" and int(neck.get("num_outs", 0)) == 5 and not neck.get("add_extra_convs", False)
             and int(neck.get("start_level", 0)) == 0 and neck.get("norm_cfg") is None,
             "an FPN other than 5 outputs with a max-pooled P6, no norm")
@@ -322,6 +329,7 @@ def config_from_mmdet_model(model: Mapping[str, Any], class_names: tuple[str, ..
         source=source,
         class_names=tuple(class_names),
         depth=int(bb["depth"]),
+        backbone_width=width,
         fpn_channels=int(neck["out_channels"]),
         fc_channels=int(box.get("fc_out_channels", 1024)),
         mask_convs=int(mask.get("num_convs", 4)),

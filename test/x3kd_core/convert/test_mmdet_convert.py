@@ -66,11 +66,12 @@ def mmdet_maskrcnn_state_dict(src: MaskRCNNSource, seed: int = 0) -> dict[str, t
     # conv1/bn1, conv2/bn2 (BasicBlock) [+ conv3/bn3 (Bottleneck, 4x expansion)]; downsample = [conv, BN].
     stages = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}[src.depth]
     bottleneck = src.depth >= 50
-    conv("backbone.conv1", 64, 3, 7, bias=False)
-    bn("backbone.bn1", 64)
-    cin, outs = 64, []
+    width = src.backbone_width
+    conv("backbone.conv1", width, 3, 7, bias=False)
+    bn("backbone.bn1", width)
+    cin, outs = width, []
     for s, n in enumerate(stages):
-        planes = 64 * 2 ** s
+        planes = width * 2 ** s
         cout = planes * (4 if bottleneck else 1)
         for b in range(n):
             p = f"backbone.layer{s + 1}.{b}"
@@ -379,6 +380,10 @@ def test_unsupported_mmdet_settings_are_refused_by_name():
         config_from_mmdet_model(unaligned, NUIMAGES_CLASSES)
     with pytest.raises(ConfigError, match="10 box / 10 mask classes for 9 class names"):
         config_from_mmdet_model(_mmdet3d_nuim_model_config(), NUIMAGES_CLASSES[:9])
+    wide_stem = _mmdet3d_nuim_model_config()
+    wide_stem["backbone"].update(base_channels=8, stem_channels=16)
+    with pytest.raises(ConfigError, match="stem_channels 16"):
+        config_from_mmdet_model(wide_stem, NUIMAGES_CLASSES)
 
 
 def test_cli_convert_writes_a_checkpoint_load_model_loads(tmp_path, capsys, monkeypatch):
@@ -431,6 +436,7 @@ def test_the_fixture_writers_ci_size_config_is_one_the_mirror_builds():
     small = writer.small_maskrcnn_config(_mmdet3d_nuim_model_config(), len(NUIMAGES_CLASSES))
     h, w = writer.MASKRCNN_SMALL["image_hw"]
     src = config_from_mmdet_model(small, NUIMAGES_CLASSES, test_scale=(w, h), source="fixture")
-    assert (src.depth, src.fpn_channels, src.fc_channels, src.mask_convs, src.anchor_scale) == (18, 16, 32, 2, 2)
+    assert (src.depth, src.backbone_width, src.fpn_channels, src.fc_channels, src.mask_convs, src.anchor_scale) == (
+        18, 8, 16, 32, 2, 2)
     assert src.rpn_nms_pre == 100 and src.max_per_img == 20
     maskrcnn_state_dict(mmdet_maskrcnn_state_dict(src), src)  # the layout the writer's model will save

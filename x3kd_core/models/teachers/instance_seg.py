@@ -44,6 +44,7 @@ from x3kd_core.models.teachers.rcnn_ops import (
     AlignedMultiScaleRoIAlign,
     FixedStrideAnchorGenerator,
     GridSamplePasteTransform,
+    SymmetricClampBoxCoder,
 )
 from x3kd_core.structures import DETECTION_CLASSES, Boxes3D
 
@@ -84,6 +85,10 @@ class InstanceSegConfig:
 
     backbone: torchvision ResNet architecture; ``pretrained_backbone``: None (random init) or the
         path of a torchvision ResNet state dict (``.pth``) loaded into it (never downloaded).
+    backbone_width: channels of the ResNet stem and first stage (stage k has ``width * 2**k``
+        planes); 64 is every standard ResNet. Narrower ones exist to mirror mmdet ResNets built with
+        a smaller ``base_channels`` (the CI-size parity fixture of ``x3kd convert mmdet-maskrcnn``);
+        they cannot take a torchvision ``pretrained_backbone``.
     fpn_channels: FPN width, also the width of the RoI heads' input.
     box_head_dim: hidden width of the two-layer box MLP; ``mask_head_channels``: width of each of
         the mask head's 3x3 convs (``mask_head_layers`` of them).
@@ -108,6 +113,7 @@ class InstanceSegConfig:
 
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     pretrained_backbone: Optional[str] = None
+    backbone_width: int = 64
     fpn_channels: int = 256
     box_head_dim: int = 1024
     mask_head_channels: int = 256
@@ -127,11 +133,13 @@ class InstanceSegConfig:
     source: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("fpn_channels", "box_head_dim", "mask_head_channels", "mask_head_layers", "min_size_px",
+        for name in ("backbone_width", "fpn_channels", "box_head_dim", "mask_head_channels", "mask_head_layers", "min_size_px",
                      "max_size_px", "detections_per_image", "rpn_proposals_train", "rpn_proposals_test",
                      "rpn_batch_size_per_image", "box_batch_size_per_image"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.backbone_width != 64 and self.pretrained_backbone is not None:
+            raise ConfigError(f"pretrained_backbone needs the standard backbone_width 64, got {self.backbone_width}")
         if len(self.anchor_sizes_px) != 5:
             raise ConfigError(f"anchor_sizes_px needs one size per FPN level (5), got {len(self.anchor_sizes_px)}")
         if not self.anchor_ratios or min(self.anchor_ratios) <= 0:
@@ -244,8 +252,24 @@ def predictions_to_instance_map(pred: InstancePredictions, mask_threshold: float
     return out
 
 
+def _narrow(resnet: torchvision.models.ResNet, width: int) -> None:
+    """Rebuild ``resnet``'s stem and stages in place at ``width`` stem / first-stage channels, from
+    torchvision's own blocks and ``_make_layer`` (torchvision has no width argument for BasicBlock
+    ResNets; the module names and so the state-dict keys stay those of a standard ResNet)."""
+    block = type(resnet.layer1[0])
+    depths = [len(getattr(resnet, f"layer{k}")) for k in range(1, 5)]
+    resnet.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    resnet.bn1 = resnet._norm_layer(width)
+    resnet.inplanes = width
+    for k, n in enumerate(depths):
+        setattr(resnet, f"layer{k + 1}", resnet._make_layer(block, width * 2**k, n, stride=1 if k == 0 else 2))
+    resnet.fc = nn.Linear(width * 8 * block.expansion, resnet.fc.out_features)
+
+
 def _build_backbone(config: InstanceSegConfig) -> BackboneWithFPN:
     resnet = _RESNETS[config.backbone](weights=None)
+    if config.backbone_width != 64:
+        _narrow(resnet, config.backbone_width)
     if config.pretrained_backbone is not None:
         path = Path(config.pretrained_backbone)
         if not path.is_file():
@@ -311,10 +335,13 @@ class InstanceSegmenter(nn.Module):
         )
         if mmdet:
             # Swapped in after construction: MaskRCNN's constructor type-checks its poolers against
-            # torchvision's own class. None of the three holds parameters, so the state dict is unchanged.
+            # torchvision's own class. None of these holds parameters, so the state dict is unchanged.
             heads = self.model.roi_heads
             heads.box_roi_pool = AlignedMultiScaleRoIAlign(levels, FPN_STRIDES[:4], 7, sampling_ratio=0)
             heads.mask_roi_pool = AlignedMultiScaleRoIAlign(levels, FPN_STRIDES[:4], 14, sampling_ratio=0)
+            heads.box_coder = SymmetricClampBoxCoder(heads.box_coder.weights, heads.box_coder.bbox_xform_clip)
+            rpn = self.model.rpn
+            rpn.box_coder = SymmetricClampBoxCoder(rpn.box_coder.weights, rpn.box_coder.bbox_xform_clip)
             old = self.model.transform
             self.model.transform = GridSamplePasteTransform(old.min_size, old.max_size, old.image_mean,
                                                             old.image_std, size_divisible=old.size_divisible)

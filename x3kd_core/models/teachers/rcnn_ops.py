@@ -1,7 +1,7 @@
 """Mask R-CNN pieces that follow OpenMMLab mmdet's conventions instead of torchvision's.
 
 :class:`~x3kd_core.models.teachers.instance_seg.InstanceSegmenter` is a torchvision ``MaskRCNN``.
-With ``InstanceSegConfig.conventions = "mmdet"`` three of its parts are swapped for the ones here,
+With ``InstanceSegConfig.conventions = "mmdet"`` four of its parts are swapped for the ones here,
 so that weights converted from an mmdet checkpoint (:mod:`x3kd_core.convert.mmdet`) see the
 geometry they were trained with. The differences, all sub-pixel to a few pixels:
 
@@ -18,10 +18,15 @@ geometry they were trained with. The differences, all sub-pixel to a few pixels:
   into the whole image, which differs from this only in the faint rim of boxes over 56 px);
   torchvision pads the mask by one pixel and resizes it onto the integer box.
 
-What these do NOT change (checked to be the same already): anchor order (ratio-major, h/w ratio),
-the RPN's per-level top-k + level-batched NMS, box deltas ``(dx, dy, dw, dh)`` with mmdet's target
-stds ``(0.1, 0.1, 0.2, 0.2)`` equal to torchvision's weights ``(10, 10, 5, 5)``, the dw/dh clamp
-``log(1000 / 16)``, nearest-neighbour FPN top-down and the max-pooled P6.
+* box decoding (:class:`SymmetricClampBoxCoder`): both clamp the log-size deltas ``dw, dh`` at
+  ``log(1000 / 16)``, torchvision from above only, mmdet's ``DeltaXYWHBBoxCoder`` from both sides
+  (a box at most 62.5x thinner than its anchor). Found by the parity fixture: a few RPN proposals
+  a fraction of a pixel high came out 0.02-0.04 px apart.
+
+What these do NOT change (checked against mmdet's forward, test_mmdet_parity.py): anchor order
+(ratio-major, h/w ratio), the RPN's per-level top-k + level-batched NMS, box deltas
+``(dx, dy, dw, dh)`` with mmdet's target stds ``(0.1, 0.1, 0.2, 0.2)`` equal to torchvision's
+weights ``(10, 10, 5, 5)``, nearest-neighbour FPN top-down and the max-pooled P6.
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import roi_align
 
-__all__ = ["FixedStrideAnchorGenerator", "AlignedMultiScaleRoIAlign", "GridSamplePasteTransform", "paste_masks_grid_sample"]
+__all__ = ["FixedStrideAnchorGenerator", "AlignedMultiScaleRoIAlign", "GridSamplePasteTransform", "SymmetricClampBoxCoder",
+           "paste_masks_grid_sample"]
 
 
 class FixedStrideAnchorGenerator(AnchorGenerator):
@@ -73,6 +80,18 @@ class FixedStrideAnchorGenerator(AnchorGenerator):
         self.set_cell_anchors(dtype, device)
         per_level = self.grid_anchors(grid_sizes, strides)
         return [torch.cat(per_level) for _ in image_list.image_sizes]
+
+
+class SymmetricClampBoxCoder(BoxCoder):
+    """torchvision's ``BoxCoder`` whose decoding also clamps ``dw, dh`` from below at
+    ``-bbox_xform_clip``, as mmdet's ``delta2bbox`` does (torchvision clamps from above only)."""
+
+    def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
+        _, _, ww, wh = self.weights
+        codes = rel_codes.clone()
+        codes[:, 2::4] = codes[:, 2::4].clamp(min=-self.bbox_xform_clip * ww)
+        codes[:, 3::4] = codes[:, 3::4].clamp(min=-self.bbox_xform_clip * wh)
+        return super().decode_single(codes, boxes)
 
 
 class AlignedMultiScaleRoIAlign(nn.Module):

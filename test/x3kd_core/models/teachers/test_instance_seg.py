@@ -133,3 +133,27 @@ def test_dense_map_and_instance_map_from_predictions():
     inst = predictions_to_instance_map(pred)
     assert inst[1, 1].item() == 0 and inst[2, 2].item() == 1 and inst[3, 4].item() == 2
     assert int((inst == -1).sum()) == 20 - 4 - 3 - 1
+
+
+def test_a_narrow_backbone_keeps_the_standard_key_names_at_scaled_widths():
+    """backbone_width mirrors mmdet's ResNet base_channels (the CI-size parity fixture uses 8)."""
+    from x3kd_core.config import ConfigError
+    from x3kd_core.models.teachers.instance_seg import InstanceSegConfig
+
+    standard = InstanceSegmenter(InstanceSegConfig(fpn_channels=16, box_head_dim=32, mask_head_channels=16))
+    narrow = InstanceSegmenter(InstanceSegConfig(fpn_channels=16, box_head_dim=32, mask_head_channels=16,
+                                                 backbone_width=8))
+    wide_sd, narrow_sd = standard.state_dict(), narrow.state_dict()
+    assert list(wide_sd) == list(narrow_sd)
+    assert narrow_sd["model.backbone.body.conv1.weight"].shape == (8, 3, 7, 7)
+    assert narrow_sd["model.backbone.body.layer4.1.conv2.weight"].shape == (64, 64, 3, 3)  # 8 * 2**3
+    assert narrow_sd["model.backbone.fpn.inner_blocks.3.0.weight"].shape == (16, 64, 1, 1)
+    n_wide = sum(v.numel() for k, v in wide_sd.items() if ".body." in k)
+    n_narrow = sum(v.numel() for k, v in narrow_sd.items() if ".body." in k)
+    assert 50 < n_wide / n_narrow < 70  # convolutions scale with width squared (64 / 8) ** 2
+    narrow.eval()
+    with torch.no_grad():
+        (preds,) = narrow.predict(torch.randn(1, 1, 3, 64, 96))
+    assert preds[0].masks.shape[-2:] == (64, 96)
+    with pytest.raises(ConfigError, match="backbone_width 64"):
+        InstanceSegConfig(backbone_width=8, pretrained_backbone="resnet18.pth")
