@@ -223,3 +223,39 @@ def test_nan_and_empty_clouds_make_the_diagnostics_warn_with_counts(harness, ros
     assert (values["lidar.empty_clouds"], values["lidar.invalid_clouds"], values["lidar.nan_points"]) == ("1", "1", "8")
     # Nothing new: OK again.
     assert spin_until(executor, lambda: statuses[-1].level == DiagnosticStatus.OK, 5.0)
+
+
+def test_lidar_teacher_runs_a_checkpoint_converted_from_mmdet3d(harness, ros_context, spin_until, tmp_path):
+    """`x3kd convert mmdet3d-centerpoint` output (the committed parity fixture's weights) in the node."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from x3kd_core.convert.mmdet3d import config_from_mmdet3d_model, convert_centerpoint
+
+    fixture = Path(__file__).resolve().parents[2] / "fixtures" / "mmdet3d" / "centerpoint_pillar_tiny.pt"
+    fx = torch.load(fixture, map_location="cpu", weights_only=True)
+    config = config_from_mmdet3d_model(json.loads(fx["model_config"]), source="fixture", sweeps=1)
+    src = tmp_path / "mmdet3d.pth"
+    torch.save({"meta": {"dataset_meta": {"classes": list(config.class_names)}}, "state_dict": fx["state_dict"]}, src)
+    checkpoint = convert_centerpoint(src, config, tmp_path / "teacher.pt")
+
+    executor, io, add = harness
+    node = add(LidarTeacherNode(context=ros_context, cli_args=["--ros-args", "-p", f"checkpoint:={checkpoint}",
+                                                                *COMMON_ARGS]))
+    pub = io.create_publisher(PointCloud2, topics.LIDAR_TOPIC, RELIABLE)
+    received: list[Detection3DArray] = []
+    io.create_subscription(Detection3DArray, topics.teacher_detections_topic("lidar"), received.append, RELIABLE)
+    assert spin_until(executor, lambda: pub.get_subscription_count() == 1)
+
+    cloud = fx["points"][1][:, :4].numpy().astype(np.float64)  # x y z intensity (sensor frame here)
+    points = np.concatenate([cloud, np.zeros((len(cloud), 1))], axis=1)
+    pub.publish(lidar_points_to_cloud(points, Header(stamp=ns_to_stamp(1_600_000_000 * 10**9), frame_id="lidar_top"),
+                                      fields=("x", "y", "z", "intensity", "ring")))
+    assert spin_until(executor, lambda: len(received) == 1)
+    expected_input = np.zeros((len(cloud), 5), np.float32)
+    expected_input[:, :3] = geometry.transform_points(RIG["lidar_top"], cloud[:, :3].astype(np.float32).astype(np.float64))
+    expected_input[:, 3] = cloud[:, 3].astype(np.float32)
+    assert_same_boxes(received[0], node.predict(expected_input))
+    assert node.diagnostics_values()["inference_errors"] == 0
