@@ -67,15 +67,22 @@ def assert_same_boxes(msg, expected):
     np.testing.assert_array_equal(got.label, expected.label)
 
 
-def test_lidar_teacher_publishes_per_cloud_drops_nan_and_survives_bad_clouds(
-        harness, ros_context, lidar_checkpoint, spin_until, spin_for):
+def _start_lidar_teacher(harness, ros_context, checkpoint, spin_until):
+    """(node, cloud publisher, received detections) once the node's subscription is matched."""
     executor, io, add = harness
-    node = add(LidarTeacherNode(context=ros_context, cli_args=["--ros-args", "-p", f"checkpoint:={lidar_checkpoint}",
+    node = add(LidarTeacherNode(context=ros_context, cli_args=["--ros-args", "-p", f"checkpoint:={checkpoint}",
                                                                 *COMMON_ARGS]))
     pub = io.create_publisher(PointCloud2, topics.LIDAR_TOPIC, RELIABLE)
     received: list[Detection3DArray] = []
     io.create_subscription(Detection3DArray, topics.teacher_detections_topic("lidar"), received.append, RELIABLE)
     assert spin_until(executor, lambda: pub.get_subscription_count() == 1)
+    return node, pub, received
+
+
+def test_lidar_teacher_publishes_per_cloud_drops_nan_and_survives_bad_clouds(
+        harness, ros_context, lidar_checkpoint, spin_until, spin_for):
+    executor = harness[0]
+    node, pub, received = _start_lidar_teacher(harness, ros_context, lidar_checkpoint, spin_until)
 
     rng = np.random.default_rng(3)
     points = np.concatenate([rng.uniform(-20, 20, (40, 2)), rng.uniform(-1.5, 1.0, (40, 1)),
@@ -241,13 +248,8 @@ def test_lidar_teacher_runs_a_checkpoint_converted_from_mmdet3d(harness, ros_con
     torch.save({"meta": {"dataset_meta": {"classes": list(config.class_names)}}, "state_dict": fx["state_dict"]}, src)
     checkpoint = convert_centerpoint(src, config, tmp_path / "teacher.pt")
 
-    executor, io, add = harness
-    node = add(LidarTeacherNode(context=ros_context, cli_args=["--ros-args", "-p", f"checkpoint:={checkpoint}",
-                                                                *COMMON_ARGS]))
-    pub = io.create_publisher(PointCloud2, topics.LIDAR_TOPIC, RELIABLE)
-    received: list[Detection3DArray] = []
-    io.create_subscription(Detection3DArray, topics.teacher_detections_topic("lidar"), received.append, RELIABLE)
-    assert spin_until(executor, lambda: pub.get_subscription_count() == 1)
+    executor = harness[0]
+    node, pub, received = _start_lidar_teacher(harness, ros_context, checkpoint, spin_until)
 
     cloud = fx["points"][1][:, :4].numpy().astype(np.float64)  # x y z intensity (sensor frame here)
     points = np.concatenate([cloud, np.zeros((len(cloud), 1))], axis=1)
