@@ -133,8 +133,8 @@ class InstanceSegConfig:
     source: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("backbone_width", "fpn_channels", "box_head_dim", "mask_head_channels", "mask_head_layers", "min_size_px",
-                     "max_size_px", "detections_per_image", "rpn_proposals_train", "rpn_proposals_test",
+        for name in ("backbone_width", "fpn_channels", "box_head_dim", "mask_head_channels", "mask_head_layers",
+                     "min_size_px", "max_size_px", "detections_per_image", "rpn_proposals_train", "rpn_proposals_test",
                      "rpn_batch_size_per_image", "box_batch_size_per_image"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -255,7 +255,9 @@ def predictions_to_instance_map(pred: InstancePredictions, mask_threshold: float
 def _narrow(resnet: torchvision.models.ResNet, width: int) -> None:
     """Rebuild ``resnet``'s stem and stages in place at ``width`` stem / first-stage channels, from
     torchvision's own blocks and ``_make_layer`` (torchvision has no width argument for BasicBlock
-    ResNets; the module names and so the state-dict keys stay those of a standard ResNet)."""
+    ResNets; the module names and so the state-dict keys stay those of a standard ResNet). The new
+    layers keep PyTorch's default initialisation, not torchvision's ResNet init: a narrow backbone
+    exists to receive converted weights."""
     block = type(resnet.layer1[0])
     depths = [len(getattr(resnet, f"layer{k}")) for k in range(1, 5)]
     resnet.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
