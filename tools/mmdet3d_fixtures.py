@@ -16,8 +16,8 @@ final predictions for both NMS types, plus the config and versions used.
 
 It also writes <out>/maskrcnn_tiny.pt from mmdet's Mask R-CNN: mmdet3d's own
 configs/_base_/models/mask-rcnn_r50_fpn.py with the nuImages class list of
-configs/_base_/datasets/nuim-instance.py, shrunk to CI size (ResNet-18 at base width 8, 16-channel FPN, slim heads,
-anchor scale 2, 100 proposals), seeded random weights, run by mmdet's DetDataPreprocessor ->
+configs/_base_/datasets/nuim-instance.py, shrunk to CI size (ResNet-18 at base width 8, 16-channel
+FPN, slim heads, anchor scale 2, 100 proposals), seeded random weights, run by mmdet's DetDataPreprocessor ->
 extract_feat -> rpn_head.predict -> roi_head.predict on one 56 x 120 RGB image (padded to 64 x 128,
 no resize). Saved: the state dict, the image, the FPN levels, the RPN proposals, and the final
 boxes / scores / labels with binary (0.5) and 8-bit soft masks.
@@ -146,7 +146,7 @@ def centerpoint_fixture(args: argparse.Namespace) -> None:
     base, config_path = base_model_config()
     cfg = small_config(base)
     torch.manual_seed(args.seed)
-    model = MODELS.build(ConfigDict(cfg))  # attribute access (train_cfg.pts) needs a ConfigDict
+    model = MODELS.build(ConfigDict(cfg))  # the detectors read their config by attribute (cfg.x.y)
     model.init_weights()
     randomise(model, args.seed)
     model.eval()
@@ -199,7 +199,7 @@ def centerpoint_fixture(args: argparse.Namespace) -> None:
                       "neck": list(neck[0].shape), "final_boxes": n_final, "versions": fixture["versions"]}))
 
 
-MASKRCNN_SMALL = dict(depth=18, base_channels=8, stage_channels=[8, 16, 32, 64], fpn=16, fc=32, mask_convs=2, mask_channels=16,
+MASKRCNN_SMALL = dict(depth=18, base_channels=8, fpn=16, fc=32, mask_convs=2, mask_channels=16,
                       anchor_scale=2, proposals=100, max_per_img=20, image_hw=(56, 120))
 
 #: mmdet's ImageNet normalisation of the nuImages configs (RGB order).
@@ -231,7 +231,7 @@ def small_maskrcnn_config(model: dict, num_classes: int) -> dict:
                                   pad_size_divisor=32)
     m["backbone"].update(depth=s["depth"], base_channels=s["base_channels"], stem_channels=s["base_channels"],
                          init_cfg=None)
-    m["neck"].update(in_channels=s["stage_channels"], out_channels=s["fpn"])
+    m["neck"].update(in_channels=[s["base_channels"] * 2**k for k in range(4)], out_channels=s["fpn"])  # BasicBlock stages
     rpn = m["rpn_head"]
     rpn.update(in_channels=s["fpn"], feat_channels=s["fpn"])
     rpn["anchor_generator"]["scales"] = [s["anchor_scale"]]
@@ -274,7 +274,7 @@ def maskrcnn_fixture(args: argparse.Namespace) -> None:
     base, classes, config_path = maskrcnn_model_config()
     cfg = small_maskrcnn_config(base, len(classes))
     torch.manual_seed(args.seed)
-    model = MODELS.build(ConfigDict(cfg))  # attribute access (train_cfg.pts) needs a ConfigDict
+    model = MODELS.build(ConfigDict(cfg))  # the detectors read their config by attribute (cfg.x.y)
     model.init_weights()
     randomise(model, args.seed)
     model.eval()

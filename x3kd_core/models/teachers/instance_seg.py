@@ -257,7 +257,7 @@ def _narrow(resnet: torchvision.models.ResNet, width: int) -> None:
     torchvision's own blocks and ``_make_layer`` (torchvision has no width argument for BasicBlock
     ResNets; the module names and so the state-dict keys stay those of a standard ResNet). The new
     layers keep PyTorch's default initialisation, not torchvision's ResNet init: a narrow backbone
-    exists to receive converted weights."""
+    exists to receive converted weights. ``fc`` is left as it is: the FPN wrapper drops it."""
     block = type(resnet.layer1[0])
     depths = [len(getattr(resnet, f"layer{k}")) for k in range(1, 5)]
     resnet.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
@@ -265,7 +265,6 @@ def _narrow(resnet: torchvision.models.ResNet, width: int) -> None:
     resnet.inplanes = width
     for k, n in enumerate(depths):
         setattr(resnet, f"layer{k + 1}", resnet._make_layer(block, width * 2**k, n, stride=1 if k == 0 else 2))
-    resnet.fc = nn.Linear(width * 8 * block.expansion, resnet.fc.out_features)
 
 
 def _build_backbone(config: InstanceSegConfig) -> BackboneWithFPN:
@@ -341,9 +340,8 @@ class InstanceSegmenter(nn.Module):
             heads = self.model.roi_heads
             heads.box_roi_pool = AlignedMultiScaleRoIAlign(levels, FPN_STRIDES[:4], 7, sampling_ratio=0)
             heads.mask_roi_pool = AlignedMultiScaleRoIAlign(levels, FPN_STRIDES[:4], 14, sampling_ratio=0)
-            heads.box_coder = SymmetricClampBoxCoder(heads.box_coder.weights, heads.box_coder.bbox_xform_clip)
-            rpn = self.model.rpn
-            rpn.box_coder = SymmetricClampBoxCoder(rpn.box_coder.weights, rpn.box_coder.bbox_xform_clip)
+            for owner in (heads, self.model.rpn):
+                owner.box_coder = SymmetricClampBoxCoder(owner.box_coder.weights, owner.box_coder.bbox_xform_clip)
             old = self.model.transform
             self.model.transform = GridSamplePasteTransform(old.min_size, old.max_size, old.image_mean,
                                                             old.image_std, size_divisible=old.size_divisible)
