@@ -274,8 +274,11 @@ def result_record(exp, result, *, command: str, commit: Optional[str], started: 
         "started_utc": started.isoformat(timespec="seconds"),
         "steps": result.step,
         "batch_size": exp.train.batch_size,
+        # train_wall_s: every process of the run (a resumed run's checkpoint carries the earlier time;
+        # checkpoints older than that field count it as 0, and start_step then says so).
         "train_wall_s": result.train_wall_s,
         "sec_per_step": result.train_wall_s / max(result.step, 1),
+        "start_step": result.start_step,
         "eval_split": exp.data.val_split,
         "eval_samples": m.get("num_samples"),
         # Detectors: the nuScenes metrics; other kinds (the instance-segmentation teacher): their

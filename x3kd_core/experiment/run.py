@@ -35,10 +35,12 @@ class ExperimentResult:
     step: int
     total_steps: int
     finished: bool
-    train_wall_s: float
+    train_wall_s: float  # fit() seconds over every process of the run (resumes included)
     last_losses: dict
     metrics: dict
     metrics_path: Path
+    start_step: int = 0  # step this process started from (> 0 after a resume)
+    process_wall_s: float = 0.0  # fit() seconds of this process only
 
 
 def train_experiment(
@@ -97,7 +99,9 @@ def train_experiment(
         "step": result.step,
         "total_steps": result.total_steps,
         "finished": result.finished,
-        "train_wall_s": result.wall_s,
+        "train_wall_s": result.total_wall_s,
+        "train_wall_s_this_process": result.wall_s,
+        "start_step": result.start_step,
         "train_samples": len(dataset),
         "eval_split": exp.data.val_split,
         "headline": headline(exp.kind, metrics) if metrics else {},
@@ -110,8 +114,8 @@ def train_experiment(
             json.dump(report, fh, indent=2, allow_nan=False, default=_json_default)
     return ExperimentResult(
         out_dir=out, checkpoint=result.checkpoint, step=result.step, total_steps=result.total_steps,
-        finished=result.finished, train_wall_s=result.wall_s, last_losses=result.last_losses, metrics=metrics,
-        metrics_path=metrics_path,
+        finished=result.finished, train_wall_s=result.total_wall_s, last_losses=result.last_losses, metrics=metrics,
+        metrics_path=metrics_path, start_step=result.start_step, process_wall_s=result.wall_s,
     )
 
 

@@ -49,7 +49,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -275,6 +275,11 @@ class TrainResult:
     checkpoint: Path | None
     last_losses: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
+    #: step this process started from (0 for a fresh run, the checkpoint's step after --resume)
+    start_step: int = 0
+    #: seconds of fit() over every process of the run (this one's wall_s plus what the checkpoint it
+    #: resumed from had recorded); equals wall_s for a run done in one go
+    total_wall_s: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,6 +370,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_enabled and self.amp_dtype == torch.float16)
 
         self.step = 0  # optimiser steps done
+        self._wall_before_s = 0.0  # fit() seconds of earlier processes of this run (from the checkpoint)
+        self._fit_t0 = time.perf_counter()
         self.epoch = 0  # index of the current epoch
         self.batch_in_epoch = 0  # global batches of the current epoch done
         self.logger: MetricLogger | None = None
@@ -400,6 +407,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "finished": finished,
             "rng": rngs,
+            "train_wall_s": self._wall_before_s + (time.perf_counter() - self._fit_t0),
         }
 
     def _on_main(self, fn: Callable[[], None], what: str) -> None:
@@ -454,6 +462,8 @@ class Trainer:
                     raise CheckpointError(f"{path}: no state for extra step '{name}' (has {sorted(state['extra'])})")
                 e.load_state_dict(state["extra"][name])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        # Checkpoints written before this field existed: their earlier time is unknown (counted as 0).
+        self._wall_before_s = float(state.get("train_wall_s", 0.0))
         rngs = state["rng"]
         if len(rngs) == self.ctx.world_size:
             set_rng_state(rngs[self.ctx.rank], self.device)
@@ -534,7 +544,8 @@ class Trainer:
                 time slot; a later ``fit()`` continues exactly.
         """
         cfg = self.config
-        t_start = time.perf_counter()
+        t_start = self._fit_t0 = time.perf_counter()
+        self._wall_before_s = 0.0
         resume_from: Path | None = None
         if resume is True:
             resume_from = latest_checkpoint(self.checkpoint_path)
@@ -556,10 +567,12 @@ class Trainer:
             # being redone or replaced; the logger drops them.
             self.logger = MetricLogger(self.out_dir, enabled=self.ctx.is_main, resume_step=self.step,
                                        tensorboard=cfg.tensorboard)
+            start_step = self.step
             try:
-                return self._loop(stop_at_step, t_start)
+                result = self._loop(stop_at_step, t_start)
             finally:
                 self.logger.close()
+            return replace(result, start_step=start_step, total_wall_s=self._wall_before_s + result.wall_s)
 
     def _loop(self, stop_at_step: int | None, t_start: float) -> TrainResult:
         cfg = self.config

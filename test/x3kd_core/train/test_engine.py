@@ -172,12 +172,17 @@ def test_stop_and_resume_is_bit_identical(reference, tmp_path):
     _, ref_model, ref_critic, ref_out = reference
     trainer, _, _ = make_trainer(tmp_path)
     first = trainer.fit(stop_at_step=7)  # mid-epoch: epoch 1, batch 3 of 4
-    assert (first.step, first.finished) == (7, False)
+    assert (first.step, first.finished, first.start_step) == (7, False, 0)
+    assert first.total_wall_s == first.wall_s > 0
+    saved_wall_s = load_checkpoint(tmp_path / "last.pt", "TinyNet")["train_wall_s"]
+    assert 0 < saved_wall_s <= first.wall_s  # the time up to the checkpoint, written at step 7
     torch.rand(100)  # disturb every RNG the resumed run must restore
     torch.randn(3)
     trainer2, model2, critic2 = make_trainer(tmp_path, init_seed=555)  # different init: weights must load
     second = trainer2.fit()
-    assert (second.step, second.finished) == (14, True)
+    assert (second.step, second.finished, second.start_step) == (14, True, 7)
+    # The run's wall time counts both processes: the checkpoint's earlier time plus this one's.
+    assert second.total_wall_s == pytest.approx(saved_wall_s + second.wall_s, rel=1e-9)
     assert_same_params(model2, ref_model)
     assert_same_params(critic2.net, ref_critic.net)
     assert rows_without_timing(tmp_path / "train.csv") == rows_without_timing(ref_out / "train.csv")
