@@ -517,8 +517,9 @@ def _markdown(plan: AblationPlan, summaries: dict[str, VariantSummary], verdict:
     lines += ["", f"Mean ± sample std over seeds; {next(iter(summaries.values())).steps} steps per run. "
               "Δ paired: the difference to the baseline run of the same seed (same initialisation and data "
               "order), mean ± std over seeds, and on how many seeds it is positive. "
-              "s/step is wall time per training step while two runs shared the machine (use it to compare rows, "
-              "not as a benchmark).", "", f"**Bar:** {verdict['text']}.", ""]
+              "s/step: the run's wall time per training step, evaluations included, at the thread count its "
+              "file records (runs that shared the cores are slower: compare rows that ran alike, and never "
+              "use it as a benchmark).", "", f"**Bar:** {verdict['text']}.", ""]
     if gap is not None:
         lines += [f"**Camera -> LiDAR gap:** the LiDAR teacher ({gap['teacher_result']}) reaches mAP "
                   f"{gap['teacher_mAP']:.4f}, the baseline {gap['baseline_mAP']:.4f}; {plan.reference} "
