@@ -40,7 +40,6 @@ class ExperimentResult:
     metrics: dict
     metrics_path: Path
     start_step: int = 0  # step this process started from (> 0 after a resume)
-    process_wall_s: float = 0.0  # fit() seconds of this process only
 
 
 def train_experiment(
@@ -115,7 +114,7 @@ def train_experiment(
     return ExperimentResult(
         out_dir=out, checkpoint=result.checkpoint, step=result.step, total_steps=result.total_steps,
         finished=result.finished, train_wall_s=result.total_wall_s, last_losses=result.last_losses, metrics=metrics,
-        metrics_path=metrics_path, start_step=result.start_step, process_wall_s=result.wall_s,
+        metrics_path=metrics_path, start_step=result.start_step,
     )
 
 
