@@ -21,6 +21,12 @@ deviation of the paired ΔNDS, over at least 3 seeds. The report states whether 
 which condition fails if not. With ``teacher_result`` (the LiDAR teacher's result record) it also
 reports the share of the camera -> LiDAR mAP gap that ``reference`` closes.
 
+Each component's paired effect is read three ways from the plan's variant names (any that were run):
+*alone* ``x_<c>`` - ``baseline``; *added* in the paper's order X-IS, X-FD, X-AT, X-OD, the
+cumulative variants named by joining the components with ``+`` (``x_is``, ``x_is+x_fd``,
+``x_is+x_fd+x_at``, then ``reference``) minus the one before (``baseline`` before ``x_is``);
+*removed*: ``reference`` - ``<reference>_no_x_<c>`` (leave-one-out). All paired by seed.
+
 One file on purpose (issue 14): it is the one ``x3kd ablate`` command; the plan, its runs and
 its report share the plan schema and the result-file layout.
 """
@@ -58,6 +64,8 @@ __all__ = [
     "run_plan",
     "VariantSummary",
     "summarise",
+    "COMPONENT_ORDER",
+    "component_effects",
     "paired_deltas",
     "write_report",
 ]
@@ -450,6 +458,32 @@ def paired_deltas(records: Sequence[dict], baseline: Sequence[dict]) -> dict[str
     return out
 
 
+#: X3KD's components in the paper's order (the order of the cumulative rows).
+COMPONENT_ORDER = ("x_is", "x_fd", "x_at", "x_od")
+
+
+def component_effects(plan: AblationPlan, records: dict[str, list[dict]]) -> dict[str, dict[str, dict]]:
+    """Paired effect of each component, three ways (module docstring): ``{component: {"alone" |
+    "added" | "removed": {"minuend", "subtrahend", "NDS": ..., "mAP": ...}}}``, the metric dicts
+    as :func:`paired_deltas`. A way whose two variants do not both have results is left out."""
+    cumulative = [plan.baseline] + ["+".join(COMPONENT_ORDER[:k]) for k in range(1, len(COMPONENT_ORDER))] + [plan.reference]
+    out: dict[str, dict[str, dict]] = {}
+    for k, comp in enumerate(COMPONENT_ORDER):
+        pairs = {"alone": (comp, plan.baseline), "added": (cumulative[k + 1], cumulative[k]),
+                 "removed": (plan.reference, f"{plan.reference}_no_{comp}")}
+        ways = {}
+        for way, (minuend, subtrahend) in pairs.items():
+            if way == "added" and (minuend, subtrahend) == pairs["alone"]:
+                continue  # the first component's cumulative step is its alone row
+            if records.get(minuend) and records.get(subtrahend):
+                deltas = paired_deltas(records[minuend], records[subtrahend])
+                if deltas["NDS"]["n"]:
+                    ways[way] = {"minuend": minuend, "subtrahend": subtrahend, **deltas}
+        if ways:
+            out[comp] = ways
+    return out
+
+
 def _verdict(plan: AblationPlan, summaries: dict[str, VariantSummary], paired: dict[str, dict]) -> dict:
     """The bar (module docstring) from the paired deltas of ``reference``."""
     base, ref = summaries.get(plan.baseline), summaries.get(plan.reference)
@@ -477,22 +511,28 @@ def _verdict(plan: AblationPlan, summaries: dict[str, VariantSummary], paired: d
 
 def _gap_closed(plan: AblationPlan, summaries: dict[str, VariantSummary]) -> Optional[dict]:
     """Share of the camera -> LiDAR-teacher mAP gap that ``reference`` closes (None without
-    ``teacher_result`` or either row): ``(mAP_ref - mAP_base) / (mAP_teacher - mAP_base)``, means over seeds."""
+    ``teacher_result`` or a common seed): ``(mAP_ref - mAP_base) / (mAP_teacher - mAP_base)``, means over
+    the seeds BOTH rows have (so a row with fewer seeds is not compared with another seed set)."""
     base, ref = summaries.get(plan.baseline), summaries.get(plan.reference)
     if not plan.teacher_result or base is None or ref is None:
+        return None
+    seeds = sorted(set(base.seeds) & set(ref.seeds))
+    if not seeds:
         return None
     path = _repo_path(plan.teacher_result)
     if not path.is_file():
         raise FileNotFoundError(f"teacher_result: {path} does not exist")
     teacher_map = float(json.loads(path.read_text())["metrics"]["mAP"])
-    gap = teacher_map - base.mean["mAP"]
-    share = (ref.mean["mAP"] - base.mean["mAP"]) / gap if gap > 0 else float("nan")
-    return {"teacher_result": plan.teacher_result, "teacher_mAP": teacher_map, "baseline_mAP": base.mean["mAP"],
-            "reference_mAP": ref.mean["mAP"], "share": share}
+    base_map = float(np.mean([v for s, v in zip(base.seeds, base.values["mAP"]) if s in seeds]))
+    ref_map = float(np.mean([v for s, v in zip(ref.seeds, ref.values["mAP"]) if s in seeds]))
+    gap = teacher_map - base_map
+    share = (ref_map - base_map) / gap if gap > 0 else float("nan")
+    return {"teacher_result": plan.teacher_result, "teacher_mAP": teacher_map, "baseline_mAP": base_map,
+            "reference_mAP": ref_map, "share": share, "seeds": seeds}
 
 
 def _markdown(plan: AblationPlan, summaries: dict[str, VariantSummary], verdict: dict, machine: str,
-              paired: dict[str, dict], gap: Optional[dict] = None) -> str:
+              paired: dict[str, dict], gap: Optional[dict] = None, effects: Optional[dict] = None) -> str:
     base = summaries.get(plan.baseline)
     lines = [f"### Ablation `{plan.name}`" + (f": {plan.title}" if plan.title else ""), ""]
     lines += [f"Command: `x3kd ablate --plan {plan.source} --jobs 2` then `x3kd ablate --plan {plan.source} --report`.",
@@ -523,10 +563,35 @@ def _markdown(plan: AblationPlan, summaries: dict[str, VariantSummary], verdict:
     if gap is not None:
         lines += [f"**Camera -> LiDAR gap:** the LiDAR teacher ({gap['teacher_result']}) reaches mAP "
                   f"{gap['teacher_mAP']:.4f}, the baseline {gap['baseline_mAP']:.4f}; {plan.reference} "
-                  f"({gap['reference_mAP']:.4f}) closes {100 * gap['share']:.1f} % of that gap.", ""]
+                  f"({gap['reference_mAP']:.4f}) closes {100 * gap['share']:.1f} % of that gap "
+                  f"(means over the seeds both ran: {', '.join(map(str, gap['seeds']))}).", ""]
+    if effects:
+        lines += _effects_markdown(plan, effects)
     if plan.notes:
         lines += [plan.notes.strip(), ""]
     return "\n".join(lines)
+
+
+def _effects_markdown(plan: AblationPlan, effects: dict[str, dict[str, dict]]) -> list[str]:
+    """The component-effect table of the report (see :func:`component_effects`)."""
+    def cell(way: dict, metric: str) -> str:
+        d = way[metric]
+        return f"{d['mean']:+.4f} ± {d['std']:.4f} ({d['positive']}/{d['n']} up)"
+
+    head = "| component | way | rows compared | ΔNDS paired | ΔmAP paired |"
+    lines = ["**Effect of each component** (paired by seed; mean ± sample std over the seeds both rows ran, "
+             "and on how many it is positive). *alone*: the component by itself minus the baseline; *added*: "
+             "the cumulative row (paper order X-IS, X-FD, X-AT, X-OD) minus the row before it; *removed*: "
+             f"`{plan.reference}` minus `{plan.reference}` without the component.", "", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for comp in COMPONENT_ORDER:
+        for way in ("alone", "added", "removed"):
+            w = effects.get(comp, {}).get(way)
+            if w is None:
+                continue
+            lines.append(f"| {comp.replace('_', '-').upper()} | {way} | `{w['minuend']}` - `{w['subtrahend']}` | "
+                         f"{cell(w, 'NDS')} | {cell(w, 'mAP')} |")
+    return lines + [""]
 
 
 def _chart(plan: AblationPlan, summaries: dict[str, VariantSummary], path: Path) -> None:
@@ -578,13 +643,15 @@ def write_report(plan: AblationPlan, benchmarks_md: Optional[Path] = REPO_ROOT /
               if plan.baseline in records and name != plan.baseline}
     verdict = _verdict(plan, summaries, paired)
     gap = _gap_closed(plan, summaries)
+    effects = component_effects(plan, records)
     machines = sorted({r["machine"] for recs in records.values() for r in recs})
-    md = _markdown(plan, summaries, verdict, "; ".join(machines), paired, gap)
+    md = _markdown(plan, summaries, verdict, "; ".join(machines), paired, gap, effects)
     out = plan.results_path
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(md)
     report = {"plan": plan.name, "title": plan.title, "baseline": plan.baseline, "reference": plan.reference,
               "verdict": verdict, "gap_closed": gap, "machines": machines, "paired_deltas": paired,
+              "component_effects": effects,
               "variants": {name: s.to_dict() for name, s in summaries.items()}}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     _chart(plan, summaries, out / "report.png")

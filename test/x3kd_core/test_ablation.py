@@ -128,6 +128,12 @@ def test_gap_closed_share(tmp_path):
                  "x3kd": summarise(_records("x3kd", [0.3, 0.3, 0.3]))}
     assert _gap_closed(plan, summaries)["share"] == pytest.approx(0.25)  # (0.3 - 0.2) / (0.6 - 0.2)
     assert _gap_closed(replace(plan, teacher_result=""), summaries) is None
+    # A reference with fewer seeds is compared with the baseline's same seeds only.
+    summaries = {"baseline": summarise(_records("baseline", [0.1, 0.2, 0.3])),
+                 "x3kd": summarise(_records("x3kd", [0.2, 0.3]))}
+    gap = _gap_closed(plan, summaries)
+    assert gap["seeds"] == [0, 1] and gap["baseline_mAP"] == pytest.approx(0.15)
+    assert gap["share"] == pytest.approx(0.1 / 0.45)
 
 
 def test_paired_deltas_use_the_same_seed():
@@ -139,6 +145,31 @@ def test_paired_deltas_use_the_same_seed():
     assert d["mean"] == pytest.approx(np.mean([0.02, 0.01, -0.01])) and d["positive"] == 2 and d["n"] == 3
     assert d["std"] == pytest.approx(np.std([0.02, 0.01, -0.01], ddof=1))
     assert paired_deltas(ref[:1], base[1:])["NDS"]["n"] == 0  # no common seed
+
+
+def test_component_effects_alone_added_removed():
+    from x3kd_core.ablation import _effects_markdown, component_effects
+
+    plan = load_plan(REPO_ROOT / "config" / "ablation" / "x3kd_small.yaml", check_experiments=False)
+    records = {"baseline": _records("baseline", [0.30, 0.31, 0.32]),
+               "x_is": _records("x_is", [0.31, 0.32, 0.33]),
+               "x_fd": _records("x_fd", [0.29, 0.33, 0.32]),
+               "x_is+x_fd": _records("x_is+x_fd", [0.33, 0.35, 0.36]),
+               "x3kd": _records("x3kd", [0.35, 0.36, 0.37]),
+               "x3kd_no_x_at": _records("x3kd_no_x_at", [0.36, 0.35])}  # two seeds only
+    effects = component_effects(plan, records)
+    assert set(effects) == {"x_is", "x_fd", "x_at"}  # nothing about X-OD was run
+    assert set(effects["x_is"]) == {"alone"}  # its cumulative step IS its alone row
+    assert effects["x_fd"]["alone"]["NDS"]["mean"] == pytest.approx(np.mean([-0.01, 0.02, 0.0]))
+    added = effects["x_fd"]["added"]
+    assert (added["minuend"], added["subtrahend"]) == ("x_is+x_fd", "x_is")
+    assert added["NDS"]["mean"] == pytest.approx(0.0267, abs=1e-4) and added["NDS"]["positive"] == 3
+    assert "added" not in effects["x_at"]  # x_is+x_fd+x_at was not run
+    removed = effects["x_at"]["removed"]["NDS"]  # x3kd - x3kd_no_x_at on seeds 0 and 1
+    assert removed["n"] == 2 and removed["mean"] == pytest.approx(0.0) and removed["positive"] == 1
+    assert removed["std"] == pytest.approx(np.std([-0.01, 0.01], ddof=1))
+    md = "\n".join(_effects_markdown(plan, effects))
+    assert "| X-FD | added | `x_is+x_fd` - `x_is` | +0.0267 ± 0.0058 (3/3 up) |" in md
 
 
 def test_bad_plans_name_the_key(tiny_dataset, tiny_teachers, tmp_path):
