@@ -172,6 +172,18 @@ def test_component_effects_alone_added_removed():
     assert "| X-FD | added | `x_is+x_fd` - `x_is` | +0.0267 ± 0.0058 (3/3 up) |" in md
 
 
+def test_camera_radar_main_distils_like_x3kd_main():
+    """The camera+radar plan repeats x3kd_main's distill block as overrides: they must not drift apart."""
+    from x3kd_core.experiment.load import load_experiment
+
+    plan = load_plan(REPO_ROOT / "config" / "ablation" / "camera_radar_main.yaml", check_experiments=False)
+    radar = load_experiment(REPO_ROOT / "config" / "train" / "camera_radar_main.yaml",
+                            list(plan.common) + list(plan.variants["x3kd"]))
+    camera = load_experiment(REPO_ROOT / "config" / "train" / "x3kd_main.yaml")
+    assert radar.kind == "camera_radar" and radar.distill == camera.distill and radar.teachers == camera.teachers
+    assert radar.train.max_steps == camera.train.max_steps and radar.data.train_split == camera.data.train_split
+
+
 def test_bad_plans_name_the_key(tiny_dataset, tiny_teachers, tmp_path):
     with pytest.raises(ConfigError, match=r"^colour: unknown key"):
         load_plan(_plan_file(tmp_path, tiny_dataset, tiny_teachers, colour="red"))
