@@ -48,6 +48,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from x3kd_core.config import ConfigError
+from x3kd_core.distill.config import COMPONENTS
 from x3kd_core.paths import REPO_ROOT
 
 __all__ = [
@@ -64,7 +65,6 @@ __all__ = [
     "run_plan",
     "VariantSummary",
     "summarise",
-    "COMPONENT_ORDER",
     "component_effects",
     "paired_deltas",
     "write_report",
@@ -458,17 +458,13 @@ def paired_deltas(records: Sequence[dict], baseline: Sequence[dict]) -> dict[str
     return out
 
 
-#: X3KD's components in the paper's order (the order of the cumulative rows).
-COMPONENT_ORDER = ("x_is", "x_fd", "x_at", "x_od")
-
-
 def component_effects(plan: AblationPlan, records: dict[str, list[dict]]) -> dict[str, dict[str, dict]]:
     """Paired effect of each component, three ways (module docstring): ``{component: {"alone" |
     "added" | "removed": {"minuend", "subtrahend", "NDS": ..., "mAP": ...}}}``, the metric dicts
     as :func:`paired_deltas`. A way whose two variants do not both have results is left out."""
-    cumulative = [plan.baseline] + ["+".join(COMPONENT_ORDER[:k]) for k in range(1, len(COMPONENT_ORDER))] + [plan.reference]
+    cumulative = [plan.baseline] + ["+".join(COMPONENTS[:k]) for k in range(1, len(COMPONENTS))] + [plan.reference]
     out: dict[str, dict[str, dict]] = {}
-    for k, comp in enumerate(COMPONENT_ORDER):
+    for k, comp in enumerate(COMPONENTS):
         pairs = {"alone": (comp, plan.baseline), "added": (cumulative[k + 1], cumulative[k]),
                  "removed": (plan.reference, f"{plan.reference}_no_{comp}")}
         ways = {}
@@ -584,11 +580,8 @@ def _effects_markdown(plan: AblationPlan, effects: dict[str, dict[str, dict]]) -
              "the cumulative row (paper order X-IS, X-FD, X-AT, X-OD) minus the row before it; *removed*: "
              f"`{plan.reference}` minus `{plan.reference}` without the component.", "", head,
              "|" + "---|" * (head.count("|") - 1)]
-    for comp in COMPONENT_ORDER:
-        for way in ("alone", "added", "removed"):
-            w = effects.get(comp, {}).get(way)
-            if w is None:
-                continue
+    for comp, ways in effects.items():  # paper order, ways in the order alone / added / removed
+        for way, w in ways.items():
             lines.append(f"| {comp.replace('_', '-').upper()} | {way} | `{w['minuend']}` - `{w['subtrahend']}` | "
                          f"{cell(w, 'NDS')} | {cell(w, 'mAP')} |")
     return lines + [""]

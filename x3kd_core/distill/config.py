@@ -231,6 +231,10 @@ class XODConfig:
             raise ConfigError(f"x_od.regression_min_confidence must be in [0, 1), got {self.regression_min_confidence}")
 
 
+#: X3KD's components in the paper's order (X-IS, X-FD, X-AT, X-OD): the fields of :class:`DistillConfig`.
+COMPONENTS = ("x_is", "x_fd", "x_at", "x_od")
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """All four X3KD components; each has an ``enabled`` flag, its weight(s) and its parameters."""
@@ -243,7 +247,7 @@ class DistillConfig:
     @property
     def enabled_components(self) -> tuple[str, ...]:
         """Names of the enabled components, e.g. ``('x_is', 'x_fd', 'x_at', 'x_od')``."""
-        return tuple(name for name in ("x_is", "x_fd", "x_at", "x_od") if getattr(self, name).enabled)
+        return tuple(name for name in COMPONENTS if getattr(self, name).enabled)
 
     @classmethod
     def none(cls) -> "DistillConfig":
