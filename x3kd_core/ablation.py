@@ -25,7 +25,10 @@ Each component's paired effect is read three ways from the plan's variant names 
 *alone* ``x_<c>`` - ``baseline``; *added* in the paper's order X-IS, X-FD, X-AT, X-OD, the
 cumulative variants named by joining the components with ``+`` (``x_is``, ``x_is+x_fd``,
 ``x_is+x_fd+x_at``, then ``reference``) minus the one before (``baseline`` before ``x_is``);
-*removed*: ``reference`` - ``<reference>_no_x_<c>`` (leave-one-out). All paired by seed.
+*removed*: ``reference`` - ``<reference>_no_x_<c>`` (leave-one-out). All paired by seed. The last
+cumulative step before ``reference`` is the same model as ``<reference>_no_x_od``: a plan holds one
+of the two (:func:`load_plan` rejects two variants with the same overrides) and the report takes
+whichever it has; X-OD's *added* effect is then its *removed* one and is shown once.
 
 One file on purpose (issue 14): it is the one ``x3kd ablate`` command; the plan, its runs and
 its report share the plan schema and the result-file layout.
@@ -203,6 +206,12 @@ def load_plan(path: str | os.PathLike, *, check_experiments: bool = True, extra:
     for key in ("baseline", "reference"):
         if getattr(plan, key) not in variants:
             raise ConfigError(f"{key}: {getattr(plan, key)!r} is not one of the variants {list(variants)}")
+    same: dict[frozenset, str] = {}
+    for name, overrides in variants.items():
+        first = same.setdefault(frozenset(overrides), name)
+        if first != name:
+            raise ConfigError(f"variants.{name}: same overrides as variants.{first} (it would train the same "
+                              "model twice); keep one of them")
     if check_experiments:
         for name in variants:
             try:
@@ -463,14 +472,16 @@ def component_effects(plan: AblationPlan, records: dict[str, list[dict]]) -> dic
     "added" | "removed": {"minuend", "subtrahend", "NDS": ..., "mAP": ...}}}``, the metric dicts
     as :func:`paired_deltas`. A way whose two variants do not both have results is left out."""
     cumulative = [plan.baseline] + ["+".join(COMPONENTS[:k]) for k in range(1, len(COMPONENTS))] + [plan.reference]
+    if cumulative[-2] not in plan.variants:  # all but the last component = the reference without the last
+        cumulative[-2] = f"{plan.reference}_no_{COMPONENTS[-1]}"
     out: dict[str, dict[str, dict]] = {}
     for k, comp in enumerate(COMPONENTS):
         pairs = {"alone": (comp, plan.baseline), "added": (cumulative[k + 1], cumulative[k]),
                  "removed": (plan.reference, f"{plan.reference}_no_{comp}")}
         ways = {}
         for way, (minuend, subtrahend) in pairs.items():
-            if way == "added" and (minuend, subtrahend) == pairs["alone"]:
-                continue  # the first component's cumulative step is its alone row
+            if way == "added" and (minuend, subtrahend) in (pairs["alone"], pairs["removed"]):
+                continue  # the first component's cumulative step is its alone row, the last one's its removed row
             if records.get(minuend) and records.get(subtrahend):
                 deltas = paired_deltas(records[minuend], records[subtrahend])
                 if deltas["NDS"]["n"]:

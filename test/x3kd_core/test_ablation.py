@@ -172,6 +172,33 @@ def test_component_effects_alone_added_removed():
     assert "| X-FD | added | `x_is+x_fd` - `x_is` | +0.0267 ± 0.0058 (3/3 up) |" in md
 
 
+def test_last_cumulative_step_is_the_leave_one_out_row():
+    """x3kd_main holds x3kd_no_x_od, not x_is+x_fd+x_at (the same model): X-AT's added effect is read
+    against it, and X-OD's added effect, being its removed one, is shown once."""
+    from x3kd_core.ablation import component_effects
+
+    plan = load_plan(REPO_ROOT / "config" / "ablation" / "x3kd_main.yaml", check_experiments=False)
+    assert "x_is+x_fd+x_at" not in plan.variants
+    records = {"x_is+x_fd": _records("x_is+x_fd", [0.33, 0.35, 0.36]),
+               "x3kd_no_x_od": _records("x3kd_no_x_od", [0.34, 0.34, 0.38]),
+               "x3kd": _records("x3kd", [0.35, 0.36, 0.37])}
+    effects = component_effects(plan, records)
+    added = effects["x_at"]["added"]
+    assert (added["minuend"], added["subtrahend"]) == ("x3kd_no_x_od", "x_is+x_fd")
+    assert added["NDS"]["mean"] == pytest.approx(np.mean([0.01, -0.01, 0.02]))
+    assert set(effects["x_od"]) == {"removed"}
+    assert effects["x_od"]["removed"]["NDS"]["positive"] == 2
+
+
+def test_plan_rejects_two_variants_with_the_same_overrides(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("name: p\nexperiment: config/train/x3kd_small.yaml\nvariants:\n  baseline: [distill=null]\n"
+                    "  x3kd: []\n  a: [distill.x_od.enabled=false, distill.x_at.enabled=false]\n"
+                    "  b: [distill.x_at.enabled=false, distill.x_od.enabled=false]\n")
+    with pytest.raises(ConfigError, match=r"^variants\.b: same overrides as variants\.a"):
+        load_plan(plan, check_experiments=False)
+
+
 def test_camera_radar_main_distils_like_x3kd_main():
     """The camera+radar plan repeats x3kd_main's distill block as overrides: they must not drift apart."""
     from x3kd_core.experiment.load import load_experiment
