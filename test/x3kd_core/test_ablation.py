@@ -206,7 +206,9 @@ def test_camera_radar_main_distils_like_x3kd_main():
     plan = load_plan(REPO_ROOT / "config" / "ablation" / "camera_radar_main.yaml", check_experiments=False)
     radar = load_experiment(REPO_ROOT / "config" / "train" / "camera_radar_main.yaml",
                             list(plan.common) + list(plan.variants["x3kd"]))
-    camera = load_experiment(REPO_ROOT / "config" / "train" / "x3kd_main.yaml")
+    main = load_plan(REPO_ROOT / "config" / "ablation" / "x3kd_main.yaml", check_experiments=False)
+    camera = load_experiment(REPO_ROOT / "config" / "train" / "x3kd_main.yaml", list(main.variants["x3kd"]))
+    assert camera.distill.enabled_components == ("x_is", "x_fd", "x_at", "x_od")  # the paper's X3KD
     assert radar.kind == "camera_radar" and radar.distill == camera.distill and radar.teachers == camera.teachers
     assert radar.train.max_steps == camera.train.max_steps and radar.data.train_split == camera.data.train_split
 
