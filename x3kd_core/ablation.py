@@ -27,7 +27,7 @@ cumulative variants named by joining the components with ``+`` (``x_is``, ``x_is
 ``x_is+x_fd+x_at``, then ``reference``) minus the one before (``baseline`` before ``x_is``);
 *removed*: ``reference`` - ``<reference>_no_x_<c>`` (leave-one-out). All paired by seed. The last
 cumulative step before ``reference`` is the same model as ``<reference>_no_x_od``: a plan holds one
-of the two (:func:`load_plan` rejects two variants with the same overrides) and the report takes
+of the two (:func:`load_plan` rejects two variants with the same overrides or experiment) and the report takes
 whichever it has; X-OD's *added* effect is then its *removed* one and is shown once.
 
 One file on purpose (issue 14): it is the one ``x3kd ablate`` command; the plan, its runs and
@@ -213,12 +213,18 @@ def load_plan(path: str | os.PathLike, *, check_experiments: bool = True, extra:
             raise ConfigError(f"variants.{name}: same overrides as variants.{first} (it would train the same "
                               "model twice); keep one of them")
     if check_experiments:
+        loaded: dict[str, object] = {}
         for name in variants:
+            where = f"variants.{name}" if not extra else f"variants.{name} (with --set {' '.join(extra)})"
             try:
-                load_experiment(_experiment_path(plan), plan.overrides(name, plan.seeds[0]))
+                exp = load_experiment(_experiment_path(plan), plan.overrides(name, plan.seeds[0]))
             except ConfigError as err:
-                where = f"variants.{name}" if not extra else f"variants.{name} (with --set {' '.join(extra)})"
                 raise ConfigError(f"{where}: {err}") from None
+            # overrides that differ in text can still set the experiment's own values (e.g. the default)
+            twin = next((other for other, e in loaded.items() if e == exp), None)
+            if twin is not None:
+                raise ConfigError(f"{where}: trains the same experiment as variants.{twin}; keep one of them")
+            loaded[name] = exp
     return plan
 
 

@@ -197,6 +197,11 @@ def test_plan_rejects_two_variants_with_the_same_overrides(tmp_path):
                     "  b: [distill.x_at.enabled=false, distill.x_od.enabled=false]\n")
     with pytest.raises(ConfigError, match=r"^variants\.b: same overrides as variants\.a"):
         load_plan(plan, check_experiments=False)
+    # other text, same experiment: 0.1 is X-AT's default weight
+    plan.write_text("name: p\nexperiment: config/train/x3kd_small.yaml\nvariants:\n  baseline: [distill=null]\n"
+                    "  x3kd: []\n  a: [distill.x_od.enabled=false]\n  b: [distill.x_od.enabled=false, distill.x_at.weight=0.1]\n")
+    with pytest.raises(ConfigError, match=r"^variants\.b: trains the same experiment as variants\.a"):
+        load_plan(plan)
 
 
 def test_camera_radar_main_distils_like_x3kd_main():
