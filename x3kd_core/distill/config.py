@@ -129,6 +129,10 @@ class XATConfig:
     disc_channels: widths of the discriminator's stride-2 3x3 conv + LeakyReLU layers.
     disc_output: ``patch`` (one logit per output patch, PatchGAN-style: more, local verdicts per
         sample) or ``map`` (one logit per BEV map).
+    disc_spectral_norm: spectral normalisation of every discriminator conv (Miyato et al. 2018): ``D``
+        becomes (about) 1-Lipschitz per layer, so it cannot sharpen its verdict without bound and the
+        student's generator gradient stays bounded. Off by default (the form measured in issue 12's
+        first rows).
     disc_lr / disc_betas / disc_weight_decay: Adam(W) of the discriminator, a separate optimiser
         (betas 0.5/0.999 is the usual GAN setting, DCGAN).
     adapter / adapter_channels: X-AT's OWN adapter from the student's BEV channels to the teacher's
@@ -155,6 +159,7 @@ class XATConfig:
     weight: float = 0.1
     disc_channels: tuple[int, ...] = (64, 64)
     disc_output: Literal["patch", "map"] = "patch"
+    disc_spectral_norm: bool = False
     disc_lr: float = 1e-4
     disc_betas: tuple[float, float] = (0.5, 0.999)
     disc_weight_decay: float = 0.0

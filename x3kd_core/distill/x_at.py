@@ -57,7 +57,11 @@ class BevDiscriminator(nn.Module):
 
     ``len(channels)`` x (3x3 conv with stride 2, LeakyReLU 0.2), then a 1x1 conv to one logit.
     No normalisation layers: the teacher and student maps of one update are scored in one batch,
-    and batch statistics would let the two halves leak into each other's verdicts.
+    and batch statistics would let the two halves leak into each other's verdicts. With
+    ``spectral_norm`` every conv's weight is divided by its largest singular value (Miyato et al.
+    2018, one power iteration per training forward: ``torch.nn.utils.parametrizations``), which
+    bounds how steeply ``D``'s logit can change with its input, and so the size of the push the
+    student receives through the generator loss.
 
     Shapes: x (B, C_in, N_x, N_y) ->
     ``output='patch'``: (B, 1, P_x, P_y) with ``P = ceil(N / 2^len(channels))``, one logit per patch;
@@ -65,23 +69,29 @@ class BevDiscriminator(nn.Module):
     """
 
     def __init__(self, in_channels: int, channels: tuple[int, ...] = (64, 64),
-                 output: Literal["patch", "map"] = "patch") -> None:
+                 output: Literal["patch", "map"] = "patch", spectral_norm: bool = False) -> None:
         super().__init__()
         if output not in ("patch", "map"):
             raise ValueError(f"unknown discriminator output {output!r} (patch, map)")
+
+        def conv(c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> nn.Module:
+            layer = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding)
+            return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
+
         layers: list[nn.Module] = []
         c = in_channels
         for width in channels:
-            layers += [nn.Conv2d(c, width, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            layers += [conv(c, width, 3, 2, 1), nn.LeakyReLU(0.2)]
             c = width
         self.body = nn.Sequential(*layers)
-        self.out = nn.Conv2d(c, 1, 1)
+        self.out = conv(c, 1, 1, 1, 0)
         self.output = output
         self.in_channels = in_channels
+        self.spectral_norm = spectral_norm
 
     @classmethod
     def from_config(cls, config: XATConfig, in_channels: int) -> "BevDiscriminator":
-        return cls(in_channels, config.disc_channels, config.disc_output)
+        return cls(in_channels, config.disc_channels, config.disc_output, config.disc_spectral_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.body(x)
