@@ -126,7 +126,6 @@ def test_spectral_norm_bounds_the_discriminator_and_the_students_push():
         XATLoss(d).generator_loss(student)["gen"].backward()
         assert all(p.grad is None for p in d.parameters())  # D's parameters stay out of the main step
         grad_norms.append(float(student.grad.norm()))
-    # Per-patch logits of a 1-Lipschitz D move by at most |dx|; gen averages over B * 4 * 4 patches.
     # gen averages B * 4 * 4 = 32 patch logits, so |d gen / d logit| <= 1/32 each and the student's
     # gradient is at most ||J|| / sqrt(32), J the logit map's Jacobian. A 3x3 stride-2 conv's operator
     # norm can exceed its reshaped weight's by up to 2 (overlapping windows), hence ||J|| <= 4 here.
