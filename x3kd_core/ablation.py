@@ -276,7 +276,9 @@ def result_record(exp, result, *, command: str, commit: Optional[str], started: 
     Besides the metrics it names what is needed to reproduce and compare the number: the
     command, the commit the run started from, the machine and torch thread count (CPU training is
     bit-reproducible only at the same thread count), and the fingerprint of the dataset
-    (:func:`x3kd_core.data.fingerprint.dataset_fingerprint`).
+    (:func:`x3kd_core.data.fingerprint.dataset_fingerprint`). A distilled run also names its
+    teachers: the checkpoint each enabled component reads and the first 16 hex digits of its SHA-256
+    (so a run made after a teacher was retrained can be told from one made before).
     """
     import torch
 
@@ -310,7 +312,26 @@ def result_record(exp, result, *, command: str, commit: Optional[str], started: 
                     {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}),
         "ap_per_class": {k: float(v) for k, v in m.get("ap_per_class", {}).items()},
         "last_losses": result.last_losses,
+        "teachers": teacher_fingerprints(exp),
     }
+
+
+def teacher_fingerprints(exp) -> dict:
+    """Teacher name -> ``{"checkpoint": path, "sha256_16": first 16 hex digits}`` of a distilled run.
+
+    Only the teachers the enabled components need (``teachers.required``); ``{}`` without distillation.
+    """
+    from x3kd_core.distill.teacher_cache import file_sha256
+    from x3kd_core.paths import resolve_path
+
+    distill = getattr(exp, "distill", None)
+    if distill is None:
+        return {}
+    out = {}
+    for name in sorted(exp.teachers.required(distill)):
+        path = getattr(exp.teachers, name)
+        out[name] = {"checkpoint": str(path), "sha256_16": file_sha256(resolve_path(path))[:16]}
+    return out
 
 
 def write_record(path: Path, record: dict) -> None:

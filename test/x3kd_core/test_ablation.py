@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -53,6 +54,10 @@ def test_ablate_runs_each_pair_once_and_reports(tiny_dataset, tiny_teachers, tmp
     fingerprints = {r["dataset"]["sha256_16"] for r in records.values()}
     assert len(fingerprints) == 1 and len(fingerprints.pop()) == 16
     assert all(r["torch_threads"] >= 1 and r["dataset"]["version"] == "v1.0-synth" for r in records.values())
+    # ... and a distilled record the teacher checkpoints it read (instance_seg is off in this plan).
+    lidar_sha = hashlib.sha256(Path(tiny_teachers["lidar"]).read_bytes()).hexdigest()[:16]
+    assert rec["teachers"] == {"lidar": {"checkpoint": str(tiny_teachers["lidar"]), "sha256_16": lidar_sha}}
+    assert records[("baseline", 0)]["teachers"] == {}
 
     # Nothing left to do: a second call trains nothing and leaves the files alone.
     mtime = (results / "x3kd" / "seed1.json").stat().st_mtime_ns
