@@ -44,6 +44,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -480,17 +481,27 @@ def summarise(records: Sequence[dict]) -> VariantSummary:
     )
 
 
+def _world(record: dict) -> Optional[str]:
+    """The dataset fingerprint a result record ran on (None for records written before it existed)."""
+    return (record.get("dataset") or {}).get("sha256_16")
+
+
 def paired_deltas(records: Sequence[dict], baseline: Sequence[dict]) -> dict[str, dict]:
     """Per-seed differences to the baseline run of the SAME seed (same initialisation and data
-    order), for NDS and mAP: ``{"NDS": {"mean", "std", "n", "positive"}, "mAP": ...}`` over the
-    seeds both have (std: sample std, 0 for one seed; positive: how many seeds improved)."""
-    base = {r["seed"]: r["metrics"] for r in baseline}
+    order) on the SAME data, for NDS and mAP: ``{"NDS": {"mean", "std", "n", "positive",
+    "other_world"}, "mAP": ...}`` over the seeds both have (std: sample std, 0 for one seed;
+    positive: how many seeds improved; other_world: seeds left unpaired because the two runs
+    record different dataset fingerprints, e.g. a world regenerated on a CPU whose float maths
+    differs in the last bits, so neither the data nor the training is bit-identical)."""
+    base = {r["seed"]: r for r in baseline}
+    both = [(r, base[r["seed"]]) for r in records if r["seed"] in base]
+    same = [(r, b) for r, b in both if _world(r) == _world(b)]
     out = {}
     for metric in ("NDS", "mAP"):
-        d = [r["metrics"][metric] - base[r["seed"]][metric] for r in records if r["seed"] in base]
+        d = [r["metrics"][metric] - b["metrics"][metric] for r, b in same]
         out[metric] = {"mean": float(np.mean(d)) if d else float("nan"),
                        "std": float(np.std(d, ddof=1)) if len(d) > 1 else 0.0,
-                       "n": len(d), "positive": int(sum(x > 0 for x in d))}
+                       "n": len(d), "positive": int(sum(x > 0 for x in d)), "other_world": len(both) - len(same)}
     return out
 
 
@@ -566,21 +577,30 @@ def _gap_closed(plan: AblationPlan, summaries: dict[str, VariantSummary]) -> Opt
 
 
 def _markdown(plan: AblationPlan, summaries: dict[str, VariantSummary], verdict: dict, machine: str,
-              paired: dict[str, dict], gap: Optional[dict] = None, effects: Optional[dict] = None) -> str:
+              paired: dict[str, dict], gap: Optional[dict] = None, effects: Optional[dict] = None,
+              worlds: Optional[dict[str, int]] = None) -> str:
+    worlds = worlds or {}
     base = summaries.get(plan.baseline)
     lines = [f"### Ablation `{plan.name}`" + (f": {plan.title}" if plan.title else ""), ""]
     lines += [f"Command: `x3kd ablate --plan {plan.source} --jobs 2` then `x3kd ablate --plan {plan.source} --report`.",
               f"Result files: `{_display_path(plan.results_path)}/<variant>/seed<k>.json`; "
               f"machine of the runs: {machine}.", ""]
+    if len(worlds) > 1:
+        lines += ["Data: the runs record more than one dataset fingerprint (" + ", ".join(
+            f"`{w}`: {n} run{'' if n == 1 else 's'}" for w, n in worlds.items()) + "); a row is paired with the baseline only on the "
+            "seeds where both ran on the same data.", ""]
     head = ("| variant | components | seeds | NDS | ΔNDS paired | mAP | ΔmAP paired | mATE | mASE | mAOE | mAVE | mAAE "
             "| s/step |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
 
     def _delta(name: str, metric: str) -> str:
         d = paired.get(name, {}).get(metric)
-        if name == plan.baseline or not d or not d["n"]:
+        if name == plan.baseline or not d or not (d["n"] or d.get("other_world")):
             return "-"
-        return f"{d['mean']:+.4f} ± {d['std']:.4f} ({d['positive']}/{d['n']} up)"
+        other = f"; {d['other_world']} on other data, unpaired" if d.get("other_world") else ""
+        if not d["n"]:
+            return f"-{other}"
+        return f"{d['mean']:+.4f} ± {d['std']:.4f} ({d['positive']}/{d['n']} up{other})"
 
     for name, s in summaries.items():
         cells = ([f"{s.mean['NDS']:.4f} ± {s.std['NDS']:.4f}", _delta(name, "NDS"),
@@ -676,12 +696,13 @@ def write_report(plan: AblationPlan, benchmarks_md: Optional[Path] = REPO_ROOT /
     gap = _gap_closed(plan, summaries)
     effects = component_effects(plan, records)
     machines = sorted({r["machine"] for recs in records.values() for r in recs})
-    md = _markdown(plan, summaries, verdict, "; ".join(machines), paired, gap, effects)
+    worlds = dict(Counter(str(_world(r)) for recs in records.values() for r in recs).most_common())
+    md = _markdown(plan, summaries, verdict, "; ".join(machines), paired, gap, effects, worlds)
     out = plan.results_path
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(md)
     report = {"plan": plan.name, "title": plan.title, "baseline": plan.baseline, "reference": plan.reference,
-              "verdict": verdict, "gap_closed": gap, "machines": machines, "paired_deltas": paired,
+              "verdict": verdict, "gap_closed": gap, "machines": machines, "datasets": worlds, "paired_deltas": paired,
               "component_effects": effects,
               "variants": {name: s.to_dict() for name, s in summaries.items()}}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -152,6 +152,34 @@ def test_paired_deltas_use_the_same_seed():
     assert paired_deltas(ref[:1], base[1:])["NDS"]["n"] == 0  # no common seed
 
 
+def test_paired_deltas_only_pair_runs_on_the_same_data(tmp_path):
+    """A run on a regenerated world whose fingerprint differs (another CPU's float maths) is not
+    paired with a baseline run of the old world; the report says how many seeds that leaves out."""
+    from x3kd_core.ablation import paired_deltas
+
+    base = _records("baseline", [0.10, 0.30, 0.20])
+    ref = _records("x3kd", [0.12, 0.31, 0.19])
+    for r in base + ref:
+        r["dataset"] = {"sha256_16": "a" * 16}
+    ref[2]["dataset"] = {"sha256_16": "b" * 16}
+    d = paired_deltas(ref, base)["NDS"]
+    assert d["n"] == 2 and d["other_world"] == 1 and d["mean"] == pytest.approx(0.015)
+
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(yaml.safe_dump({
+        "name": "worlds", "experiment": str(REPO_ROOT / "config" / "train" / "x3kd_tiny.yaml"), "seeds": [0, 1, 2],
+        "variants": {"baseline": ["distill=null"], "x3kd": []}, "results_dir": str(tmp_path / "results")}))
+    for r in base + ref:
+        r.update(machine="m", sec_per_step=1.0, steps=10)
+        folder = tmp_path / "results" / r["variant"]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"seed{r['seed']}.json").write_text(json.dumps(r))
+    assert main(["ablate", "--plan", str(plan_path), "--report", "--benchmarks", "none"]) == 0
+    md = (tmp_path / "results" / "report.md").read_text()
+    assert f"`{'a' * 16}`: 5 runs, `{'b' * 16}`: 1 run" in md
+    assert "(2/2 up; 1 on other data, unpaired)" in md and "fewer than 3 paired seeds (2)" in md
+
+
 def test_component_effects_alone_added_removed():
     from x3kd_core.ablation import _effects_markdown, component_effects
 
