@@ -169,9 +169,15 @@ def _boxes_within(a: Boxes3D, b: Boxes3D) -> None:
     """Decoded boxes equal within 1 mm (centres, sizes), 1e-3 rad (yaw), 1e-3 m/s and 1e-4 score.
 
     Boxes are paired by label and nearest centre, not by position in the list: two boxes whose
-    scores differ by float rounding (seen: 0.10113783 vs 0.10113786) may swap places.
+    scores differ by float rounding (seen: 0.10113783 vs 0.10113786) may swap places. For the
+    same reason the last places of a full top-k list may hold different boxes (seen on an
+    AVX2-only CPU): boxes scored within 1e-4 of either list's lowest score are left out of the pairing.
     """
     assert len(a) == len(b)
+    if len(a):
+        cut = max(float(a.score.min()), float(b.score.min())) + 1e-4
+        a, b = a[a.score > cut], b[b.score > cut]
+        assert len(a) == len(b), "different boxes above the lowest scores"
     dist = np.linalg.norm(a.center[:, None, :] - b.center[None, :, :], axis=2)
     dist[a.label[:, None] != b.label[None, :]] = np.inf
     pair = dist.argmin(axis=1) if len(a) else np.zeros(0, dtype=np.int64)
