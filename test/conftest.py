@@ -26,6 +26,64 @@ ROS_NETWORK = apply_network_rule(
 )
 
 
+def _load_test_module(name: str, relative: str):
+    """A helper module of test/ by path (conftests and helpers are not importable by name under
+    importlib mode)."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "test" / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# Every process a test starts inherits this marker: the session can tell which of them outlive their test.
+_watch = _load_test_module("x3kd_test_process_watch", "process_watch.py")
+os.environ[_watch.MARKER] = str(os.getpid())
+_LEFTOVERS: dict[int, tuple[str, str]] = {}  # pid -> (the test after which it was first seen, its command line)
+
+
+@pytest.fixture(autouse=True)
+def _note_leftover_processes(request):
+    """After each test (its fixtures torn down too, this one being set up first): note marked
+    processes still alive; a module- or session-scoped fixture's process is noted too, and only
+    reported at the end if it outlives the session."""
+    yield
+    for process in _watch.marked_processes(_watch.marker_session(), exclude={os.getpid()}):
+        _LEFTOVERS.setdefault(process.pid, (request.node.nodeid, process.cmdline))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """List the processes this session started that are still running at its end (by the test after
+    which each was first seen): a leak, which slows every later test on 2 cores."""
+    import time
+
+    deadline = time.monotonic() + 3.0  # a process may be ending right now
+    alive = _watch.marked_processes(_watch.marker_session(), exclude={os.getpid()})
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = _watch.marked_processes(_watch.marker_session(), exclude={os.getpid()})
+    if alive:
+        terminalreporter.section("processes started by tests and still running")
+        for process in alive:
+            test, _ = _LEFTOVERS.get(process.pid, ("(first seen at the end)", ""))
+            terminalreporter.write_line(f"pid {process.pid} [{process.state}] after {test}: {process.cmdline[:200]}")
+
+
+@pytest.fixture
+def marked_process_report():
+    """Callable -> text: this session's live processes (a test's own children included) and the load
+    average, for a failure message that must say what else was running."""
+    def report() -> str:
+        processes = _watch.marked_processes(_watch.marker_session(), exclude={os.getpid()})
+        return f"load average {_watch.load_average()}; processes of this test session:\n{_watch.describe(processes)}"
+    return report
+
+
 @pytest.fixture(scope="session")
 def ros_network() -> dict:
     """The ROS environment variables this session runs under (name -> value)."""
@@ -36,15 +94,8 @@ def ros_network() -> dict:
 
 
 def _data_conftest():
-    """test/x3kd_core/data/conftest.py as a module (conftests are not importable by name under
-    importlib mode); it owns the one recipe for the tiny synthetic dataset."""
-    import importlib.util
-
-    path = REPO_ROOT / "test" / "x3kd_core" / "data" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("x3kd_test_data_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """test/x3kd_core/data/conftest.py as a module; it owns the one recipe for the tiny synthetic dataset."""
+    return _load_test_module("x3kd_test_data_conftest", "x3kd_core/data/conftest.py")
 
 
 @pytest.fixture(scope="session")

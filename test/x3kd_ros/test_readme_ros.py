@@ -37,6 +37,7 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -105,9 +106,14 @@ class BlockRun:
     codes: list[int | None] = field(default_factory=list)
     stop_seconds: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+    #: per terminal that was still running SHUTDOWN_LIMIT_S after its Ctrl-C: what ran at that moment
+    slow_stops: dict[int, str] = field(default_factory=dict)
 
 
-def run_block(block: str, sandbox: Path, env: dict, log_dir: Path, name: str) -> BlockRun:
+def run_block(block: str, sandbox: Path, env: dict, log_dir: Path, name: str,
+              snapshot: Callable[[], str] = lambda: "") -> BlockRun:
+    """Run one README block (see the module docstring); ``snapshot`` describes what else runs, taken
+    when a terminal is still running :data:`SHUTDOWN_LIMIT_S` after its Ctrl-C."""
     terminals = split_terminals(block)
     for script in terminals:
         check_network_rule(script)
@@ -130,13 +136,17 @@ def run_block(block: str, sandbox: Path, env: dict, log_dir: Path, name: str) ->
                                       f"{last.stdout[-3000:]}\n{last.stderr[-3000:]}\n{logs_so_far}")
         for i, (process, out, log) in enumerate(started):
             assert process.poll() is None, f"README block {name}: terminal {i + 1} ended early:\n{logs_so_far}"
-        for process, out, log in started:  # Ctrl-C in each remaining terminal
+        for i, (process, out, log) in enumerate(started):  # Ctrl-C in each remaining terminal
             t0 = time.monotonic()
             os.killpg(process.pid, signal.SIGINT)
             try:
-                code = process.wait(timeout=30.0)
+                code = process.wait(timeout=SHUTDOWN_LIMIT_S)
             except subprocess.TimeoutExpired:
-                code = None
+                run.slow_stops[i] = snapshot()
+                try:
+                    code = process.wait(timeout=30.0 - SHUTDOWN_LIMIT_S)
+                except subprocess.TimeoutExpired:
+                    code = None
             run.codes.append(code)
             run.stop_seconds.append(time.monotonic() - t0)
     finally:
@@ -155,7 +165,7 @@ def run_block(block: str, sandbox: Path, env: dict, log_dir: Path, name: str) ->
     for i, (code, seconds) in enumerate(zip(run.codes, run.stop_seconds)):
         assert code == 0 and seconds < SHUTDOWN_LIMIT_S, \
             f"README block {name}: Ctrl-C in terminal {i + 1} -> exit {code} after {seconds:.1f} s\n" \
-            f"{run.logs[i][-3000:]}"
+            f"{run.logs[i][-3000:]}\nat {SHUTDOWN_LIMIT_S:.0f} s after the Ctrl-C: {run.slow_stops.get(i, '-')}"
     for i, log in enumerate(run.logs):
         assert "Traceback" not in log and "process has died" not in log, \
             f"README block {name}, terminal {i + 1}:\n{log[-3000:]}"
@@ -221,7 +231,7 @@ def sandbox(tmp_path, tiny_dataset, student_checkpoint, lidar_checkpoint, ros_ne
 @pytest.mark.skipif(not (VENV_BIN / "ros2").is_file(),
                     reason="the README's ROS examples need the vendored ROS 2 tools (ros2 launch / run / topic): "
                            "tools/setup.sh installs them from ../shared/vendor/ros2 when that folder exists")
-def test_readme_ros_examples_run_as_written(sandbox, tmp_path):
+def test_readme_ros_examples_run_as_written(sandbox, tmp_path, marked_process_report):
     blocks = readme_ros_blocks()
     assert sum(lang == "bash" for lang, _ in blocks) >= 6, [b[:60] for _, b in blocks]
     env = {k: v for k, v in os.environ.items() if k != "ROS_DOMAIN_ID"}
@@ -239,7 +249,7 @@ def test_readme_ros_examples_run_as_written(sandbox, tmp_path):
         script = block
         if "export FASTDDS_DEFAULT_PROFILES_FILE" in block:
             script += 'printf "%s\\n" "$FASTDDS_DEFAULT_PROFILES_FILE"\n'  # what the export left in the shell
-        run = run_block(script, sandbox, env, logs, f"block{i}")
+        run = run_block(script, sandbox, env, logs, f"block{i}", snapshot=marked_process_report)
         stops = ", ".join(f"{s:.1f} s" for s in run.stop_seconds) or "-"
         summary.append(f"block {i} ({run.wall_s:.0f} s, Ctrl-C {stops}): " + _check(block, run, sandbox))
     print("\nREADME ROS examples:\n  " + "\n  ".join(summary))

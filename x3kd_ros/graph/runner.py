@@ -258,8 +258,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        t0 = time.monotonic()
         codes = runner.stop()
-        print(f"x3kd_run_graph: stopped, exit codes {codes}", file=sys.stderr)
+        print(f"x3kd_run_graph: stopped, exit codes {codes} ({time.monotonic() - t0:.1f} s)", file=sys.stderr)
     return code
 
 
