@@ -18,8 +18,8 @@ The bar of the plan (issue 12), judged on paired differences (``reference`` minu
 of the same seed): ``reference`` (full X3KD) beats ``baseline`` on EVERY seed in both NDS and
 mAP, with a mean paired ΔNDS of at least :data:`MIN_NDS_GAIN` and more than twice the standard
 deviation of the paired ΔNDS, over at least 3 seeds. The report states whether it passes, and
-which condition fails if not. With ``teacher_result`` (the LiDAR teacher's result record) it also
-reports the share of the camera -> LiDAR mAP gap that ``reference`` closes.
+which condition fails if not. With ``teacher_result`` (the LiDAR teacher's result record, or one per
+world) it also reports the share of the camera -> LiDAR mAP gap that ``reference`` closes.
 
 Each component's paired effect is read three ways from the plan's variant names (any that were run):
 *alone* ``x_<c>`` - ``baseline``; *added* in the paper's order X-IS, X-FD, X-AT, X-OD, the
@@ -93,8 +93,9 @@ class AblationPlan:
     baseline / reference: the two variants the bar compares (reference must beat baseline).
     results_dir / runs_dir: committed result JSON / uncommitted run folders (repo-relative).
     notes: free text copied under the table.
-    teacher_result: the LiDAR teacher's result record (``results/models/*.json``; optional): the
-        report states the share of the camera -> teacher mAP gap that ``reference`` closes.
+    teacher_result: the LiDAR teacher's result records (``results/models/*.json``; optional; the YAML
+        takes one path or a list, one per world the runs used): the report states the share of the
+        camera -> teacher mAP gap that ``reference`` closes, each seed against the teacher of its world.
     extra: overrides given on the command line (``x3kd ablate --set``), applied after ``common``
         and before the variant's own: how the same plan runs on another world
         (``--set data.dataroot=...``) or with other teachers (``--set teachers.lidar=...``).
@@ -111,7 +112,7 @@ class AblationPlan:
     results_dir: str = ""
     runs_dir: str = ""
     notes: str = ""
-    teacher_result: str = ""
+    teacher_result: tuple[str, ...] = ()
     source: str = ""
     extra: tuple[str, ...] = ()
 
@@ -201,7 +202,7 @@ def load_plan(path: str | os.PathLike, *, check_experiments: bool = True, extra:
         # Command-line folders (--results / --runs) replace the file's, resolved against the caller's cwd.
         results_dir=str(Path(results_dir).resolve()) if results_dir else str(raw.get("results_dir", "")),
         runs_dir=str(Path(runs_dir).resolve()) if runs_dir else str(raw.get("runs_dir", "")),
-        notes=str(raw.get("notes", "")), teacher_result=str(raw.get("teacher_result") or ""),
+        notes=str(raw.get("notes", "")), teacher_result=_teacher_results(raw.get("teacher_result")),
         source=str(path), extra=tuple(extra),
     )
     for key in ("baseline", "reference"):
@@ -554,26 +555,56 @@ def _verdict(plan: AblationPlan, summaries: dict[str, VariantSummary], paired: d
             "failed": failed, "text": text}
 
 
-def _gap_closed(plan: AblationPlan, summaries: dict[str, VariantSummary]) -> Optional[dict]:
+def _teacher_results(value) -> tuple[str, ...]:
+    """The plan's ``teacher_result``: absent, one path, or a list of paths (one per world)."""
+    if not value:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return _str_list(value, "teacher_result")
+
+
+def _gap_closed(plan: AblationPlan, records: dict[str, list[dict]]) -> Optional[dict]:
     """Share of the camera -> LiDAR-teacher mAP gap that ``reference`` closes (None without
-    ``teacher_result`` or a common seed): ``(mAP_ref - mAP_base) / (mAP_teacher - mAP_base)``, means over
-    the seeds BOTH rows have (so a row with fewer seeds is not compared with another seed set)."""
-    base, ref = summaries.get(plan.baseline), summaries.get(plan.reference)
-    if not plan.teacher_result or base is None or ref is None:
+    ``teacher_result`` or a usable seed): ``(mAP_ref - mAP_base) / (mAP_teacher - mAP_base)``, each a mean
+    over the seeds where ``reference`` and ``baseline`` ran on the same data AND a teacher record of
+    that data exists (``teacher_result`` lists one per world, matched by dataset fingerprint; a record
+    without a fingerprint stands for any world). So a row with fewer seeds is not compared with
+    another seed set, and a seed is never measured against the teacher of another world."""
+    base_recs, ref_recs = records.get(plan.baseline), records.get(plan.reference)
+    if not plan.teacher_result or not base_recs or not ref_recs:
         return None
-    seeds = sorted(set(base.seeds) & set(ref.seeds))
-    if not seeds:
+    teachers: dict[Optional[str], tuple[str, float]] = {}
+    for rel in plan.teacher_result:
+        path = _repo_path(rel)
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher_result: {path} does not exist")
+        record = json.loads(path.read_text())
+        teachers[_world(record)] = (rel, float(record["metrics"]["mAP"]))
+    base = {r["seed"]: r for r in base_recs}
+    rows, no_teacher = [], []
+    for ref in sorted(ref_recs, key=lambda r: r["seed"]):
+        b = base.get(ref["seed"])
+        if b is None or _world(b) != _world(ref):
+            continue
+        teacher = teachers.get(_world(ref), teachers.get(None))
+        if teacher is None:
+            no_teacher.append(ref["seed"])
+            continue
+        rows.append((ref["seed"], teacher, b["metrics"]["mAP"], ref["metrics"]["mAP"]))
+    if not rows:
         return None
-    path = _repo_path(plan.teacher_result)
-    if not path.is_file():
-        raise FileNotFoundError(f"teacher_result: {path} does not exist")
-    teacher_map = float(json.loads(path.read_text())["metrics"]["mAP"])
-    base_map = float(np.mean([v for s, v in zip(base.seeds, base.values["mAP"]) if s in seeds]))
-    ref_map = float(np.mean([v for s, v in zip(ref.seeds, ref.values["mAP"]) if s in seeds]))
+    teacher_map = float(np.mean([t[1] for _, t, _, _ in rows]))
+    base_map = float(np.mean([m for _, _, m, _ in rows]))
+    ref_map = float(np.mean([m for _, _, _, m in rows]))
     gap = teacher_map - base_map
     share = (ref_map - base_map) / gap if gap > 0 else float("nan")
-    return {"teacher_result": plan.teacher_result, "teacher_mAP": teacher_map, "baseline_mAP": base_map,
-            "reference_mAP": ref_map, "share": share, "seeds": seeds}
+    used = {}
+    for seed, (rel, _), _, _ in rows:
+        used.setdefault(rel, []).append(seed)
+    return {"teacher_result": ", ".join(used), "teacher_seeds": used, "teacher_mAP": teacher_map,
+            "baseline_mAP": base_map, "reference_mAP": ref_map, "share": share, "seeds": [r[0] for r in rows],
+            "no_teacher_seeds": no_teacher}
 
 
 def _markdown(plan: AblationPlan, summaries: dict[str, VariantSummary], verdict: dict, machine: str,
@@ -615,10 +646,15 @@ def _markdown(plan: AblationPlan, summaries: dict[str, VariantSummary], verdict:
               "file records (runs that shared the cores are slower: compare rows that ran alike, and never "
               "use it as a benchmark).", "", f"**Bar:** {verdict['text']}.", ""]
     if gap is not None:
-        lines += [f"**Camera -> LiDAR gap:** the LiDAR teacher ({gap['teacher_result']}) reaches mAP "
+        teacher = gap["teacher_result"]
+        if len(gap["teacher_seeds"]) > 1:
+            teacher = "; ".join(f"{rel}: seeds {', '.join(map(str, seeds))}" for rel, seeds in gap["teacher_seeds"].items())
+        missing = (f"; seeds {', '.join(map(str, gap['no_teacher_seeds']))} left out: no teacher record of their data"
+                   if gap["no_teacher_seeds"] else "")
+        lines += [f"**Camera -> LiDAR gap:** the LiDAR teacher ({teacher}) reaches mAP "
                   f"{gap['teacher_mAP']:.4f}, the baseline {gap['baseline_mAP']:.4f}; {plan.reference} "
                   f"({gap['reference_mAP']:.4f}) closes {100 * gap['share']:.1f} % of that gap "
-                  f"(means over the seeds both ran: {', '.join(map(str, gap['seeds']))}).", ""]
+                  f"(means over the seeds both ran on the same data: {', '.join(map(str, gap['seeds']))}{missing}).", ""]
     if effects:
         lines += _effects_markdown(plan, effects)
     if plan.notes:
@@ -693,7 +729,7 @@ def write_report(plan: AblationPlan, benchmarks_md: Optional[Path] = REPO_ROOT /
     paired = {name: paired_deltas(recs, records[plan.baseline]) for name, recs in records.items()
               if plan.baseline in records and name != plan.baseline}
     verdict = _verdict(plan, summaries, paired)
-    gap = _gap_closed(plan, summaries)
+    gap = _gap_closed(plan, records)
     effects = component_effects(plan, records)
     machines = sorted({r["machine"] for recs in records.values() for r in recs})
     worlds = dict(Counter(str(_world(r)) for recs in records.values() for r in recs).most_common())

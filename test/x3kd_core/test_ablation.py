@@ -128,17 +128,48 @@ def test_gap_closed_share(tmp_path):
     teacher = tmp_path / "teacher.json"
     teacher.write_text(json.dumps({"metrics": {"mAP": 0.6}}))
     plan = replace(load_plan(REPO_ROOT / "config" / "ablation" / "x3kd_small.yaml", check_experiments=False),
-                   teacher_result=str(teacher))
-    summaries = {"baseline": summarise(_records("baseline", [0.2, 0.2, 0.2])),
-                 "x3kd": summarise(_records("x3kd", [0.3, 0.3, 0.3]))}
-    assert _gap_closed(plan, summaries)["share"] == pytest.approx(0.25)  # (0.3 - 0.2) / (0.6 - 0.2)
-    assert _gap_closed(replace(plan, teacher_result=""), summaries) is None
+                   teacher_result=(str(teacher),))
+    records = {"baseline": _records("baseline", [0.2, 0.2, 0.2]), "x3kd": _records("x3kd", [0.3, 0.3, 0.3])}
+    assert _gap_closed(plan, records)["share"] == pytest.approx(0.25)  # (0.3 - 0.2) / (0.6 - 0.2)
+    assert _gap_closed(replace(plan, teacher_result=()), records) is None
     # A reference with fewer seeds is compared with the baseline's same seeds only.
-    summaries = {"baseline": summarise(_records("baseline", [0.1, 0.2, 0.3])),
-                 "x3kd": summarise(_records("x3kd", [0.2, 0.3]))}
-    gap = _gap_closed(plan, summaries)
+    records = {"baseline": _records("baseline", [0.1, 0.2, 0.3]), "x3kd": _records("x3kd", [0.2, 0.3])}
+    gap = _gap_closed(plan, records)
     assert gap["seeds"] == [0, 1] and gap["baseline_mAP"] == pytest.approx(0.15)
     assert gap["share"] == pytest.approx(0.1 / 0.45)
+
+
+def test_gap_closed_measures_each_seed_against_the_teacher_of_its_world(tmp_path):
+    """Seeds 0-1 ran on world A (teacher mAP 0.6), seed 2 on world B (teacher 0.9); seed 3's x3kd and
+    baseline ran on different worlds (unpaired); world C has no teacher record (left out, said)."""
+    from dataclasses import replace
+
+    from x3kd_core.ablation import _gap_closed
+
+    paths = []
+    for world, teacher_map in (("A", 0.6), ("B", 0.9)):
+        paths.append(tmp_path / f"teacher_{world}.json")
+        paths[-1].write_text(json.dumps({"dataset": {"sha256_16": world}, "metrics": {"mAP": teacher_map}}))
+    plan = replace(load_plan(REPO_ROOT / "config" / "ablation" / "x3kd_small.yaml", check_experiments=False),
+                   teacher_result=tuple(map(str, paths)))
+    records = {"baseline": _records("baseline", [0.2, 0.2, 0.3, 0.2, 0.2]),
+               "x3kd": _records("x3kd", [0.3, 0.3, 0.4, 0.9, 0.9])}
+    for name, worlds in (("baseline", "AABAC"), ("x3kd", "AABBC")):
+        for record, world in zip(records[name], worlds):
+            record["dataset"] = {"sha256_16": world}
+    gap = _gap_closed(plan, records)
+    assert gap["seeds"] == [0, 1, 2] and gap["no_teacher_seeds"] == [4]
+    assert gap["teacher_seeds"] == {str(paths[0]): [0, 1], str(paths[1]): [2]}
+    assert gap["teacher_mAP"] == pytest.approx(0.7)  # (0.6 + 0.6 + 0.9) / 3
+    assert gap["share"] == pytest.approx(0.1 / (0.7 - 0.7 / 3))  # base mean 0.2333, ref mean 0.3333
+    # The plan file takes one path or a list.
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text((REPO_ROOT / "config" / "ablation" / "x3kd_small.yaml").read_text()
+                         + f"\nteacher_result: [{paths[0]}, {paths[1]}]\n")
+    assert load_plan(plan_file, check_experiments=False).teacher_result == tuple(map(str, paths))
+    plan_file.write_text((REPO_ROOT / "config" / "ablation" / "x3kd_small.yaml").read_text()
+                         + f"\nteacher_result: {paths[0]}\n")
+    assert load_plan(plan_file, check_experiments=False).teacher_result == (str(paths[0]),)
 
 
 def test_paired_deltas_use_the_same_seed():
