@@ -85,6 +85,13 @@ def marked_process_report():
 
 
 @pytest.fixture(scope="session")
+def pair_boxes():
+    """test/box_pairing.py's pair_by_label_and_centre: boxes of two decoded lists paired by label and
+    nearest centre (list order differs where scores differ by float rounding)."""
+    return _load_test_module("x3kd_test_box_pairing", "box_pairing.py").pair_by_label_and_centre
+
+
+@pytest.fixture(scope="session")
 def ros_network() -> dict:
     """The ROS environment variables this session runs under (name -> value)."""
     return dict(ROS_NETWORK)

@@ -165,7 +165,7 @@ def test_checkpoint_loads_once_without_the_pretrained_weights_its_config_names(t
 
 
 # ------------------------------------------------------------------------------ onnxruntime backend
-def _boxes_within(a: Boxes3D, b: Boxes3D) -> None:
+def _boxes_within(a: Boxes3D, b: Boxes3D, pair_boxes) -> None:
     """Decoded boxes equal within 1 mm (centres, sizes), 1e-3 rad (yaw), 1e-3 m/s and 1e-4 score.
 
     Boxes are paired by label and nearest centre, not by position in the list: two boxes whose
@@ -178,11 +178,7 @@ def _boxes_within(a: Boxes3D, b: Boxes3D) -> None:
         cut = max(float(a.score.min()), float(b.score.min())) + 1e-4
         a, b = a[a.score > cut], b[b.score > cut]
         assert len(a) == len(b), "different boxes above the lowest scores"
-    dist = np.linalg.norm(a.center[:, None, :] - b.center[None, :, :], axis=2)
-    dist[a.label[:, None] != b.label[None, :]] = np.inf
-    pair = dist.argmin(axis=1) if len(a) else np.zeros(0, dtype=np.int64)
-    assert len(set(pair.tolist())) == len(a), "boxes do not pair one to one"
-    b = b[pair]
+    b = b[pair_boxes(a.center, b.center, a.label, b.label)]
     np.testing.assert_array_equal(a.label, b.label)
     np.testing.assert_allclose(a.center, b.center, atol=1e-3, rtol=0)
     np.testing.assert_allclose(a.size_lwh, b.size_lwh, atol=1e-3, rtol=0)
@@ -192,7 +188,7 @@ def _boxes_within(a: Boxes3D, b: Boxes3D) -> None:
     np.testing.assert_allclose(a.score, b.score, atol=1e-4, rtol=0)
 
 
-def test_onnxruntime_backend_equals_torch_on_synthetic_samples(trained):
+def test_onnxruntime_backend_equals_torch_on_synthetic_samples(trained, pair_boxes):
     """The tiny student trained on the synthetic world: head maps within 1e-4, boxes within 1 mm /
     1e-3 rad, on raw (full-resolution) images of real samples, all cameras and one missing."""
     from x3kd_core.deploy.onnx_export import bev_row_index
@@ -220,10 +216,10 @@ def test_onnxruntime_backend_equals_torch_on_synthetic_samples(trained):
         # Decoded boxes through both Predictors, end to end.
         expected = torch_pred.predict(raw_images, raw_k, sample.rig.cam_to_ego)
         assert len(expected) >= 5
-        _boxes_within(ort_pred.predict(raw_images, raw_k, sample.rig.cam_to_ego), expected)
+        _boxes_within(ort_pred.predict(raw_images, raw_k, sample.rig.cam_to_ego), expected, pair_boxes)
         mask = [n != 1 for n in range(6)]
         _boxes_within(ort_pred.predict(raw_images, raw_k, sample.rig.cam_to_ego, camera_mask=mask),
-                      torch_pred.predict(raw_images, raw_k, sample.rig.cam_to_ego, camera_mask=mask))
+                      torch_pred.predict(raw_images, raw_k, sample.rig.cam_to_ego, camera_mask=mask), pair_boxes)
         compared += len(expected)
     assert compared >= 15
     assert len(ort_pred.predict([None] * 6, raw_k, sample.rig.cam_to_ego)) == 0

@@ -83,27 +83,12 @@ def _check_boxes(mine: torch.Tensor, ref: torch.Tensor, what: str) -> None:
     assert yaw.abs().max() <= 1e-3 and (mine[:, 7:9] - ref[:, 7:9]).abs().max() <= 1e-3, what
 
 
-def _pair_by_centre(mine: torch.Tensor, ref: torch.Tensor, mine_labels: torch.Tensor, ref_labels: torch.Tensor,
-                    what: str) -> torch.Tensor:
-    """Index into ``ref`` of the nearest-centre box of the same label for each of ``mine``'s rows
-    (one to one; a task's classes share centres).
-
-    The decoded lists are ordered by score; two boxes whose scores differ by float rounding swap
-    places on a CPU whose float kernels differ from the fixture machine's (seen on an AVX2-only CPU).
-    """
-    dist = torch.cdist(mine[:, :3].double(), ref[:, :3].double())
-    dist[mine_labels.long()[:, None] != ref_labels.long()[None, :]] = float("inf")
-    pair = dist.argmin(dim=1)
-    assert len(set(pair.tolist())) == len(mine), f"{what}: boxes do not pair one to one"
-    return pair
-
-
-def test_decoded_boxes_before_nms_match(mirror, outputs, fx):
+def test_decoded_boxes_before_nms_match(mirror, outputs, fx, pair_boxes):
     for t, (mine, ref) in enumerate(zip(mirror.decode(outputs), fx["decoded"])):
         for b, (m, r) in enumerate(zip(mine, ref)):
             what = f"task {t} sample {b}"
             assert m["bboxes"].shape == r["bboxes"].shape, what
-            pair = _pair_by_centre(m["bboxes"], r["bboxes"], m["labels"], r["labels"], what) if len(r["bboxes"]) else slice(None)
+            pair = torch.as_tensor(pair_boxes(m["bboxes"], r["bboxes"], m["labels"], r["labels"], what))
             _check_boxes(m["bboxes"], r["bboxes"][pair], what)
             assert torch.equal(m["labels"], r["labels"][pair].long())
             torch.testing.assert_close(m["scores"], r["scores"][pair], atol=1e-5, rtol=0)
