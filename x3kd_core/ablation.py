@@ -247,6 +247,40 @@ def pending_runs(plan: AblationPlan, variants: Optional[Sequence[str]] = None,
     return [(v, s) for s in seeds for v in variants if not result_path(plan, v, s).is_file()]
 
 
+def current_world(plan: AblationPlan) -> Optional[str]:
+    """The dataset fingerprint the plan's runs would train on now (None when the data is missing)."""
+    from x3kd_core.data.fingerprint import dataset_fingerprint
+    from x3kd_core.experiment import load_experiment, resolve_dataroot
+
+    exp = load_experiment(_experiment_path(plan), plan.overrides(next(iter(plan.variants)), plan.seeds[0]))
+    try:
+        return dataset_fingerprint(resolve_dataroot(exp.data.dataroot), exp.data.version)["sha256_16"]
+    except FileNotFoundError:
+        return None
+
+
+def results_on_other_data(plan: AblationPlan, variants: Optional[Sequence[str]] = None,
+                          seeds: Optional[Sequence[int]] = None) -> list[str]:
+    """One line per existing result file (of the asked variants and seeds) that ran on other data
+    than the plan's data now: such a (variant, seed) counts as done and is not rerun, so the rows run
+    now will not pair with it; the line says how to run this world into a folder of its own."""
+    world = current_world(plan)
+    if world is None:
+        return []
+    lines = []
+    for variant in variants or plan.variants:
+        for seed in plan.seeds if seeds is None else seeds:
+            path = result_path(plan, variant, seed)
+            if not path.is_file():
+                continue
+            recorded = _world(json.loads(path.read_text()))
+            if recorded is not None and recorded != world:
+                lines.append(f"{_display_path(path)} ran on data {recorded}, the data now is {world}: it is kept and "
+                             f"not rerun, so runs made now do not pair with it; for this data in a folder of its own: "
+                             f"x3kd ablate --plan {plan.source} --results <dir>")
+    return lines
+
+
 def git_commit() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -393,6 +427,8 @@ def run_plan(plan: AblationPlan, *, variants: Optional[Sequence[str]] = None, se
     """Run every pending (variant, seed); ``jobs`` > 1 runs that many child processes at once,
     each with ``cores // jobs`` torch threads. Returns the pairs that failed (logged)."""
     todo = pending_runs(plan, variants, seeds)
+    for line in results_on_other_data(plan, variants, seeds):
+        _LOG.warning("%s", line)
     _LOG.info("%s: %d runs to do: %s", plan.name, len(todo), ", ".join(f"{v}/seed{s}" for v, s in todo))
     if not todo:
         return []

@@ -211,6 +211,32 @@ def test_paired_deltas_only_pair_runs_on_the_same_data(tmp_path):
     assert "(2/2 up; 1 on other data, unpaired)" in md and "fewer than 3 paired seeds (2)" in md
 
 
+def test_results_on_other_data_are_named_before_a_run(tmp_path, tiny_dataset):
+    """A result file from another world counts as done (kept, not rerun): run_plan says so, naming
+    the file, both fingerprints and the --results way to run this world separately."""
+    from x3kd_core.ablation import current_world, results_on_other_data
+    from x3kd_core.data.fingerprint import dataset_fingerprint
+
+    dataroot, version = tiny_dataset
+    world = dataset_fingerprint(dataroot, version)["sha256_16"]
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(yaml.safe_dump({
+        "name": "worlds", "experiment": str(REPO_ROOT / "config" / "train" / "x3kd_tiny.yaml"), "seeds": [0, 1],
+        "common": [f"data.dataroot={dataroot}", f"data.version={version}"],
+        "variants": {"baseline": ["distill=null"], "x3kd": []}, "results_dir": str(tmp_path / "results")}))
+    plan = load_plan(plan_path, check_experiments=False)
+    assert current_world(plan) == world
+    for variant, seed, recorded in (("baseline", 0, world), ("baseline", 1, "b" * 16), ("x3kd", 0, None)):
+        path = tmp_path / "results" / variant / f"seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"seed": seed, "dataset": {"sha256_16": recorded} if recorded else {}}))
+    lines = results_on_other_data(plan)
+    assert len(lines) == 1, lines  # same world and no fingerprint (older records) are not named
+    assert "baseline/seed1.json ran on data " + "b" * 16 in lines[0] and f"the data now is {world}" in lines[0]
+    assert "--results <dir>" in lines[0]
+    assert results_on_other_data(plan, variants=["x3kd"]) == [] and results_on_other_data(plan, seeds=[0]) == []
+
+
 def test_component_effects_alone_added_removed():
     from x3kd_core.ablation import _effects_markdown, component_effects
 
