@@ -45,6 +45,7 @@ def _load_test_module(name: str, relative: str):
 _watch = _load_test_module("x3kd_test_process_watch", "process_watch.py")
 os.environ[_watch.MARKER] = str(os.getpid())
 _LEFTOVERS: dict[int, tuple[str, str]] = {}  # pid -> (the test after which it was first seen, its command line)
+_SIGNAL_LEAKS: list[str] = []  # the first test after which SIGINT was ignored or blocked in this process
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +56,11 @@ def _note_leftover_processes(request):
     yield
     for process in _watch.marked_processes(_watch.marker_session(), exclude={os.getpid()}):
         _LEFTOVERS.setdefault(process.pid, (request.node.nodeid, process.cmdline))
+    # A test that leaves SIGINT ignored or blocked in this process passes that on to every process the
+    # later tests start (both survive exec): their Ctrl-C would do nothing. Name it, once.
+    state = _watch.sigint_state(os.getpid())
+    if state in ("ignored", "blocked") and not _SIGNAL_LEAKS:
+        _SIGNAL_LEAKS.append(f"SIGINT {state} in the pytest process after {request.node.nodeid}")
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -67,6 +73,9 @@ def pytest_terminal_summary(terminalreporter):
     while alive and time.monotonic() < deadline:
         time.sleep(0.2)
         alive = _watch.marked_processes(_watch.marker_session(), exclude={os.getpid()})
+    if _SIGNAL_LEAKS:
+        terminalreporter.section("signal state left by a test")
+        terminalreporter.write_line(_SIGNAL_LEAKS[0])
     if alive:
         terminalreporter.section("processes started by tests and still running")
         for process in alive:
@@ -80,7 +89,9 @@ def marked_process_report():
     average, for a failure message that must say what else was running."""
     def report() -> str:
         processes = _watch.marked_processes(_watch.marker_session(), exclude={os.getpid()})
-        return f"load average {_watch.load_average()}; processes of this test session:\n{_watch.describe(processes)}"
+        leak = f"; {_SIGNAL_LEAKS[0]}" if _SIGNAL_LEAKS else ""
+        return (f"load average {_watch.load_average()}; pytest's own SIGINT: {_watch.sigint_state(os.getpid())}{leak}; "
+                f"processes of this test session:\n{_watch.describe(processes)}")
     return report
 
 

@@ -53,9 +53,27 @@ def marked_processes(session: str, exclude: set[int] | None = None) -> list[Mark
     return sorted(found, key=lambda p: p.pid)
 
 
+def sigint_state(pid: int) -> str:
+    """How process ``pid`` treats SIGINT, from /proc/<pid>/status: 'ignored', 'blocked', 'caught' or
+    'default' ('?' where unreadable). An ignored or blocked SIGINT is inherited across exec: a program
+    started that way does not stop on Ctrl-C unless it installs its own handler and unblocks it."""
+    bit = 1 << 1  # signal 2 (SIGINT) is bit 1 of the masks
+    try:
+        fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if ":\t" in line)
+        masks = {k: int(fields[k].strip(), 16) for k in ("SigBlk", "SigIgn", "SigCgt")}
+    except (OSError, KeyError, ValueError):
+        return "?"
+    for name, key in (("blocked", "SigBlk"), ("ignored", "SigIgn"), ("caught", "SigCgt")):
+        if masks[key] & bit:
+            return name
+    return "default"
+
+
 def describe(processes: list[MarkedProcess], width: int = 160) -> str:
-    """One line per process: pid, state, command line (cut to ``width``)."""
-    return "\n".join(f"  pid {p.pid} [{p.state}] {p.cmdline[:width]}" for p in processes) or "  (none)"
+    """One line per process: pid, state, how it treats SIGINT, command line (cut to ``width``)."""
+    return "\n".join(f"  pid {p.pid} [{p.state}, SIGINT {sigint_state(p.pid)}] {p.cmdline[:width]}"
+                     for p in processes) or "  (none)"
 
 
 def load_average() -> str:

@@ -238,10 +238,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runner.stop()
         return 0
 
-    def terminate(signum, frame):  # SIGTERM: stop like Ctrl-C
+    def terminate(signum, frame):  # Ctrl-C or SIGTERM: stop the graph
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, terminate)
+    # Installed and unblocked explicitly, as every node does (x3kd_ros.nodes.spin): an ignored or blocked
+    # SIGINT is inherited across exec (a background job, a parent that blocked it), and Python then
+    # installs no KeyboardInterrupt handler, so Ctrl-C would leave the graph running (seen in the test suite).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, terminate)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     for _, reason in skipped:
         print(f"x3kd_run_graph: {reason}", file=sys.stderr)
     print(f"x3kd_run_graph: ROS_DOMAIN_ID={network['ROS_DOMAIN_ID']}, localhost only; starting "
