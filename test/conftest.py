@@ -46,6 +46,10 @@ _watch = _load_test_module("x3kd_test_process_watch", "process_watch.py")
 os.environ[_watch.MARKER] = str(os.getpid())
 _LEFTOVERS: dict[int, tuple[str, str]] = {}  # pid -> (the test after which it was first seen, its command line)
 _SIGNAL_LEAKS: list[str] = []  # the first test after which SIGINT was ignored or blocked in this process
+_SIGINT_AT_START = _watch.sigint_state(os.getpid())
+if _SIGINT_AT_START in ("ignored", "blocked"):  # e.g. pytest started as a background job (`cmd &` in a script)
+    _SIGNAL_LEAKS.append(f"SIGINT was {_SIGINT_AT_START} when pytest started (a background job inherits that); "
+                         "every process the tests start inherits it too")
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +78,7 @@ def pytest_terminal_summary(terminalreporter):
         time.sleep(0.2)
         alive = _watch.marked_processes(_watch.marker_session(), exclude={os.getpid()})
     if _SIGNAL_LEAKS:
-        terminalreporter.section("signal state left by a test")
+        terminalreporter.section("SIGINT state of the pytest process")
         terminalreporter.write_line(_SIGNAL_LEAKS[0])
     if alive:
         terminalreporter.section("processes started by tests and still running")

@@ -110,6 +110,11 @@ class BlockRun:
     slow_stops: dict[int, str] = field(default_factory=dict)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def run_block(block: str, sandbox: Path, env: dict, log_dir: Path, name: str,
               snapshot: Callable[[], str] = lambda: "") -> BlockRun:
     """Run one README block (see the module docstring); ``snapshot`` describes what else runs, taken
@@ -124,9 +129,11 @@ def run_block(block: str, sandbox: Path, env: dict, log_dir: Path, name: str,
         for i, script in enumerate(terminals[:-1]):
             log = log_dir / f"{name}_terminal{i + 1}.log"
             out = open(log, "wb")
+            # A terminal's foreground command takes Ctrl-C: SIGINT at its default, even where pytest itself
+            # runs as a background job with SIGINT ignored (inherited across exec otherwise).
             started.append((subprocess.Popen(["bash", "-c", "set -eo pipefail\n" + script], cwd=sandbox, env=env,
                                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             start_new_session=True), out, log))
+                                             start_new_session=True, preexec_fn=_default_sigint), out, log))
         last = subprocess.run(["bash", "-c", "set -eo pipefail\n" + terminals[-1]], cwd=sandbox, env=env,
                               capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S, stdin=subprocess.DEVNULL)
         run.output = last.stdout
