@@ -24,7 +24,7 @@ def pair_by_label_and_centre(centres_a, centres_b, labels_a, labels_b, what: str
     if len(a) == 0:
         return np.zeros(0, dtype=np.int64)
     dist = np.linalg.norm(a[:, None, :3] - b[None, :, :3], axis=2)
-    dist[np.asarray(labels_a).astype(np.int64)[:, None] != np.asarray(labels_b).astype(np.int64)[None, :]] = np.inf
+    dist[labels_a.astype(np.int64)[:, None] != labels_b.astype(np.int64)[None, :]] = np.inf
     pair = dist.argmin(axis=1)
     assert len(set(pair.tolist())) == len(a), f"{what}: boxes do not pair one to one"
     return pair

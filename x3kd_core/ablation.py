@@ -530,16 +530,23 @@ def paired_deltas(records: Sequence[dict], baseline: Sequence[dict]) -> dict[str
     positive: how many seeds improved; other_world: seeds left unpaired because the two runs
     record different dataset fingerprints, e.g. a world regenerated on a CPU whose float maths
     differs in the last bits, so neither the data nor the training is bit-identical)."""
-    base = {r["seed"]: r for r in baseline}
-    both = [(r, base[r["seed"]]) for r in records if r["seed"] in base]
-    same = [(r, b) for r, b in both if _world(r) == _world(b)]
+    same, other_world = _seed_pairs(records, baseline)
     out = {}
     for metric in ("NDS", "mAP"):
         d = [r["metrics"][metric] - b["metrics"][metric] for r, b in same]
         out[metric] = {"mean": float(np.mean(d)) if d else float("nan"),
                        "std": float(np.std(d, ddof=1)) if len(d) > 1 else 0.0,
-                       "n": len(d), "positive": int(sum(x > 0 for x in d)), "other_world": len(both) - len(same)}
+                       "n": len(d), "positive": int(sum(x > 0 for x in d)), "other_world": other_world}
     return out
+
+
+def _seed_pairs(records: Sequence[dict], baseline: Sequence[dict]) -> tuple[list[tuple[dict, dict]], int]:
+    """(record, baseline record) of every seed both ran on the same data, in seed order, and how many
+    seeds both ran on different data (unpaired)."""
+    base = {r["seed"]: r for r in baseline}
+    both = [(r, base[r["seed"]]) for r in sorted(records, key=lambda r: r["seed"]) if r["seed"] in base]
+    same = [(r, b) for r, b in both if _world(r) == _world(b)]
+    return same, len(both) - len(same)
 
 
 def component_effects(plan: AblationPlan, records: dict[str, list[dict]]) -> dict[str, dict[str, dict]]:
@@ -617,29 +624,24 @@ def _gap_closed(plan: AblationPlan, records: dict[str, list[dict]]) -> Optional[
             raise FileNotFoundError(f"teacher_result: {path} does not exist")
         record = json.loads(path.read_text())
         teachers[_world(record)] = (rel, float(record["metrics"]["mAP"]))
-    base = {r["seed"]: r for r in base_recs}
-    rows, no_teacher = [], []
-    for ref in sorted(ref_recs, key=lambda r: r["seed"]):
-        b = base.get(ref["seed"])
-        if b is None or _world(b) != _world(ref):
-            continue
+    rows, no_teacher = [], []  # rows: (seed, teacher record path, teacher mAP, baseline mAP, reference mAP)
+    for ref, base in _seed_pairs(ref_recs, base_recs)[0]:
         teacher = teachers.get(_world(ref), teachers.get(None))
         if teacher is None:
             no_teacher.append(ref["seed"])
-            continue
-        rows.append((ref["seed"], teacher, b["metrics"]["mAP"], ref["metrics"]["mAP"]))
+        else:
+            rows.append((ref["seed"], *teacher, base["metrics"]["mAP"], ref["metrics"]["mAP"]))
     if not rows:
         return None
-    teacher_map = float(np.mean([t[1] for _, t, _, _ in rows]))
-    base_map = float(np.mean([m for _, _, m, _ in rows]))
-    ref_map = float(np.mean([m for _, _, _, m in rows]))
+    seeds, paths, teacher_maps, base_maps, ref_maps = zip(*rows)
+    teacher_map, base_map, ref_map = (float(np.mean(v)) for v in (teacher_maps, base_maps, ref_maps))
     gap = teacher_map - base_map
     share = (ref_map - base_map) / gap if gap > 0 else float("nan")
-    used = {}
-    for seed, (rel, _), _, _ in rows:
+    used: dict[str, list[int]] = {}
+    for seed, rel in zip(seeds, paths):
         used.setdefault(rel, []).append(seed)
     return {"teacher_result": ", ".join(used), "teacher_seeds": used, "teacher_mAP": teacher_map,
-            "baseline_mAP": base_map, "reference_mAP": ref_map, "share": share, "seeds": [r[0] for r in rows],
+            "baseline_mAP": base_map, "reference_mAP": ref_map, "share": share, "seeds": list(seeds),
             "no_teacher_seeds": no_teacher}
 
 
