@@ -129,6 +129,16 @@ class Probe:
             time.sleep(0.05)
         return condition()
 
+    def wait_until_detector_matched(self, timeout_s: float) -> bool:
+        """Wait until this probe sees the detector's Detection3DArray publisher *and* has received its
+        /diagnostics (steady timer, also before any /clock): the second proves the detector's DDS
+        participant has matched this probe's readers, created together at construction. Without it, a
+        replay that starts as soon as the detector subscribes to the cameras can finish its first
+        frames before the detector knows of this probe, and those reliable-volatile answers never
+        reach it (CI run of stop 25: 3 of 6 received though the replayer had all 6 answered)."""
+        return self.wait_for(lambda: self.node.count_publishers(topics.DETECTIONS_TOPIC) >= 1
+                             and any(s.name.startswith("x3kd_detector") for s in list(self.diagnostics)), timeout_s)
+
     def detector_statuses(self) -> list[DiagnosticStatus]:
         return [s for s in list(self.diagnostics) if s.name.startswith("x3kd_detector")]
 
@@ -168,6 +178,7 @@ def test_ros2_launch_replayed_bag_loop_diagnostics_and_clean_ctrl_c(
         f"ros2 launch x3kd_ros detector.launch.py checkpoint:={student_checkpoint} device:=cpu "
         f"use_teachers:=true lidar_checkpoint:={lidar_checkpoint}"), tmp_path / "launch.log")
     try:
+        assert probe.wait_until_detector_matched(150.0), launch.text()[-4000:]
         replay = subprocess.run(
             [sys.executable, "-m", "x3kd_ros.bag.replay", str(bag), "--loop", "2", "--no-prime",
              "--ack-timeout-s", "20", "--drain-timeout-s", "20", "--ready-timeout-s", "150"],
@@ -344,6 +355,7 @@ def test_colcon_workspace_launch_with_sim_time_follows_the_replayed_bag_clock(
     launch = Started(_in_workspace(ws, f"exec ros2 launch x3kd_ros detector.launch.py checkpoint:={student_checkpoint} "
                                        "device:=cpu use_sim_time:=true"), tmp_path / "launch.log", cwd=ws)
     try:
+        assert probe.wait_until_detector_matched(150.0), launch.text()[-4000:]
         replay = subprocess.run(
             [sys.executable, "-m", "x3kd_ros.bag.replay", str(bag), "--loop", "2", "--clock",
              "--ack-timeout-s", "20", "--drain-timeout-s", "20", "--ready-timeout-s", "150"],
