@@ -60,6 +60,22 @@ def spin_for():
     return _spin_for
 
 
+def _wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.fixture
+def wait_until():
+    """``wait_until(condition, timeout_s)`` -> bool: poll ``condition()`` every 10 ms, for nodes spun
+    on another thread or in another process (no executor to spin here)."""
+    return _wait_until
+
+
 def _write_tiny_checkpoint(kind: str, model_yaml: str, path: Path, seed: int = 0) -> Path:
     """A ``last.pt``-format checkpoint of an untrained ``kind`` model on the tiny student's BEV grid."""
     from x3kd_core.config import from_dict, to_dict

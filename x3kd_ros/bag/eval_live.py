@@ -208,8 +208,18 @@ def _live_run(bag: Path, out: Path, specs, groups, teachers: Sequence[str], msgt
             key, code = next(iter(dead.items()))
             return f"node {key} exited with code {code}; its log ends with:\n{_log_tail(runner, key)}"
 
+        # Subscribers of each model node's detections: us, and the comparison node of each teacher
+        # (the student's go to every comparison node, a teacher's to its own).
+        wanted_links = {node_names["detector"]: 1 + len(teachers)}
+        wanted_links.update({node_names[_model_node_key(t)]: 2 for t in teachers})
+        heard_from = list(wanted_links) + [node_names[f"comparison_{t}"] for t in teachers]
+
         def graph_ready() -> Optional[str]:
-            # Our own subscription counts too: the student's detections go to us and each comparison node.
+            # Seeing a subscriber or a publisher from this side does not mean that the other side has
+            # matched it, and a reliable, volatile message sent before that is lost (a comparison pair
+            # short). So: every node's /diagnostics heard (its participant matched our readers, the
+            # comparison readers created before the /diagnostics one), and each model node reports
+            # that its detections publisher matched all its subscribers (``detections_subscribers``).
             if node.count_subscribers(topics.DETECTIONS_TOPIC) < 1 + len(teachers):
                 return f"{topics.DETECTIONS_TOPIC} subscribers (comparison nodes)"
             for t in teachers:
@@ -217,6 +227,14 @@ def _live_run(bag: Path, out: Path, specs, groups, teachers: Sequence[str], msgt
                     return f"{topics.teacher_detections_topic(t)} subscribers (comparison node)"
                 if collector.subscriptions[t].get_publisher_count() < 1:
                     return f"{topics.comparison_topic(t)} publisher"
+            _, diagnostics, _ = collector.snapshot()
+            unheard = [name for name in heard_from if name not in diagnostics]
+            if unheard:
+                return "/diagnostics of " + ", ".join(unheard)
+            for name, n in wanted_links.items():
+                matched = diagnostics[name].get("detections_subscribers")
+                if matched is None or int(matched) < n:
+                    return f"{name}: detections publisher matched {matched} of {n} subscribers"
             return None
 
         try:

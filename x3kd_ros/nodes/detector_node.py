@@ -40,7 +40,8 @@ counted in the diagnostics under ``<camera>.<kind>``:
 differs from its CameraInfo), ``missing_camera_info`` (no valid CameraInfo within
 ``camera_info_wait_s``), ``stale``
 (stamp older than ``max_input_age_s`` on the node clock), ``camera_info_errors`` (zero / NaN K),
-``missing_extrinsics``. The synchronizer's counters (``sync.partial``, ``sync.dropped_sets``,
+``missing_extrinsics``. ``detections_subscribers`` is the number of subscriptions the detections
+publisher has matched (:meth:`ModelNode.output_links`). The synchronizer's counters (``sync.partial``, ``sync.dropped_sets``,
 ``sync.late``, ``sync.duplicates``, ``sync.overflow``) say how sets were formed; latencies (each
 with ``last``, ``mean``, ``max``, ``p50``, ``p90``, ``p99`` over the last 100) are ``model_ms``
 (Predictor.predict), ``end_to_end_ms`` (first image of the set received -> detections published,
@@ -569,6 +570,7 @@ class DetectorNode(ModelNode):
                 for stat, value in window.summary().items():
                     values[f"{key}.{stat}"] = value
             values["sets_without_extrinsics"] = self.counts["sets_without_extrinsics"]
+        values.update(self.output_links())
         values["busy_drops"] = self.worker.dropped
         values["inference_errors"] = self.worker.errors
         stats = self.sync.stats

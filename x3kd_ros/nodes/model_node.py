@@ -142,6 +142,13 @@ class ModelNode(Node):
                        else boxes_to_markers(boxes, header, self.marker_style))
         return boxes, detections, markers
 
+    def output_links(self) -> dict[str, int]:
+        """``detections_subscribers``: the subscriptions the detections publisher has matched (DDS
+        matching on this side, which a reliable, volatile message needs to reach a subscriber; a
+        subscriber that sees this publisher may not be matched by it yet). A graph that must not lose
+        its first answers waits for this count in the diagnostics before sending input."""
+        return {"detections_subscribers": self.detections_pub.get_subscription_count()}
+
     def publish_frame(self, detections: Any, markers: Optional[Any]) -> None:
         self.detections_pub.publish(detections)
         if markers is not None:

@@ -276,6 +276,7 @@ class _TeacherNode(ModelNode):
                 for stat, value in window.summary().items():
                     values[f"{key}.{stat}"] = value
         values["input_rate_hz"] = self._input_rate.rate_hz(now_ns)
+        values.update(self.output_links())
         values["busy_drops"] = self.worker.dropped
         values["inference_errors"] = self.worker.errors
         values["time_jumps"] = self.time_jumps

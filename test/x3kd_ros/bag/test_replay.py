@@ -74,7 +74,7 @@ def test_playback_clock_stands_runs_jumps_back_and_never_advances_backwards():
         ReplayConfig(clock_hz=-1.0)
 
 
-def test_use_sim_time_node_follows_the_replayed_bag_time_across_a_loop(ros_network, bag):
+def test_use_sim_time_node_follows_the_replayed_bag_time_across_a_loop(ros_network, bag, wait_until):
     """Real-time replay (rate 1) with /clock, played twice: on every camera image, the use_sim_time
     node's clock reads the image's bag stamp (within 0.25 s; wall time is years away), and the second
     loop shows as one backward jump of the node's ROS clock by the bag's span."""
@@ -112,16 +112,19 @@ def test_use_sim_time_node_follows_the_replayed_bag_time_across_a_loop(ros_netwo
     player = None
     try:
         assert sim_node.get_clock().now().nanoseconds == 0  # no /clock yet: ROS time stands at 0
+        # The player waits until its image publisher has matched the node's subscription (a reliable,
+        # volatile image sent before that would be lost) and its /clock publisher too.
         player = BagPlayer(player_node, bag, (), ReplayConfig(rate=1.0, clock_hz=50.0, settle_s=0.3,
-                                                              ready_timeout_s=30.0))
+                                                              ready_timeout_s=30.0,
+                                                              expected_subscribers={CAMERA_TOPIC: 1}))
         assert player.clock is not None
         player.wait_until_ready(extra=lambda: None if player.clock.publisher.get_subscription_count() >= 1
                                 else "the use_sim_time node's /clock subscription")
-        time.sleep(0.2)
+        assert wait_until(lambda: sim_node.get_clock().now().nanoseconds != 0, 5.0), "no /clock tick reached the node"
         # While the graph comes up the clock holds the bag's first stamp.
         assert summary.start_ns <= sim_node.get_clock().now().nanoseconds <= stamps[0]
         results = [player.play(), player.play()]
-        time.sleep(0.3)
+        wait_until(lambda: len(seen) >= 6, 5.0)  # play() returns once the last image is sent, not received
     finally:
         stop.set()
         thread.join(timeout=5.0)

@@ -164,6 +164,7 @@ def test_one_detection_array_per_synchronized_frame(ros_context, graph, student_
 
     values = node.diagnostics_values()
     assert (values["published"], values["sync.emitted"], values["sync.partial"], values["busy_drops"]) == (3, 3, 0, 0)
+    assert values["detections_subscribers"] == 1  # the sensors node's subscription, matched by the publisher
     assert values["model_ms.mean"] > 0 and values["end_to_end_ms.max"] >= values["model_ms.max"]
     assert all(values[f"{c}.received"] == 3 for c in CAMERA_NAMES)
     # Percentiles and the overhead split, per set (3 sets) and per image (18 conversions).

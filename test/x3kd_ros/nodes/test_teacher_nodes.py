@@ -115,7 +115,7 @@ def test_lidar_teacher_publishes_per_cloud_drops_nan_and_survives_bad_clouds(
     values = node.diagnostics_values()
     assert {k: values[f"lidar.{k}"] for k in ("received", "points", "nan_points", "conversion_errors")} == {
         "received": 3, "points": 36, "nan_points": 4, "conversion_errors": 1}
-    assert (values["published"], values["inference_errors"]) == (2, 0)
+    assert (values["published"], values["inference_errors"], values["detections_subscribers"]) == (2, 0, 1)
 
 
 def test_radar_teacher_synchronizes_five_radars(harness, ros_context, radar_checkpoint, spin_until):
