@@ -130,14 +130,19 @@ class Probe:
         return condition()
 
     def wait_until_detector_matched(self, timeout_s: float) -> bool:
-        """Wait until this probe sees the detector's Detection3DArray publisher *and* has received its
-        /diagnostics (steady timer, also before any /clock): the second proves the detector's DDS
-        participant has matched this probe's readers, created together at construction. Without it, a
-        replay that starts as soon as the detector subscribes to the cameras can finish its first
-        frames before the detector knows of this probe, and those reliable-volatile answers never
-        reach it (CI run of stop 25: 3 of 6 received though the replayer had all 6 answered)."""
-        return self.wait_for(lambda: self.node.count_publishers(topics.DETECTIONS_TOPIC) >= 1
-                             and any(s.name.startswith("x3kd_detector") for s in list(self.diagnostics)), timeout_s)
+        """Wait until the detector's /diagnostics say that its detections publisher has matched as many
+        subscriptions (``detections_subscribers``) as this probe sees on the topic, itself included
+        (and a comparison node's when teachers run), and at least one. Seeing the publisher from this side is not enough: a replay that starts as soon as the detector
+        subscribes to the cameras can finish its first frames before the detector has matched this
+        probe, and those reliable, volatile answers never reach it (CI of stop 25: 3 of 6 received
+        though the replayer had all 6 answered)."""
+        def matched() -> bool:
+            statuses = self.detector_statuses()
+            values = {kv.key: kv.value for kv in statuses[-1].values} if statuses else {}
+            seen = self.node.count_subscribers(topics.DETECTIONS_TOPIC)
+            return int(values.get("detections_subscribers", "0")) >= max(seen, 1)
+
+        return self.wait_for(matched, timeout_s)
 
     def detector_statuses(self) -> list[DiagnosticStatus]:
         return [s for s in list(self.diagnostics) if s.name.startswith("x3kd_detector")]
