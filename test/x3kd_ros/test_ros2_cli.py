@@ -98,7 +98,8 @@ class Started:
 class Probe:
     """A node in this process collecting detections and the detector's /diagnostics, spun in a thread."""
 
-    def __init__(self, context) -> None:
+    def __init__(self, context, wait_until) -> None:
+        self._wait_until = wait_until
         self.node = rclpy.create_node("x3kd_test_ros2_cli_probe", context=context)
         self.detections: list[Detection3DArray] = []
         self.diagnostics: list[DiagnosticStatus] = []
@@ -122,12 +123,7 @@ class Probe:
             self.executor.spin_once(timeout_sec=0.05)
 
     def wait_for(self, condition, timeout_s: float) -> bool:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if condition():
-                return True
-            time.sleep(0.05)
-        return condition()
+        return self._wait_until(condition, timeout_s)
 
     def wait_until_detector_matched(self, timeout_s: float) -> bool:
         """Wait until the detector's /diagnostics say that its detections publisher has matched as many
@@ -168,7 +164,7 @@ def _finished_cleanly(text: str) -> list[str]:
 
 
 def test_ros2_launch_replayed_bag_loop_diagnostics_and_clean_ctrl_c(
-        ros_context, bag, student_checkpoint, lidar_checkpoint, tmp_path):
+        ros_context, bag, student_checkpoint, lidar_checkpoint, tmp_path, wait_until):
     """`ros2 launch x3kd_ros detector.launch.py` as the README gives it (teachers on, only the LiDAR
     checkpoint), a bag replayed twice in a row without CameraInfo priming, then Ctrl-C.
 
@@ -178,7 +174,7 @@ def test_ros2_launch_replayed_bag_loop_diagnostics_and_clean_ctrl_c(
     synchronizer instead of dropping everything after it) and the detections reach this process;
     /diagnostics reports the jump as WARN; Ctrl-C ends every node within 5 s with code 0.
     """
-    probe = Probe(ros_context)
+    probe = Probe(ros_context, wait_until)
     launch = Started(ros_shell(
         f"ros2 launch x3kd_ros detector.launch.py checkpoint:={student_checkpoint} device:=cpu "
         f"use_teachers:=true lidar_checkpoint:={lidar_checkpoint}"), tmp_path / "launch.log")
@@ -222,7 +218,7 @@ def test_ros2_launch_replayed_bag_loop_diagnostics_and_clean_ctrl_c(
     assert output.count("[x3kd_detector]: time jumped back 1.000 s") == 1, output[-3000:]
 
 
-def test_ros2_run_detector_and_package_queries(ros_context, student_checkpoint, tmp_path):
+def test_ros2_run_detector_and_package_queries(ros_context, student_checkpoint, tmp_path, wait_until):
     """`ros2 pkg prefix` / `ros2 pkg executables` find the package, `ros2 run x3kd_ros x3kd_detector`
     starts the node, and Ctrl-C ends it within 5 s with code 0."""
     queries = subprocess.run(ros_shell("ros2 pkg prefix x3kd_ros && ros2 pkg executables x3kd_ros", exec_=False),
@@ -233,7 +229,7 @@ def test_ros2_run_detector_and_package_queries(ros_context, student_checkpoint, 
     for exe in ("x3kd_detector", "x3kd_lidar_teacher", "x3kd_radar_teacher", "x3kd_comparison"):
         assert f"x3kd_ros {exe}" in lines
 
-    probe = Probe(ros_context)
+    probe = Probe(ros_context, wait_until)
     node = Started(ros_shell(
         f"ros2 run x3kd_ros x3kd_detector --ros-args -p checkpoint:={student_checkpoint} -p device:=cpu "
         "-p calibration_file:=calibration_synthetic.yaml -r __node:=x3kd_detector_run"), tmp_path / "run.log")
@@ -345,7 +341,7 @@ def test_colcon_workspace_install_layout_and_package_queries(colcon_workspace):
 
 
 def test_colcon_workspace_launch_with_sim_time_follows_the_replayed_bag_clock(
-        colcon_workspace, ros_context, bag, student_checkpoint, tmp_path):
+        colcon_workspace, ros_context, bag, student_checkpoint, tmp_path, wait_until):
     """`ros2 launch x3kd_ros detector.launch.py use_sim_time:=true` from the colcon workspace, the bag
     replayed twice with `--clock` (its time on /clock, jumping back at the loop), then Ctrl-C.
 
@@ -356,7 +352,7 @@ def test_colcon_workspace_launch_with_sim_time_follows_the_replayed_bag_clock(
     """
     ws = colcon_workspace
     summary = bag_summary(bag)
-    probe = Probe(ros_context)
+    probe = Probe(ros_context, wait_until)
     launch = Started(_in_workspace(ws, f"exec ros2 launch x3kd_ros detector.launch.py checkpoint:={student_checkpoint} "
                                        "device:=cpu use_sim_time:=true"), tmp_path / "launch.log", cwd=ws)
     try:
@@ -397,11 +393,11 @@ def test_colcon_workspace_launch_with_sim_time_follows_the_replayed_bag_clock(
     assert _finished_cleanly(output) == ["x3kd_detector-1"]
 
 
-def test_colcon_workspace_ros2_run_detector(colcon_workspace, ros_context, student_checkpoint, tmp_path):
+def test_colcon_workspace_ros2_run_detector(colcon_workspace, ros_context, student_checkpoint, tmp_path, wait_until):
     """`ros2 run x3kd_ros x3kd_detector` from the workspace: the workspace's executable starts, its
     detector comes up (publisher + /diagnostics), and Ctrl-C ends it within 5 s with code 0."""
     ws = colcon_workspace
-    probe = Probe(ros_context)
+    probe = Probe(ros_context, wait_until)
     node = Started(_in_workspace(ws, "exec ros2 run x3kd_ros x3kd_detector --ros-args "
                                      f"-p checkpoint:={student_checkpoint} -p device:=cpu -r __node:=x3kd_detector_ws"),
                    tmp_path / "run.log", cwd=ws)
