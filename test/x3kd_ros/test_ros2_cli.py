@@ -127,11 +127,11 @@ class Probe:
 
     def wait_until_detector_matched(self, timeout_s: float) -> bool:
         """Wait until the detector's /diagnostics say that its detections publisher has matched as many
-        subscriptions (``detections_subscribers``) as this probe sees on the topic, itself included
-        (and a comparison node's when teachers run), and at least one. Seeing the publisher from this side is not enough: a replay that starts as soon as the detector
-        subscribes to the cameras can finish its first frames before the detector has matched this
-        probe, and those reliable, volatile answers never reach it (CI of stop 25: 3 of 6 received
-        though the replayer had all 6 answered)."""
+        subscriptions (``detections_subscribers``) as this probe sees on the topic, itself included (and a
+        comparison node's when teachers run), and at least one. Seeing the publisher from this side is not
+        enough: a replay that starts as soon as the detector subscribes to the cameras can finish its first
+        frames before the detector has matched this probe, and those reliable, volatile answers never reach it
+        (CI of stop 25: 3 of 6 received though the replayer had all 6 answered)."""
         def matched() -> bool:
             statuses = self.detector_statuses()
             values = {kv.key: kv.value for kv in statuses[-1].values} if statuses else {}

@@ -35,22 +35,22 @@ image and its CameraInfo share a stamp and the image comes first) are held, at m
 ``camera_info_wait_s`` and ``sync.queue_size`` per camera, and go on when the CameraInfo comes.
 
 Malformed input never stops the node: it is dropped, logged (throttled per camera and kind) and
-counted in the diagnostics under ``<camera>.<kind>``:
-``conversion_errors`` (bad encoding, data size, undecodable jpeg), ``size_mismatch`` (image size
-differs from its CameraInfo), ``missing_camera_info`` (no valid CameraInfo within
-``camera_info_wait_s``), ``stale``
-(stamp older than ``max_input_age_s`` on the node clock), ``camera_info_errors`` (zero / NaN K),
+counted in the diagnostics under ``<camera>.<kind>``: ``conversion_errors`` (bad encoding, data
+size, undecodable jpeg), ``size_mismatch`` (image size differs from its CameraInfo),
+``missing_camera_info`` (no valid CameraInfo within ``camera_info_wait_s``), ``stale`` (stamp older
+than ``max_input_age_s`` on the node clock), ``camera_info_errors`` (zero / NaN K),
 ``missing_extrinsics``. ``detections_subscribers`` is the number of subscriptions the detections
-publisher has matched (:meth:`ModelNode.output_links`). The synchronizer's counters (``sync.partial``, ``sync.dropped_sets``,
-``sync.late``, ``sync.duplicates``, ``sync.overflow``) say how sets were formed; latencies (each
-with ``last``, ``mean``, ``max``, ``p50``, ``p90``, ``p99`` over the last 100) are ``model_ms``
-(Predictor.predict), ``end_to_end_ms`` (first image of the set received -> detections published,
-i.e. sync wait + queue + model + conversion), ``convert_ms`` (per image: conversion + resize to the
-network input), ``overhead_ms`` (per set: its images' conversions + the synchronizer's wait after
-the last one + building and publishing the messages), ``overhead_ratio`` (overhead_ms / model_ms)
-and ``queue_ms`` (wait for a busy model); ``sync_wait_ms`` and ``publish_ms`` are two parts of
-``overhead_ms`` (a set that waits for a late or lost camera until ``sync.timeout_s`` shows in the
-first; building + publishing the messages is the second).
+publisher has matched (:meth:`ModelNode.output_links`). The synchronizer's counters
+(``sync.partial``, ``sync.dropped_sets``, ``sync.late``, ``sync.duplicates``, ``sync.overflow``)
+say how sets were formed; latencies (each with ``last``, ``mean``, ``max``, ``p50``, ``p90``,
+``p99`` over the last 100) are ``model_ms`` (Predictor.predict), ``end_to_end_ms`` (first image of
+the set received -> detections published, i.e. sync wait + queue + model + conversion),
+``convert_ms`` (per image: conversion + resize to the network input), ``overhead_ms`` (per set: its
+images' conversions + the synchronizer's wait after the last one + building and publishing the
+messages), ``overhead_ratio`` (overhead_ms / model_ms) and ``queue_ms`` (wait for a busy model);
+``sync_wait_ms`` and ``publish_ms`` are two parts of ``overhead_ms`` (a set that waits for a late
+or lost camera until ``sync.timeout_s`` shows in the first; building + publishing the messages is
+the second).
 
 Outputs are published as serialized CDR bytes written with numpy (:mod:`x3kd_ros.message_bytes`:
 the same messages on the wire as :func:`~x3kd_ros.conversions.boxes_to_detections` /
